@@ -1,0 +1,145 @@
+"""Autoregressive decoding: prompt prefill, a jitted KV-cache loop, and token sampling.
+
+Prompts of different lengths are left-padded into one batch; each row's positions start
+at 0 on its first real token and padding slots are masked out of attention.
+
+Past the context window (the model's learned positions, W = max_seq_len), the cache
+slides: when it is full, the last W//2 tokens are re-encoded as a fresh prefix (positions
+0..W//2-1) and decoding continues. Within the window, cached decoding is exactly full
+recomputation; past it, each token sees between W//2 and W-1 previous tokens.
+"""
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from model import gpt
+
+
+class Carry(NamedTuple):
+  """Decode-loop state. Slots are absolute token indices into `tokens_BN`."""
+  tokens_BN: jax.Array   # int32 history: left-padded prompt, then generated tokens
+  pad_B: jax.Array       # int32 padding slots at the start of each row
+  cache: Any             # list[gpt.LayerCache] over W slots
+  base: jax.Array        # int32: absolute slot held by cache index 0
+  cur: jax.Array         # int32: slot of the newest sampled token (not yet in the cache)
+  key: jax.Array
+
+
+class SamplingParams(NamedTuple):
+  """Traced scalars: changing them never recompiles."""
+  temperature: jax.Array  # 0 = greedy
+  top_k: jax.Array        # 0 = off
+  top_p: jax.Array        # 1 = off
+
+
+def sample_token(logits_BV: jax.Array, key: jax.Array, params: SamplingParams) -> jax.Array:
+  """Greedy, temperature, top-k and top-p (nucleus) sampling, combinable."""
+  logits = logits_BV.astype(jnp.float32)
+  greedy_B = jnp.argmax(logits, axis=-1)
+  scaled = logits / jnp.maximum(params.temperature, 1e-6)
+  V = logits.shape[-1]
+  sorted_desc = -jnp.sort(-scaled, axis=-1)
+  kth = jnp.take(sorted_desc, jnp.clip(params.top_k - 1, 0, V - 1), axis=-1)[:, None]
+  scaled = jnp.where((params.top_k > 0) & (scaled < kth), -jnp.inf, scaled)
+  # nucleus: the smallest set of top tokens whose probability reaches top_p
+  sorted_desc = -jnp.sort(-scaled, axis=-1)
+  probs = jax.nn.softmax(sorted_desc, axis=-1)
+  kept = jnp.sum((jnp.cumsum(probs, axis=-1) - probs) < params.top_p, axis=-1)
+  threshold = jnp.take_along_axis(sorted_desc, jnp.maximum(kept, 1)[:, None] - 1, axis=-1)
+  scaled = jnp.where(scaled < threshold, -jnp.inf, scaled)
+  sampled_B = jax.random.categorical(key, scaled, axis=-1)
+  return jnp.where(params.temperature > 0, sampled_B, greedy_B).astype(jnp.int32)
+
+
+def _encode(model: gpt.Decoder, tokens_BT, first_slot, pad_B, cache, base):
+  """Writes tokens at absolute slots first_slot.. into the cache; returns logits and cache."""
+  T = tokens_BT.shape[1]
+  W = cache[0].k_BSHK.shape[1]
+  slots_T = first_slot + jnp.arange(T)
+  row_start_B = jnp.maximum(base, pad_B)  # first real slot inside the window
+  positions_BT = jnp.maximum(slots_T[None, :] - row_start_B[:, None], 0)
+  valid_BS = (base + jnp.arange(W))[None, :] >= pad_B[:, None]
+  decode = gpt.DecodeState(write_index=first_slot - base, valid_BS=valid_BS)
+  return model(tokens_BT, positions_BT=positions_BT, cache=cache, decode=decode)
+
+
+def prefill(model: gpt.Decoder, tokens_BN, pad_B, prompt_len: int, key, params: SamplingParams
+            ) -> Carry:
+  """Encodes the (left-padded) prompt slots [0, prompt_len) and samples the first new token."""
+  B = tokens_BN.shape[0]
+  cache = model.init_cache(B, model.cfg.max_seq_len)
+  zero = jnp.zeros((), jnp.int32)
+  logits, cache = _encode(model, tokens_BN[:, :prompt_len], zero, pad_B, cache, zero)
+  cur = jnp.asarray(prompt_len, jnp.int32)
+  token_B = sample_token(logits[:, -1], jax.random.fold_in(key, cur), params)
+  return Carry(tokens_BN.at[:, cur].set(token_B), pad_B, cache, zero, cur, key)
+
+
+def _slide(model: gpt.Decoder, carry: Carry) -> Carry:
+  """Cache full: re-encode the last W//2 tokens as a fresh prefix."""
+  W = model.cfg.max_seq_len
+  keep = W // 2
+  base = carry.cur - keep
+  prefix_BK = jax.lax.dynamic_slice_in_dim(carry.tokens_BN, base, keep, axis=1)
+  cache = model.init_cache(carry.tokens_BN.shape[0], W)
+  _, cache = _encode(model, prefix_BK, base, carry.pad_B, cache, base)
+  return carry._replace(cache=cache, base=base)
+
+
+def decode_steps(model: gpt.Decoder, carry: Carry, num_steps, params: SamplingParams) -> Carry:
+  """Feeds the newest token and samples the next, `num_steps` times (a traced count)."""
+  W = model.cfg.max_seq_len
+  last = carry.tokens_BN.shape[1] - 1
+  stop = jnp.minimum(carry.cur + num_steps, last)
+
+  def body(c: Carry) -> Carry:
+    c = jax.lax.cond(c.cur - c.base >= W, lambda x: _slide(model, x), lambda x: x, c)
+    token_B1 = jax.lax.dynamic_slice_in_dim(c.tokens_BN, c.cur, 1, axis=1)
+    logits, cache = _encode(model, token_B1, c.cur, c.pad_B, c.cache, c.base)
+    nxt = c.cur + 1
+    token_B = sample_token(logits[:, -1], jax.random.fold_in(c.key, nxt), params)
+    tokens = jax.lax.dynamic_update_slice_in_dim(c.tokens_BN, token_B[:, None], nxt, axis=1)
+    return c._replace(tokens_BN=tokens, cache=cache, cur=nxt)
+
+  return jax.lax.while_loop(lambda c: c.cur < stop, body, carry)
+
+
+def recompute_steps(model: gpt.Decoder, carry: Carry, num_steps, params: SamplingParams) -> Carry:
+  """Reference decoder without a cache: re-encodes the whole window for every token.
+
+  Used to check the cached loop and as the baseline in benchmarks.
+  """
+  W = model.cfg.max_seq_len
+  B, N = carry.tokens_BN.shape
+  stop = jnp.minimum(carry.cur + num_steps, N - 1)
+
+  def body(c: Carry) -> Carry:
+    base = jnp.maximum(c.cur + 1 - W, 0)  # the last W tokens, as nanoGPT crops its context
+    padded_BN = jnp.pad(c.tokens_BN, ((0, 0), (0, W)))  # so a W-slice never runs off the end
+    window_BW = jax.lax.dynamic_slice_in_dim(padded_BN, base, W, axis=1)
+    logits, _ = _encode(model, window_BW, base, c.pad_B, model.init_cache(B, W), base)
+    nxt = c.cur + 1
+    token_B = sample_token(jax.lax.dynamic_index_in_dim(logits, c.cur - base, 1, False),
+                           jax.random.fold_in(c.key, nxt), params)
+    tokens = jax.lax.dynamic_update_slice_in_dim(c.tokens_BN, token_B[:, None], nxt, axis=1)
+    return c._replace(tokens_BN=tokens, cur=nxt)
+
+  return jax.lax.while_loop(lambda c: c.cur < stop, body, carry)
+
+
+def left_pad(prompts: list[list[int]], total_len: int, prompt_len: int):
+  """Rows right-aligned at prompt_len; returns (tokens [B, total_len], pad [B]) as numpy."""
+  import numpy as np
+  tokens = np.zeros((len(prompts), total_len), np.int32)
+  pad = np.zeros((len(prompts),), np.int32)
+  for i, p in enumerate(prompts):
+    p = list(p)[-prompt_len:]
+    pad[i] = prompt_len - len(p)
+    tokens[i, pad[i]:prompt_len] = p
+  return tokens, pad
+
+
+def merge(graphdef: nnx.GraphDef, params) -> gpt.Decoder:
+  return nnx.merge(graphdef, params)
