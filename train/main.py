@@ -41,13 +41,6 @@ def parse_flags(argv: list[str]) -> list[str]:
     fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
 
 
-def setup_logging() -> None:
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
-                      stream=sys.stderr, force=True)
-  for noisy in ("absl", "orbax", "jax"):
-    logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 def main(argv) -> None:
   del argv
   if _CONFIG.value is None or not _WORKDIR.value:
@@ -56,8 +49,9 @@ def main(argv) -> None:
   hosts.configure(_CONFIG.value.mesh.cpu_devices, _CONFIG.value.train.matmul_precision,
                   _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _MULTIHOST.value)
   from train import config as config_lib
+  from train import logs
   from train import loop
-  setup_logging()
+  logs.setup()
   try:
     cfg = config_lib.split(_CONFIG.value)
     summary = loop.train(cfg, _WORKDIR.value)

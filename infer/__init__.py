@@ -1,0 +1,1 @@
+"""Inference: load a trained run's parameters and generate text (library API and CLI)."""

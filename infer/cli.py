@@ -1,0 +1,115 @@
+"""treadle-sample: print text sampled from a trained run's checkpoint.
+
+  treadle-sample --workdir DIR --prompt "ROMEO:" --max_new_tokens 500 --temperature 0.8 \
+      --top_k 200 --num_samples 2 --seed 0 [--top_p 0.95] [--step N|best] [--stream] [--json]
+
+Bad input (empty prompt, characters the tokenizer cannot encode, temperature < 0,
+top_k < 0, top_p outside (0, 1], no checkpoint) is a one-line error with exit code 2.
+"""
+import json
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by treadle-train.")
+_PROMPT = flags.DEFINE_multi_string("prompt", None, "Prompt text (repeatable). Default: newline.")
+_PROMPT_FILE = flags.DEFINE_string("prompt_file", None, "File whose whole text is one prompt.")
+_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 500, "Tokens to generate per sample.")
+_TEMPERATURE = flags.DEFINE_float("temperature", 0.8, "0 = greedy.")
+_TOP_K = flags.DEFINE_integer("top_k", 200, "Keep the k most likely tokens; 0 = off.")
+_TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass in (0, 1]; 1 = off.")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "Samples per prompt.")
+_SEED = flags.DEFINE_integer("seed", 0, "Same seed, same text.")
+_STEP = flags.DEFINE_string("step", None, "Checkpoint step: a number, 'best' or latest (default).")
+_STREAM = flags.DEFINE_bool("stream", False, "Print text as it is generated (one prompt at a time).")
+_JSON = flags.DEFINE_bool("json", False, "Print one JSON object with samples, token counts, speed.")
+_MESH = flags.DEFINE_string("mesh_shape", "-1,1,1", "Mesh data,fsdp,tensor for the parameters.")
+_RULES = flags.DEFINE_string("rules", "dp", "Parameter sharding preset (dp, fsdp, fsdp_tp).")
+
+
+def fail(message: str):
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _prompts() -> list[str]:
+  if _PROMPT_FILE.value:
+    try:
+      with open(_PROMPT_FILE.value, encoding="utf-8") as f:
+        prompts = [f.read()]
+    except (OSError, UnicodeDecodeError) as e:
+      fail(f"--prompt_file {_PROMPT_FILE.value!r}: {e}")
+  else:
+    prompts = _PROMPT.value if _PROMPT.value is not None else ["\n"]
+  return [p for p in prompts for _ in range(_NUM_SAMPLES.value)]
+
+
+def _step():
+  value = _STEP.value
+  if value is None or value in ("latest", "best"):
+    return value
+  if not value.isdigit():
+    fail(f"--step={value!r} must be a number, 'best' or 'latest'")
+  return int(value)
+
+
+def _print_samples(sampler, prompts, args) -> None:
+  if _STREAM.value and not _JSON.value:
+    for i, prompt in enumerate(prompts):
+      print(prompt, end="", flush=True)
+      for piece in sampler.stream(prompt, seed=_SEED.value + i, **args):
+        print(piece, end="", flush=True)
+      print("\n---------------", flush=True)
+    return
+  if _JSON.value:
+    sampler.compile(prompts, args["max_new_tokens"])  # tokens/second excludes compilation
+  start = time.perf_counter()
+  completions = sampler.generate(prompts, seed=_SEED.value, **args)
+  seconds = time.perf_counter() - start
+  if _JSON.value:
+    new_tokens = sum(len(c.token_ids) for c in completions)
+    print(json.dumps({"step": sampler.step, "seconds": seconds, "new_tokens": new_tokens,
+                      "tokens_per_second": new_tokens / seconds,
+                      "samples": [{"prompt": c.prompt, "text": c.text,
+                                   "num_tokens": len(c.token_ids)} for c in completions]}))
+    return
+  for c in completions:
+    print(c.prompt + c.text)
+    print("---------------")
+
+
+def main(argv) -> None:
+  del argv
+  if not _WORKDIR.value:
+    fail("--workdir is required")
+  if _NUM_SAMPLES.value < 1:
+    fail(f"--num_samples={_NUM_SAMPLES.value} must be positive")
+  from infer import sampler as sampler_lib  # after flag parsing: a bad flag never starts jax
+  from train import logs
+  logs.setup()
+  try:
+    shape = tuple(int(x) for x in _MESH.value.split(","))
+    args = dict(max_new_tokens=_MAX_NEW.value, temperature=_TEMPERATURE.value,
+                top_k=_TOP_K.value, top_p=_TOP_P.value)
+    sampler_lib.check_sampling_args(**args)
+    prompts = _prompts()
+    sampler = sampler_lib.Sampler.from_workdir(_WORKDIR.value, _step(), shape, _RULES.value)
+    sampler.encode_prompts(prompts)  # validate before generating anything
+    _print_samples(sampler, prompts, args)
+  except (ValueError, FileNotFoundError) as e:
+    fail(str(e).splitlines()[0])
+
+
+def run() -> None:
+  def parse(argv):
+    try:
+      return flags.FLAGS(argv)
+    except flags.Error as e:
+      fail(str(e).splitlines()[0])
+  app.run(main, flags_parser=parse)
+
+
+if __name__ == "__main__":
+  run()

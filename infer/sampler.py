@@ -1,0 +1,157 @@
+"""Sampler: a trained run's frozen parameters + tokenizer, generating text with a KV cache."""
+import dataclasses
+import functools
+import pathlib
+from typing import Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from data import tokenizers
+from model import decode
+from train import checkpoint
+from train import config as config_lib
+from train import mesh as mesh_lib
+from train import state as state_lib
+
+_BUCKET = 64  # prompt and output lengths round up to this: few compilations, any length
+
+
+@dataclasses.dataclass(frozen=True)
+class Completion:
+  prompt: str
+  text: str              # the generated continuation (cut at the first stop string)
+  token_ids: list[int]   # generated token ids (before cutting at a stop string)
+
+
+def check_sampling_args(temperature: float, top_k: int, top_p: float, max_new_tokens: int):
+  """One-line ValueErrors for arguments outside their domain."""
+  if temperature < 0:
+    raise ValueError(f"temperature={temperature} must be >= 0 (0 = greedy)")
+  if top_k < 0:
+    raise ValueError(f"top_k={top_k} must be >= 0 (0 = off)")
+  if not 0 < top_p <= 1:
+    raise ValueError(f"top_p={top_p} must be in (0, 1]")
+  if max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens={max_new_tokens} must be positive")
+
+
+def _round_up(n: int, multiple: int) -> int:
+  return -(-n // multiple) * multiple
+
+
+class Sampler:
+  """Generates from a trained run. Build with `Sampler.from_workdir(DIR)`."""
+
+  def __init__(self, cfg: config_lib.RunConfig, tokenizer, params, mesh, step: int):
+    self.cfg, self.tokenizer, self.params, self.mesh, self.step = cfg, tokenizer, params, mesh, step
+    self.graphdef, _, _ = state_lib.model_graph(cfg.model)
+    self.window = cfg.model.max_seq_len
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    param_shardings = jax.tree.map(lambda x: x.sharding, params)
+    self._prefill = jax.jit(self._prefill_fn, static_argnums=(3,),
+                            in_shardings=(param_shardings, replicated, replicated, replicated,
+                                          replicated), out_shardings=replicated)
+    self._decode = jax.jit(self._decode_fn, in_shardings=(param_shardings, replicated,
+                                                           replicated, replicated),
+                           out_shardings=replicated, donate_argnums=1)
+
+  @classmethod
+  def from_workdir(cls, workdir, step: int | str | None = None,
+                   mesh_shape: tuple[int, int, int] = (-1, 1, 1), rules: str = "dp",
+                   devices=None) -> "Sampler":
+    """Loads parameters only (step None = latest, "best", or a number) onto a mesh over
+    `devices` (default all), sharded by the rule preset `rules`."""
+    workdir = pathlib.Path(workdir)
+    if not (workdir / "config.json").exists():
+      raise FileNotFoundError(f"{str(workdir)!r} is not a treadle run directory (no config.json)")
+    cfg = config_lib.from_json(workdir / "config.json")
+    tokenizer = tokenizers.load(workdir)
+    reader = checkpoint.reader(workdir)
+    step = checkpoint.resolve_step(reader, step)
+    mesh = mesh_lib.make_mesh(mesh_shape, devices)
+    _, abstract, specs = state_lib.model_graph(cfg.model)
+    shardings = mesh_lib.param_shardings(specs, mesh, mesh_lib.rules(rules))
+    mesh_lib.check_divisible(abstract, shardings)
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract, shardings)
+    params = checkpoint.restore_params(reader, step, target)
+    reader.close()
+    return cls(cfg, tokenizer, params, mesh, step)
+
+  # -- jitted pieces ---------------------------------------------------------------------
+
+  def _prefill_fn(self, params, tokens_BN, pad_B, prompt_len: int, key, sampling):
+    model = decode.merge(self.graphdef, params)
+    return decode.prefill(model, tokens_BN, pad_B, prompt_len, key, sampling)
+
+  def _decode_fn(self, params, carry, num_steps, sampling):
+    return decode.decode_steps(decode.merge(self.graphdef, params), carry, num_steps, sampling)
+
+  # -- public API ------------------------------------------------------------------------
+
+  def encode_prompts(self, prompts: Sequence[str]) -> list[np.ndarray]:
+    if not prompts:
+      raise ValueError("no prompt given")
+    ids = []
+    for p in prompts:
+      if not p:
+        raise ValueError("empty prompt: give at least one character")
+      ids.append(self.tokenizer.encode(p))  # raises UnknownCharacterError (a ValueError)
+    return ids
+
+  def _start(self, prompts, max_new_tokens, temperature, top_k, top_p, seed):
+    check_sampling_args(temperature, top_k, top_p, max_new_tokens)
+    ids = self.encode_prompts(prompts)
+    # prompts longer than the window keep their last `window` tokens
+    prompt_len = min(_round_up(max(len(i) for i in ids), _BUCKET), self.window)
+    total = prompt_len + _round_up(max_new_tokens, _BUCKET)
+    tokens, pad = decode.left_pad(ids, total, prompt_len)
+    sampling = decode.SamplingParams(jnp.float32(temperature), jnp.int32(top_k),
+                                     jnp.float32(top_p))
+    carry = self._prefill(self.params, tokens, pad, prompt_len, jax.random.key(seed), sampling)
+    return carry, sampling, prompt_len
+
+  def compile(self, prompts: Sequence[str], max_new_tokens: int) -> None:
+    """Compiles (and runs once, zero decode steps) for these prompt and output lengths."""
+    carry, sampling, _ = self._start(list(prompts), max_new_tokens, 0.0, 0, 1.0, 0)
+    jax.block_until_ready(self._decode(self.params, carry, jnp.int32(0), sampling))
+
+  def generate(self, prompts: str | Sequence[str], max_new_tokens: int = 200,
+               temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+               stop: Sequence[str] = ()) -> list[Completion]:
+    """Samples a continuation of each prompt (batched); same seed, same text."""
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    carry, sampling, prompt_len = self._start(prompts, max_new_tokens, temperature, top_k,
+                                              top_p, seed)
+    carry = self._decode(self.params, carry, jnp.int32(max_new_tokens - 1), sampling)
+    new = np.asarray(jax.device_get(carry.tokens_BN))[:, prompt_len:prompt_len + max_new_tokens]
+    return [Completion(p, _cut(self.tokenizer.decode(row), stop), row.tolist())
+            for p, row in zip(prompts, new)]
+
+  def stream(self, prompt: str, max_new_tokens: int = 200, temperature: float = 1.0,
+             top_k: int = 0, top_p: float = 1.0, seed: int = 0, stop: Sequence[str] = (),
+             chunk_tokens: int = 16) -> Iterator[str]:
+    """Yields the continuation of one prompt piece by piece as it is generated; the pieces
+    concatenate to `generate(...)[0].text` for the same arguments."""
+    carry, sampling, prompt_len = self._start([prompt], max_new_tokens, temperature, top_k,
+                                              top_p, seed)
+    emitted, produced = "", 1
+    while True:
+      ids = np.asarray(jax.device_get(carry.tokens_BN))[0, prompt_len:prompt_len + produced]
+      full = self.tokenizer.decode(ids)
+      text = _cut(full, stop)
+      if len(text) > len(emitted):
+        yield text[len(emitted):]
+        emitted = text
+      if produced >= max_new_tokens or len(text) < len(full):  # done, or hit a stop string
+        return
+      steps = min(chunk_tokens, max_new_tokens - produced)
+      carry = self._decode(self.params, carry, jnp.int32(steps), sampling)
+      produced += steps
+
+
+def _cut(text: str, stop: Sequence[str]) -> str:
+  cuts = [text.find(s) for s in stop if s and s in text]
+  return text[:min(cuts)] if cuts else text
