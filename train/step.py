@@ -50,7 +50,7 @@ def train_step(state: state_lib.TrainState, batch: Batch, *, graphdef, tx, sched
   with axes.activation_rules(rules, mesh):
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     loss, grads = _accumulated_grads(graphdef, state.params, batch, key, accum_steps, use_dropout)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)

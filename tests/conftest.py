@@ -1,0 +1,42 @@
+"""Test setup: 8 simulated CPU devices (before jax is imported) and shared fixtures."""
+import os
+import pathlib
+import subprocess
+import sys
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
+
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+SHARED_TEXT = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+
+
+@pytest.fixture(scope="session")
+def text_file(tmp_path_factory) -> pathlib.Path:
+  """tinyshakespeare when ../shared has it; otherwise a generated varied text."""
+  if SHARED_TEXT.exists():
+    return SHARED_TEXT
+  import random
+  rng = random.Random(0)
+  words = ("the king my lord good night sweet prince what say you to this and so farewell "
+           "speak now or hold thy peace the sea is calm tonight o romeo wherefore art thou").split()
+  lines = [" ".join(rng.choice(words) for _ in range(rng.randint(4, 12))).capitalize() + "."
+           for _ in range(20000)]
+  path = tmp_path_factory.mktemp("text") / "input.txt"
+  path.write_text("\n".join(lines))
+  return path
+
+
+def run_cli(module: str, *args, timeout: int = 300, env: dict | None = None,
+            check: bool = True) -> subprocess.CompletedProcess:
+  """Runs a treadle entry point in a fresh process (its own device count and jax state)."""
+  # the child picks its own device layout unless `env` sets XLA_FLAGS
+  full_env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  full_env.update({"PYTHONPATH": str(REPO), **(env or {})})
+  proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO,
+                        capture_output=True, text=True, timeout=timeout, env=full_env)
+  if check and proc.returncode != 0:
+    raise AssertionError(f"{module} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+  return proc

@@ -1,0 +1,70 @@
+"""Text data: contiguous splits, errors naming the file, Grain windows and exact resume."""
+import numpy as np
+import pytest
+
+from data import text
+from data import tokenizers
+
+
+def _cfg(path, **kw):
+  return text.DataConfig(path=str(path), seq_len=8, **kw)
+
+
+def test_split_sizes_and_no_overlap(tmp_path):
+  path = tmp_path / "t.txt"
+  path.write_text("".join(chr(97 + i % 26) for i in range(10_000)))
+  splits, tok = text.load_splits(_cfg(path, val_fraction=0.1, test_fraction=0.05))
+  assert (len(splits.train), len(splits.val), len(splits.test)) == (8500, 1000, 500)
+  joined = np.concatenate([splits.train, splits.val, splits.test])
+  np.testing.assert_array_equal(joined, tok.encode(path.read_text()))  # contiguous, disjoint
+
+
+def test_missing_empty_and_short_files_name_the_file(tmp_path):
+  with pytest.raises(FileNotFoundError, match="nope.txt"):
+    text.load_splits(_cfg(tmp_path / "nope.txt"))
+  empty = tmp_path / "empty.txt"
+  empty.write_text("")
+  with pytest.raises(ValueError, match="empty.txt.*empty"):
+    text.load_splits(_cfg(empty))
+  short = tmp_path / "short.txt"
+  short.write_text("x" * 100)
+  with pytest.raises(ValueError, match="short.txt.*too short"):
+    text.load_splits(_cfg(short))
+
+
+def test_windows_are_shifted_targets_from_the_split():
+  tokens = np.arange(1000, dtype=np.int32)
+  it = text.train_iterator(tokens, seq_len=16, global_batch=4, seed=0)
+  batch = next(it)
+  assert batch["inputs"].shape == (4, 16)
+  np.testing.assert_array_equal(batch["inputs"][:, 1:], batch["targets"][:, :-1])
+  np.testing.assert_array_equal(batch["targets"] - batch["inputs"], 1)  # contiguous windows
+
+
+def test_seeded_and_resumes_exactly():
+  tokens = np.arange(5000, dtype=np.int32)
+  a = text.train_iterator(tokens, 16, 4, seed=3)
+  first = [next(a)["inputs"] for _ in range(5)]
+  state = a.get_state()
+  rest = [next(a)["inputs"] for _ in range(5)]
+  b = text.train_iterator(tokens, 16, 4, seed=3)
+  b.set_state(state)
+  for x, y in zip(rest, [next(b)["inputs"] for _ in range(5)]):
+    np.testing.assert_array_equal(x, y)
+  c = text.train_iterator(tokens, 16, 4, seed=4)
+  assert not np.array_equal(first[0], next(c)["inputs"])
+
+
+def test_processes_read_disjoint_rows_of_the_same_global_batch():
+  tokens = np.arange(5000, dtype=np.int32)
+  whole = next(text.train_iterator(tokens, 16, 8, seed=1))["inputs"]
+  parts = [next(text.train_iterator(tokens, 16, 8, seed=1, process_index=i,
+                                    process_count=2))["inputs"] for i in range(2)]
+  np.testing.assert_array_equal(np.concatenate(parts), whole)
+
+
+def test_char_tokenizer_covers_val_and_test(tmp_path):
+  path = tmp_path / "t.txt"
+  path.write_text("a" * 5000 + "zq" * 300)  # z, q only in the tail splits
+  splits, tok = text.load_splits(_cfg(path))
+  assert isinstance(tok, tokenizers.CharTokenizer) and tok.vocab_size == 3
