@@ -134,9 +134,13 @@ class Sampler:
              top_k: int = 0, top_p: float = 1.0, seed: int = 0, stop: Sequence[str] = (),
              chunk_tokens: int = 16) -> Iterator[str]:
     """Yields the continuation of one prompt piece by piece as it is generated; the pieces
-    concatenate to `generate(...)[0].text` for the same arguments."""
+    concatenate to `generate(...)[0].text` for the same arguments. Arguments are checked
+    (and the prompt prefilled) at the call, not at the first `next()`."""
     carry, sampling, prompt_len = self._start([prompt], max_new_tokens, temperature, top_k,
                                               top_p, seed)
+    return self._stream(carry, sampling, prompt_len, max_new_tokens, stop, chunk_tokens)
+
+  def _stream(self, carry, sampling, prompt_len, max_new_tokens, stop, chunk_tokens):
     emitted, produced = "", 1
     while True:
       ids = np.asarray(jax.device_get(carry.tokens_BN))[0, prompt_len:prompt_len + produced]

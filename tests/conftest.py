@@ -19,11 +19,15 @@ def text_file(tmp_path_factory) -> pathlib.Path:
   if SHARED_TEXT.exists():
     return SHARED_TEXT
   import random
+  import string
   rng = random.Random(0)
   words = ("the king my lord good night sweet prince what say you to this and so farewell "
            "speak now or hold thy peace the sea is calm tonight o romeo wherefore art thou").split()
-  lines = [" ".join(rng.choice(words) for _ in range(rng.randint(4, 12))).capitalize() + "."
-           for _ in range(20000)]
+  speakers = ["ROMEO", "JULIET", "KING HENRY", "First Citizen", "MENENIUS"]
+  lines = [string.printable]  # every printable ASCII character is in the vocabulary
+  for _ in range(12000):
+    line = " ".join(rng.choice(words) for _ in range(rng.randint(4, 12))).capitalize()
+    lines += [f"{rng.choice(speakers)}:", line + rng.choice(".,;!?") , ""]
   path = tmp_path_factory.mktemp("text") / "input.txt"
   path.write_text("\n".join(lines))
   return path

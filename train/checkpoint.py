@@ -1,4 +1,5 @@
 """Orbax checkpoints: train state + Grain iterator state + resolved config in one step."""
+import logging
 import pathlib
 from typing import Any
 
@@ -30,6 +31,8 @@ def manager(workdir, keep: int = 2, keep_best: bool = True,
       preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
       # best_fn only makes Orbax write the metrics; retention is the policy above
       best_fn=lambda m: m["val_loss"], best_mode="min",
+      # stale temporary dirs of a killed write are removed at start (complete steps never are)
+      cleanup_tmp_directories=True,
       enable_async_checkpointing=async_save, create=True)
   return ocp.CheckpointManager(directory(workdir), options=options)
 
@@ -61,10 +64,16 @@ def reader(workdir) -> ocp.CheckpointManager:
   path = directory(workdir)
   if not path.is_dir():
     raise FileNotFoundError(f"no checkpoints in {str(workdir)!r}")
-  return ocp.CheckpointManager(
-      path, item_handlers={"state": ocp.PyTreeCheckpointHandler(),
-                           "config": ocp.JsonCheckpointHandler()},
-      options=ocp.CheckpointManagerOptions(read_only=True, create=False))
+  absl_logger = logging.getLogger("absl")
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)  # Orbax warns that a read-only manager is read-only
+  try:
+    return ocp.CheckpointManager(
+        path, item_handlers={"state": ocp.PyTreeCheckpointHandler(),
+                             "config": ocp.JsonCheckpointHandler()},
+        options=ocp.CheckpointManagerOptions(read_only=True, create=False))
+  finally:
+    absl_logger.setLevel(level)
 
 
 def restore_params(mgr: ocp.CheckpointManager, step: int, abstract_params: Any) -> Any:

@@ -39,6 +39,10 @@ def parse_flags(argv: list[str]) -> list[str]:
     return flags.FLAGS(argv)
   except flags.Error as e:
     fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    # ml_collections raises these for an unknown key or a value of the wrong type
+    overrides = " ".join(a for a in argv if a.startswith("--config."))
+    fail(f"bad config override ({type(e).__name__}: {str(e).strip()}) in: {overrides}")
 
 
 def main(argv) -> None:

@@ -1,0 +1,107 @@
+"""treadle-train / treadle-sample as users run them: errors, outputs, end to end."""
+import json
+
+import pytest
+
+from tests.conftest import run_cli
+
+TINY = "configs/tiny.py"
+
+
+def _train(workdir, text_file, *overrides, check=True, **kw):
+  return run_cli("train.main", "--config", TINY, "--workdir", workdir,
+                 f"--config.data.path={text_file}", *overrides, check=check, **kw)
+
+
+@pytest.mark.parametrize("override,match", [
+    ("--config.train.bogus=1", "bogus"),
+    ("--config.train.num_steps=abc", "num_steps"),
+    ("--config.model.num_heads=5", "model.embed_dim=32 is not divisible by model.num_heads=5"),
+    ("--config.mesh.rules=zero3", "mesh.rules='zero3'"),
+    ("--config.mesh.data=3", "does not divide"),
+])
+def test_bad_config_is_one_line_exit_2_and_writes_nothing(tmp_path, text_file, override, match):
+  workdir = tmp_path / "run"
+  proc = _train(workdir, text_file, override, check=False)
+  assert proc.returncode == 2, proc.stderr
+  lines = [line for line in proc.stderr.strip().splitlines() if line.startswith("error:")]
+  assert len(lines) == 1 and match in lines[0], proc.stderr
+  assert not workdir.exists()
+
+
+def test_missing_data_file_names_it(tmp_path):
+  proc = _train(tmp_path / "run", tmp_path / "missing.txt", check=False)
+  assert proc.returncode == 2
+  assert "missing.txt" in proc.stderr.strip().splitlines()[-1]
+  assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, text_file):
+  workdir = tmp_path_factory.mktemp("e2e") / "run"
+  _train(workdir, text_file)
+  return workdir
+
+
+def test_train_writes_config_metrics_tensorboard_checkpoints(trained):
+  config = json.loads((trained / "config.json").read_text())
+  assert config["train"]["num_steps"] == 20 and config["model"]["vocab_size"] > 0
+  rows = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+  assert all("step" in r for r in rows)
+  train_rows = [r for r in rows if "train_loss" in r]
+  assert {"learning_rate", "tokens_per_second"} <= set(train_rows[0])
+  assert [r["step"] for r in rows if "val_loss" in r] == [10, 20]
+  assert "test_loss" in rows[-1]
+  assert train_rows[-1]["train_loss"] < train_rows[0]["train_loss"]
+  assert list((trained / "tensorboard").glob("events.out.tfevents.*"))
+  assert sorted(p.name for p in (trained / "checkpoints").iterdir()) == ["10", "20"]
+  assert (trained / "tokenizer.json").exists() and (trained / "sharding.json").exists()
+
+
+def test_sample_in_another_process_is_reproducible(trained):
+  args = ["--workdir", trained, "--prompt", "ROMEO:", "--max_new_tokens", "40",
+          "--num_samples", "2", "--seed", "7", "--temperature", "0.9", "--top_k", "10"]
+  first = run_cli("infer.cli", *args)
+  again = run_cli("infer.cli", *args)
+  assert first.stdout == again.stdout and first.stdout.count("ROMEO:") == 2
+  other = run_cli("infer.cli", *args[:-6], "--seed", "8", "--temperature", "0.9", "--top_k", "10")
+  assert other.stdout != first.stdout
+
+
+def test_sample_json_output(trained):
+  proc = run_cli("infer.cli", "--workdir", trained, "--prompt", "a", "--prompt", "bc",
+                 "--max_new_tokens", "30", "--json", "--top_p", "0.9")
+  out = json.loads(proc.stdout)
+  assert out["new_tokens"] == 60 and out["tokens_per_second"] > 0
+  assert [s["prompt"] for s in out["samples"]] == ["a", "bc"]
+  assert all(s["num_tokens"] == 30 for s in out["samples"])
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--prompt", ""], "empty prompt"),
+    (["--prompt", "€uro"], "'€'"),
+    (["--temperature", "-1"], "temperature"),
+    (["--top_k", "-2"], "top_k"),
+    (["--top_p", "1.5"], "top_p"),
+    (["--top_p", "0"], "top_p"),
+    (["--step", "999"], "no checkpoint step 999"),
+])
+def test_sample_bad_input_exit_2(trained, args, match):
+  proc = run_cli("infer.cli", "--workdir", trained, *args, check=False)
+  assert proc.returncode == 2, proc.stderr
+  assert match in proc.stderr.strip().splitlines()[-1]
+
+
+def test_sample_without_checkpoint(tmp_path):
+  proc = run_cli("infer.cli", "--workdir", tmp_path, check=False)
+  assert proc.returncode == 2 and "error:" in proc.stderr
+
+
+def test_incompatible_workdir_is_refused_naming_keys(trained, text_file):
+  before = (trained / "config.json").read_text()
+  proc = _train(trained, text_file, "--config.model.embed_dim=64", "--config.data.seq_len=16",
+                check=False)
+  assert proc.returncode == 2
+  line = proc.stderr.strip().splitlines()[-1]
+  assert "model.embed_dim" in line and "data.seq_len" in line
+  assert (trained / "config.json").read_text() == before
