@@ -53,7 +53,7 @@ def sample_token(logits_BV: jax.Array, key: jax.Array, params: SamplingParams) -
   return jnp.where(params.temperature > 0, sampled_B, greedy_B).astype(jnp.int32)
 
 
-def _encode(model: gpt.Decoder, tokens_BT, first_slot, pad_B, cache, base):
+def encode(model: gpt.Decoder, tokens_BT, first_slot, pad_B, cache, base):
   """Writes tokens at absolute slots first_slot.. into the cache; returns logits and cache."""
   T = tokens_BT.shape[1]
   W = cache[0].k_BSHK.shape[1]
@@ -71,7 +71,7 @@ def prefill(model: gpt.Decoder, tokens_BN, pad_B, prompt_len: int, key, params: 
   B = tokens_BN.shape[0]
   cache = model.init_cache(B, model.cfg.max_seq_len)
   zero = jnp.zeros((), jnp.int32)
-  logits, cache = _encode(model, tokens_BN[:, :prompt_len], zero, pad_B, cache, zero)
+  logits, cache = encode(model, tokens_BN[:, :prompt_len], zero, pad_B, cache, zero)
   cur = jnp.asarray(prompt_len, jnp.int32)
   token_B = sample_token(logits[:, -1], jax.random.fold_in(key, cur), params)
   return Carry(tokens_BN.at[:, cur].set(token_B), pad_B, cache, zero, cur, key)
@@ -84,7 +84,7 @@ def _slide(model: gpt.Decoder, carry: Carry) -> Carry:
   base = carry.cur - keep
   prefix_BK = jax.lax.dynamic_slice_in_dim(carry.tokens_BN, base, keep, axis=1)
   cache = model.init_cache(carry.tokens_BN.shape[0], W)
-  _, cache = _encode(model, prefix_BK, base, carry.pad_B, cache, base)
+  _, cache = encode(model, prefix_BK, base, carry.pad_B, cache, base)
   return carry._replace(cache=cache, base=base)
 
 
@@ -97,7 +97,7 @@ def decode_steps(model: gpt.Decoder, carry: Carry, num_steps, params: SamplingPa
   def body(c: Carry) -> Carry:
     c = jax.lax.cond(c.cur - c.base >= W, lambda x: _slide(model, x), lambda x: x, c)
     token_B1 = jax.lax.dynamic_slice_in_dim(c.tokens_BN, c.cur, 1, axis=1)
-    logits, cache = _encode(model, token_B1, c.cur, c.pad_B, c.cache, c.base)
+    logits, cache = encode(model, token_B1, c.cur, c.pad_B, c.cache, c.base)
     nxt = c.cur + 1
     token_B = sample_token(logits[:, -1], jax.random.fold_in(c.key, nxt), params)
     tokens = jax.lax.dynamic_update_slice_in_dim(c.tokens_BN, token_B[:, None], nxt, axis=1)
@@ -119,7 +119,7 @@ def recompute_steps(model: gpt.Decoder, carry: Carry, num_steps, params: Samplin
     base = jnp.maximum(c.cur + 1 - W, 0)  # the last W tokens, as nanoGPT crops its context
     padded_BN = jnp.pad(c.tokens_BN, ((0, 0), (0, W)))  # so a W-slice never runs off the end
     window_BW = jax.lax.dynamic_slice_in_dim(padded_BN, base, W, axis=1)
-    logits, _ = _encode(model, window_BW, base, c.pad_B, model.init_cache(B, W), base)
+    logits, _ = encode(model, window_BW, base, c.pad_B, model.init_cache(B, W), base)
     nxt = c.cur + 1
     token_B = sample_token(jax.lax.dynamic_index_in_dim(logits, c.cur - base, 1, False),
                            jax.random.fold_in(c.key, nxt), params)

@@ -1,0 +1,54 @@
+"""Two processes x 4 CPU devices (jax.distributed over loopback) == one process x 8 devices."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+
+from tests.conftest import REPO, run_cli
+
+ARGS = ["--config", "configs/tiny.py", "--config.train.num_steps=3", "--config.train.log_every=1",
+        "--config.train.eval_every=3", "--config.mesh.data=2", "--config.mesh.fsdp=2",
+        "--config.mesh.tensor=2", "--config.mesh.rules=fsdp_tp",
+        "--config.train.matmul_precision=highest"]
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _losses(workdir):
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return [r["train_loss"] for r in rows if "train_loss" in r]
+
+
+def test_two_processes_match_one_process(tmp_path, text_file):
+  single = tmp_path / "single"
+  run_cli("train.main", *ARGS, "--workdir", single, f"--config.data.path={text_file}",
+          "--config.mesh.cpu_devices=8")
+  multi = tmp_path / "multi"
+  port = _free_port()
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env["PYTHONPATH"] = str(REPO)
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "train.main", *ARGS, "--workdir", str(multi),
+       f"--config.data.path={text_file}", "--config.mesh.cpu_devices=4",
+       f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
+      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  try:
+    outputs = [p.communicate(timeout=300) for p in procs]
+  finally:
+    for p in procs:
+      p.kill()  # never leave a process waiting on its peer
+  for p, (_, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-3000:]
+  assert "process 1 of 2" in outputs[1][1]
+  expected = _losses(single)
+  assert len(expected) == 3
+  np.testing.assert_allclose(_losses(multi), expected, rtol=1e-5)
+  assert sorted(p.name for p in (multi / "checkpoints").iterdir()) == ["3"]
