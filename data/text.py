@@ -77,7 +77,10 @@ def load_splits(cfg: DataConfig, tokenizer: tokenizers.Tokenizer | None = None
   if tokenizer is None:
     # fitted on the whole text so val/test never hold unknown characters
     tokenizer = tokenizers.fit(cfg.tokenizer, text)
-  tokens = tokenizer.encode(text)
+  try:
+    tokens = tokenizer.encode(text)
+  except tokenizers.UnknownCharacterError as e:
+    raise tokenizers.UnknownCharacterError(f"{source!r}: {e} (inherited tokenizer)") from None
   return split_tokens(tokens, cfg, source), tokenizer
 
 

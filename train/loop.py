@@ -70,11 +70,10 @@ class _StopSignal:
 def prepare(cfg: config_lib.RunConfig, workdir) -> Run:
   """Validates everything (data, mesh, shapes, saved config) before writing anything."""
   workdir = pathlib.Path(workdir)
-  saved_tokenizer = (tokenizers.load(workdir) if (workdir / tokenizers.FILENAME).exists()
-                     else None)
-  splits, tokenizer = text.load_splits(cfg.data, saved_tokenizer)
+  splits, tokenizer = text.load_splits(cfg.data, _inherited_tokenizer(cfg, workdir))
   cfg = cfg.resolve(tokenizer.vocab_size)
   _check_saved_config(cfg, workdir)
+  _check_init_from(cfg)
   mesh = mesh_lib.make_mesh(cfg.mesh.shape)
   rules = mesh_lib.rules(cfg.mesh.rules)
   _check_batch(cfg.train, mesh)
@@ -87,6 +86,19 @@ def prepare(cfg: config_lib.RunConfig, workdir) -> Run:
       cfg.train.grad_accum_steps, cfg.model.dropout > 0, rules, shardings, batch_sharding)
   return Run(cfg, workdir, tokenizer, splits, mesh, shardings, batch_sharding, tx,
              train_step, eval_step, jax.process_index() == 0)
+
+
+def _inherited_tokenizer(cfg: config_lib.RunConfig, workdir: pathlib.Path):
+  """The workdir's own tokenizer on resume; the source run's when fine-tuning; else None."""
+  if (workdir / tokenizers.FILENAME).exists():
+    return tokenizers.load(workdir)
+  if not cfg.train.init_from:
+    return None
+  source = tokenizers.load(checkpoint.locate(cfg.train.init_from)[0])
+  if source.kind != cfg.data.tokenizer:
+    raise TrainingError(f"train.init_from={cfg.train.init_from!r}: its tokenizer is "
+                        f"{source.kind!r}, this run's data.tokenizer is {cfg.data.tokenizer!r}")
+  return source
 
 
 def _check_batch(train_cfg: config_lib.TrainConfig, mesh) -> None:
@@ -125,22 +137,30 @@ def _global_batch(run: Run, local: dict) -> dict:
           for k, v in local.items()}
 
 
-def _init_params_from(run: Run, source: str):
-  """Fine-tuning: parameters of another run (fresh optimizer); tokenizer and shapes must match."""
-  src_dir, step = checkpoint.locate(source)
-  if tokenizers.load(src_dir).to_json() != run.tokenizer.to_json():
-    raise TrainingError(f"train.init_from={source!r}: its tokenizer differs from this run's")
+def _check_init_from(cfg: config_lib.RunConfig) -> None:
+  """Fine-tuning source must have this run's model shapes (dropout may differ)."""
+  if not cfg.train.init_from:
+    return
+  src_dir, _ = checkpoint.locate(cfg.train.init_from)
   src_model = config_lib.from_json(src_dir / "config.json").model
-  if src_model != run.cfg.model:
-    diff = [f.name for f in dataclasses.fields(src_model)
-            if getattr(src_model, f.name) != getattr(run.cfg.model, f.name)]
-    if any(k not in ("dropout",) for k in diff):
-      raise TrainingError(f"train.init_from={source!r}: model differs in {', '.join(diff)}")
+  diff = [f.name for f in dataclasses.fields(src_model) if f.name != "dropout"
+          and getattr(src_model, f.name) != getattr(cfg.model, f.name)]
+  if diff:
+    raise TrainingError(f"train.init_from={cfg.train.init_from!r}: model differs in "
+                        f"{', '.join(diff)}")
+
+
+def _init_params_from(run: Run, source: str):
+  """Fine-tuning: parameters of another run; the optimizer starts fresh."""
+  src_dir, step = checkpoint.locate(source)
   reader = checkpoint.reader(src_dir)
-  step = checkpoint.resolve_step(reader, step)
-  abstract = state_lib.abstract_state(run.cfg.model, run.tx, run.state_shardings).params
-  log.info("fine-tuning from %s step %d (parameters only)", src_dir, step)
-  return checkpoint.restore_params(reader, step, abstract)
+  try:
+    step = checkpoint.resolve_step(reader, step)
+    abstract = state_lib.abstract_state(run.cfg.model, run.tx, run.state_shardings).params
+    log.info("fine-tuning from %s step %d (parameters only)", src_dir, step)
+    return checkpoint.restore_params(reader, step, abstract)
+  finally:
+    reader.close()
 
 
 def init_or_restore(run: Run, mgr, data_iter) -> tuple[state_lib.TrainState, Progress]:
@@ -214,10 +234,15 @@ def _wants_eval(cfg: config_lib.TrainConfig, done: int) -> bool:
 
 
 def _after_eval(run: Run, progress: Progress, val_loss: float) -> bool:
-  """Updates best/patience; returns True when val loss improved."""
+  """Updates best/patience; returns True when val loss improved on the best."""
   improved = val_loss < progress.best_val_loss
   if improved:
-    progress.best_val_loss, progress.evals_since_best = val_loss, 0
+    # patience restarts only on an improvement larger than the configured minimum
+    if val_loss < progress.best_val_loss - run.cfg.train.early_stopping_min_delta:
+      progress.evals_since_best = 0
+    else:
+      progress.evals_since_best += 1
+    progress.best_val_loss = val_loss
   else:
     progress.evals_since_best += 1
   return improved
@@ -301,13 +326,13 @@ def train(cfg: config_lib.RunConfig, workdir) -> dict:
   data_iter = text.train_iterator(run.splits.train, cfg.data.seq_len, cfg.train.batch_size,
                                   cfg.train.seed, jax.process_index(), jax.process_count())
   mgr = checkpoint.manager(run.workdir, cfg.train.keep_checkpoints, cfg.train.keep_best)
-  state, progress = init_or_restore(run, mgr, data_iter)
-  _log_layout(run, state)
-  val_batches = text.fixed_batches(run.splits.val, cfg.data.seq_len, cfg.train.batch_size,
-                                   cfg.train.eval_batches, jax.process_index(),
-                                   jax.process_count())
   writer = metrics_lib.MetricsWriter(run.workdir, run.is_main)
   try:
+    state, progress = init_or_restore(run, mgr, data_iter)
+    _log_layout(run, state)
+    val_batches = text.fixed_batches(run.splits.val, cfg.data.seq_len, cfg.train.batch_size,
+                                     cfg.train.eval_batches, jax.process_index(),
+                                     jax.process_count())
     state, outcome = train_steps(run, mgr, state, data_iter, progress, val_batches, writer,
                                  _StopSignal())
     mgr.wait_until_finished()

@@ -1,0 +1,104 @@
+"""Non-finite guard, early stopping, and fine-tuning from another run (init_from)."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from model import gpt
+from tests.conftest import run_cli
+from train import config as config_lib
+from train import mesh as mesh_lib
+from train import optimizer
+from train import state as state_lib
+from train import step as step_lib
+
+
+def _rows(workdir):
+  return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _train(workdir, text_file, *overrides, check=True):
+  return run_cli("train.main", "--config", "configs/tiny.py", "--workdir", workdir,
+                 f"--config.data.path={text_file}", *overrides, check=check)
+
+
+def test_non_finite_step_is_not_applied():
+  model = gpt.ModelConfig(vocab_size=61, max_seq_len=8, num_layers=1, num_heads=2, embed_dim=16)
+  mesh = mesh_lib.make_mesh((8, 1, 1))
+  opt = config_lib.OptimizerConfig()
+  tx = optimizer.build(opt, 10)
+  shardings = state_lib.shardings(model, tx, mesh, mesh_lib.rules("dp"))
+  state = state_lib.create(model, tx, 0, shardings)
+  poisoned = state._replace(params={**state.params, "ln_f": {"scale": jnp.full((16,), jnp.nan)}})
+  before = jax.device_get(poisoned)
+  graphdef, _, _ = state_lib.model_graph(model)
+  train, _ = step_lib.compile_steps(graphdef, tx, optimizer.schedule(opt, 10), 1, False,
+                                    mesh_lib.rules("dp"), shardings,
+                                    mesh_lib.batch_sharding(mesh))
+  batch = {"inputs": np.zeros((8, 8), np.int32), "targets": np.ones((8, 8), np.int32)}
+  after, metrics = train(poisoned, batch)
+  assert not bool(metrics["finite"]) and int(after.step) == 1
+  after = jax.device_get(after)
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b),
+               (after.params, after.opt_state), (before.params, before.opt_state))
+
+
+def test_divergence_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path,
+                                                                              text_file):
+  workdir = tmp_path / "run"
+  proc = _train(workdir, text_file, "--config.optimizer.learning_rate=1e30",
+                "--config.optimizer.warmup_steps=0", "--config.train.checkpoint_every=1",
+                "--config.train.log_every=1", check=False)
+  assert proc.returncode == 2
+  line = proc.stderr.strip().splitlines()[-1]
+  assert "non-finite loss or gradient at step" in line
+  bad_step = int(line.split("at step ")[1].split(";")[0])
+  saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir())
+  assert saved and max(saved) < bad_step  # nothing saved from the bad step on
+
+
+def test_skips_up_to_the_configured_count(tmp_path, text_file):
+  workdir = tmp_path / "run"
+  proc = _train(workdir, text_file, "--config.optimizer.learning_rate=1e30",
+                "--config.optimizer.warmup_steps=0", "--config.train.max_nonfinite_steps=3",
+                "--config.train.log_every=1", check=False)
+  assert proc.returncode == 2
+  assert len([r for r in _rows(workdir) if r.get("nonfinite")]) == 4
+
+
+def test_early_stopping_then_test_loss_on_best(tmp_path, text_file):
+  workdir = tmp_path / "run"
+  _train(workdir, text_file, "--config.optimizer.learning_rate=1e-9",
+         "--config.optimizer.min_learning_rate=1e-9", "--config.train.eval_every=2",
+         "--config.train.early_stopping_patience=2",
+         "--config.train.early_stopping_min_delta=0.001")
+  rows = _rows(workdir)
+  assert [r["step"] for r in rows if "val_loss" in r] == [2, 4, 6]  # best at 2, then 2 misses
+  assert rows[-1]["step"] == 6 and "test_loss" in rows[-1]
+  assert rows[-1]["test_checkpoint_step"] in (2, 4, 6)
+
+
+def test_init_from_loads_params_and_checks_shapes(tmp_path, text_file):
+  source = tmp_path / "source"
+  _train(source, text_file, "--config.train.num_steps=40", "--config.train.log_every=1")
+  other_text = tmp_path / "other.txt"
+  other_text.write_text(text_file.read_text()[-200_000:])
+  tuned = tmp_path / "tuned"
+  run_cli("train.main", "--config", "configs/tiny.py", "--workdir", tuned,
+          f"--config.data.path={other_text}", f"--config.train.init_from={source}",
+          "--config.train.num_steps=5", "--config.train.log_every=1")
+  first_source = [r["train_loss"] for r in _rows(source) if "train_loss" in r][0]
+  first_tuned = [r["train_loss"] for r in _rows(tuned) if "train_loss" in r][0]
+  assert first_tuned < first_source - 0.3  # starts from trained weights, not from scratch
+  assert (tuned / "tokenizer.json").read_text() == (source / "tokenizer.json").read_text()
+
+  bad = run_cli("train.main", "--config", "configs/tiny.py", "--workdir", tmp_path / "bad",
+                f"--config.data.path={other_text}", f"--config.train.init_from={source}",
+                "--config.model.embed_dim=64", check=False)
+  assert bad.returncode == 2 and "embed_dim" in bad.stderr.strip().splitlines()[-1]
+  assert not (tmp_path / "bad").exists()  # refused before anything was written
+  bad = run_cli("train.main", "--config", "configs/tiny.py", "--workdir", tmp_path / "bad2",
+                f"--config.data.path={other_text}", f"--config.train.init_from={source}",
+                "--config.data.tokenizer=byte", check=False)
+  assert bad.returncode == 2 and "tokenizer" in bad.stderr.strip().splitlines()[-1]
