@@ -161,7 +161,8 @@ class Mlp(nnx.Module):
     h_BTF = x_BTD @ self.fc[...].astype(self.dtype)
     if self.fc_bias is not None:
       h_BTF = h_BTF + self.fc_bias[...].astype(self.dtype)
-    h_BTF = axes.constrain(jax.nn.gelu(h_BTF, approximate=True), (axes.BATCH, None, axes.MLP))
+    # exact (erf) GELU, as nanoGPT and GPT-2 use
+    h_BTF = axes.constrain(jax.nn.gelu(h_BTF, approximate=False), (axes.BATCH, None, axes.MLP))
     y_BTD = h_BTF @ self.proj[...].astype(self.dtype)
     if self.proj_bias is not None:
       y_BTD = y_BTD + self.proj_bias[...].astype(self.dtype)

@@ -37,37 +37,62 @@ def _generate(graphdef, params, steps, cached=True, sampling=GREEDY, seed=0):
                          jnp.int32(steps), sampling))
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _forward(graphdef, params, tokens):
+  return nnx.merge(graphdef, params)(tokens)[0]
+
+
 def test_cached_greedy_equals_full_recompute_within_the_window():
   graphdef, params = _params()
   steps = CFG.max_seq_len - PROMPT_LEN - 1  # stays inside the 32-token window
   cached = _generate(graphdef, params, steps)
   assert np.array_equal(cached, _generate(graphdef, params, steps, cached=False))
-  model = nnx.merge(graphdef, params)
   for row, prompt in enumerate(PROMPTS):  # and equals plain decoding of the unpadded prompt
     ids = list(prompt)
     for _ in range(steps + 1):
-      logits, _ = model(jnp.asarray([ids]))
-      ids.append(int(jnp.argmax(logits[0, -1])))
+      # right-padded to one shape (one compilation); causality makes the padding invisible
+      buffer = np.zeros((1, CFG.max_seq_len), np.int32)
+      buffer[0, :len(ids)] = ids
+      logits = _forward(graphdef, params, jnp.asarray(buffer))
+      ids.append(int(jnp.argmax(logits[0, len(ids) - 1])))
     assert ids[len(prompt):] == cached[row, PROMPT_LEN:PROMPT_LEN + steps + 1].tolist()
 
 
-def test_cached_logits_match_full_forward():
-  graphdef, params = _params(1)
+def _shard(params, rules="fsdp_tp"):
+  """Params split over an 8-device (data=2, fsdp=2, tensor=2) mesh."""
+  mesh = mesh_lib.make_mesh((2, 2, 2))
+  _, _, specs = state_lib.model_graph(CFG)
+  sharded = jax.device_put(nnx.to_pure_dict(params),
+                           mesh_lib.param_shardings(specs, mesh, mesh_lib.rules(rules)))
+  qkv = sharded["blocks"][0]["attn"]["qkv"]
+  assert qkv.sharding.shard_shape(qkv.shape) != qkv.shape  # really split
+  return sharded
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _encode(graphdef, params, tokens, slot, pad, cache):
   model = nnx.merge(graphdef, params)
+  return decode.encode(model, tokens, slot, pad, cache, jnp.int32(0))
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_cached_logits_match_full_forward(sharded):
+  graphdef, params = _params(1)
+  params = _shard(params) if sharded else params
   tokens, pad = decode.left_pad(PROMPTS, TOTAL, PROMPT_LEN)
   rng = np.random.default_rng(0)
   tokens[:, PROMPT_LEN:] = rng.integers(0, CFG.vocab_size, (len(PROMPTS), TOTAL - PROMPT_LEN))
-  cache = model.init_cache(len(PROMPTS), CFG.max_seq_len)
-  zero = jnp.int32(0)
-  prefill_logits, cache = decode.encode(model, tokens[:, :PROMPT_LEN], zero, pad, cache, zero)
+  cache = nnx.merge(graphdef, params).init_cache(len(PROMPTS), CFG.max_seq_len)
+  prefill_logits, cache = _encode(graphdef, params, tokens[:, :PROMPT_LEN], jnp.int32(0), pad,
+                                  cache)
   step_logits = [prefill_logits[:, -1]]
   for slot in range(PROMPT_LEN, CFG.max_seq_len):
-    logits, cache = decode.encode(model, tokens[:, slot:slot + 1], jnp.int32(slot), pad, cache,
-                                  zero)
+    logits, cache = _encode(graphdef, params, tokens[:, slot:slot + 1], jnp.int32(slot), pad,
+                            cache)
     step_logits.append(logits[:, 0])
   cached = np.stack(step_logits, axis=1)  # predictions for slots PROMPT_LEN..W
   for row, n_pad in enumerate(pad):
-    full, _ = model(jnp.asarray(tokens[row:row + 1, n_pad:CFG.max_seq_len]))
+    full = _forward(graphdef, params, jnp.asarray(tokens[row:row + 1, n_pad:CFG.max_seq_len]))
     reference = np.asarray(full[0, PROMPT_LEN - 1 - n_pad:, :CFG.vocab_size])
     np.testing.assert_allclose(cached[row, :, :CFG.vocab_size], reference, rtol=1e-5, atol=1e-5)
 
@@ -83,12 +108,8 @@ def test_generation_past_the_window_slides():
 def test_sharded_params_decode_the_same_tokens():
   graphdef, params = _params(2)
   single = _generate(graphdef, params, 20)
-  mesh = mesh_lib.make_mesh((2, 2, 2))
-  _, _, specs = state_lib.model_graph(CFG)
-  shardings = mesh_lib.param_shardings(specs, mesh, mesh_lib.rules("fsdp_tp"))
-  sharded = jax.device_put(nnx.to_pure_dict(params), shardings)
-  assert sharded["blocks"][0]["attn"]["qkv"].sharding.shard_shape((32, 3, 4, 8)) != (32, 3, 4, 8)
-  np.testing.assert_array_equal(_generate(graphdef, sharded, 20), single)
+  np.testing.assert_array_equal(_generate(graphdef, _shard(params), 20), single)
+  np.testing.assert_array_equal(_generate(graphdef, _shard(params), 20, cached=False), single)
 
 
 PROBS = np.array([0.4, 0.3, 0.15, 0.1, 0.05])

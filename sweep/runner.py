@@ -1,0 +1,251 @@
+"""Runs trials as treadle-train processes: skips finished ones, resumes the rest, one owner each.
+
+Under the sweep root (default runs/sweeps/NAME):
+  trials/TRIAL/       the trial's treadle-train workdir (resumed by rerunning its command)
+  logs/TRIAL.log      its stdout and stderr, every attempt appended
+  status/TRIAL.json   the runner's record: state, command, attempts (start, end, exit code), error
+  locks/TRIAL.lock    flock'd while a process trains the trial
+"""
+import dataclasses
+import fcntl
+import json
+import os
+import pathlib
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+from sweep import spec
+from train import metrics
+
+INTERRUPTED_EXIT_CODE = 75  # treadle-train's: checkpoint written, rerun the command to resume
+POLL_SECONDS = 0.2
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """Where a sweep keeps its files."""
+  root: pathlib.Path
+
+  def workdir(self, name: str) -> pathlib.Path:
+    return self.root / "trials" / name
+
+  def log(self, name: str) -> pathlib.Path:
+    return self.root / "logs" / f"{name}.log"
+
+  def status(self, name: str) -> pathlib.Path:
+    return self.root / "status" / f"{name}.json"
+
+  def lock(self, name: str) -> pathlib.Path:
+    return self.root / "locks" / f"{name}.lock"
+
+
+def command(sweep: spec.Sweep, trial: spec.Trial, layout: Layout) -> list[str]:
+  """The trial's treadle-train command; rerunning it resumes the trial."""
+  return [sys.executable, "-m", "train.main", "--config", sweep.base_config,
+          "--workdir", str(layout.workdir(trial.name)),
+          *(f"--config.{k}={spec.format_value(v)}" for k, v in trial.overrides.items())]
+
+
+def read_metrics(workdir: pathlib.Path) -> list[dict]:
+  """metrics.jsonl rows; a line still being written by a running trial is left out."""
+  path = pathlib.Path(workdir) / metrics.FILENAME
+  if not path.exists():
+    return []
+  text = path.read_text()
+  complete = text if text.endswith("\n") else text[:text.rfind("\n") + 1]
+  return [json.loads(line) for line in complete.splitlines() if line.strip()]
+
+
+def read_status(layout: Layout, name: str) -> dict[str, Any] | None:
+  path = layout.status(name)
+  return json.loads(path.read_text()) if path.exists() else None
+
+
+def _write_status(layout: Layout, name: str, status: dict[str, Any]) -> None:
+  path = layout.status(name)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_suffix(f".tmp{os.getpid()}")
+  tmp.write_text(json.dumps(status, indent=1))
+  tmp.replace(path)
+
+
+def is_finished(rows: list[dict], status: dict | None, argv: list[str]) -> bool:
+  """treadle-train writes the test loss last, only when a run completes; if this runner
+  tracked the trial, it must also have finished with this very command (same overrides)."""
+  if not rows or "test_loss" not in rows[-1]:
+    return False
+  return status is None or (status["state"] == "finished" and status["argv"][1:] == argv[1:])
+
+
+def try_lock(path: pathlib.Path) -> int | None:
+  """A non-blocking exclusive flock on `path`: its fd, or None when another process holds it."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    os.close(fd)
+    return None
+  return fd
+
+
+def wall_time(status: dict | None) -> float:
+  """Seconds spent training the trial, summed over its finished attempts."""
+  attempts = (status or {}).get("attempts", [])
+  return sum(a["end"] - a["start"] for a in attempts if a.get("end"))
+
+
+def is_alive(status: dict) -> bool:
+  """Whether a 'running' record's processes still exist (another host: assume they do)."""
+  attempt = status["attempts"][-1]
+  if attempt["host"] != socket.gethostname():
+    return True
+  for pid in (attempt.get("pid"), attempt.get("sweep_pid")):
+    try:
+      if pid:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+      pass
+    except PermissionError:
+      return True
+  return False
+
+
+@dataclasses.dataclass
+class _Active:
+  trial: spec.Trial
+  proc: subprocess.Popen
+  lock_fd: int
+  status: dict[str, Any]
+  log_offset: int
+
+
+class _StopSignal:
+  """SIGTERM/SIGINT: start nothing new, pass SIGTERM on (trials checkpoint and exit 75)."""
+
+  def __init__(self):
+    self.received = None
+    self._previous = {}
+    try:
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handle)
+    except ValueError:  # not the main thread: the caller handles signals
+      pass
+
+  def _handle(self, signum, frame):
+    self.received = signal.Signals(signum).name
+
+  def restore(self) -> None:
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def run(sweep: spec.Sweep, trials: list[spec.Trial], layout: Layout, parallel: int = 1,
+        say: Callable[[str], None] = print) -> dict[str, str]:
+  """Trains the trials not finished, `parallel` at a time; returns name -> outcome, one of
+  finished, failed, interrupted, already finished, locked (another process owns it),
+  not started (stopped by a signal first)."""
+  queue, active, outcomes = list(trials), [], {}
+  stop, forwarded = _StopSignal(), False
+  try:
+    while active or (queue and not stop.received):
+      while queue and len(active) < parallel and not stop.received:
+        trial = queue.pop(0)
+        started = _start(sweep, trial, layout)
+        if isinstance(started, str):
+          outcomes[trial.name] = started
+          say(f"{_tag(trial, sweep, trials)}: {started}, skipped")
+        else:
+          active.append(started)
+          say(f"{_tag(trial, sweep, trials)}: started (attempt {len(started.status['attempts'])})"
+              f", log {layout.log(trial.name)}")
+      if stop.received and not forwarded:
+        forwarded = True
+        say(f"{stop.received}: stopping; running trials checkpoint and exit")
+        for a in active:
+          a.proc.send_signal(signal.SIGTERM)
+      for a in [a for a in active if a.proc.poll() is not None]:
+        active.remove(a)
+        outcomes[a.trial.name] = _finish(layout, a, bool(stop.received))
+        say(f"{_tag(a.trial, sweep, trials)}: {_describe(a.status)}")
+      if active:
+        time.sleep(POLL_SECONDS)
+  finally:
+    stop.restore()
+  outcomes.update({t.name: "not started" for t in queue})
+  return outcomes
+
+
+def _tag(trial: spec.Trial, sweep: spec.Sweep, trials: list[spec.Trial]) -> str:
+  return f"[{sweep.name} {trial.index + 1}/{len(trials)}] {trial.name}"
+
+
+def _describe(status: dict) -> str:
+  seconds = status["attempts"][-1]["end"] - status["attempts"][-1]["start"]
+  text = f"{status['state']} after {seconds:.0f} s"
+  return f"{text}: {status['error']}" if status.get("error") else text
+
+
+def _start(sweep: spec.Sweep, trial: spec.Trial, layout: Layout) -> _Active | str:
+  """Locks and launches the trial, or says why not."""
+  lock_fd = try_lock(layout.lock(trial.name))
+  if lock_fd is None:
+    return "locked"
+  argv = command(sweep, trial, layout)
+  status = read_status(layout, trial.name)
+  # checked under the lock: another process may have finished it a moment ago
+  if is_finished(read_metrics(layout.workdir(trial.name)), status, argv):
+    os.close(lock_fd)
+    return "already finished"
+  status = status or {"trial": trial.name, "overrides": trial.overrides, "attempts": []}
+  status.update(state="running", argv=argv, error=None)
+  log_path = layout.log(trial.name)
+  log_path.parent.mkdir(parents=True, exist_ok=True)
+  with open(log_path, "ab") as log:
+    offset = log.tell()
+    log.write(f"### attempt {len(status['attempts']) + 1} at {time.ctime()}: "
+              f"{shlex.join(argv)}\n".encode())
+    log.flush()
+    # the child inherits the lock: a trial outliving a killed sweep process stays owned
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, pass_fds=(lock_fd,))
+  status["attempts"].append({"start": time.time(), "host": socket.gethostname(),
+                             "sweep_pid": os.getpid(), "pid": proc.pid})
+  _write_status(layout, trial.name, status)
+  return _Active(trial, proc, lock_fd, status, offset)
+
+
+def _finish(layout: Layout, active: _Active, stopping: bool) -> str:
+  """Records the exit of a trial's process and releases its lock."""
+  code = active.proc.returncode
+  status = active.status
+  status["attempts"][-1].update(end=time.time(), returncode=code)
+  if code == 0:
+    status["state"] = "finished"
+  elif code == INTERRUPTED_EXIT_CODE or (code < 0 and stopping):
+    status["state"] = "interrupted"
+  else:
+    status["state"] = "failed"
+    status["error"] = _error_line(layout.log(active.trial.name), active.log_offset, code)
+  _write_status(layout, active.trial.name, status)
+  os.close(active.lock_fd)
+  return status["state"]
+
+
+def _error_line(log_path: pathlib.Path, offset: int, code: int) -> str:
+  """treadle-train's one-line `error: ...`, else the last line it printed."""
+  with open(log_path, "rb") as f:
+    f.seek(offset)
+    lines = [l.strip() for l in f.read().decode(errors="replace").splitlines()[1:] if l.strip()]
+  errors = [l for l in lines if l.startswith("error:")]
+  if code < 0:
+    reason = f"killed by {signal.Signals(-code).name}"
+  else:
+    reason = errors[-1] if errors else (lines[-1] if lines else "no output")
+  return f"exit {code}: {reason}"
