@@ -22,6 +22,5 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.num_steps = 5000
   c.optimizer.warmup_steps = 100
   c.train.eval_every = 250
-  c.train.eval_batches = 20
   c.train.checkpoint_every = 500
   return c

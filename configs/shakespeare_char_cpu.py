@@ -48,7 +48,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.seed = 1337
   c.train.log_every = 10                # steps between train-loss lines
   c.train.eval_every = 250              # steps between validation passes
-  c.train.eval_batches = 20             # fixed validation batches per pass
+  c.train.eval_batches = 0              # fixed val/test batches per pass; 0 = the whole split
   c.train.checkpoint_every = 500        # steps between checkpoints (also saved at the end)
   c.train.keep_checkpoints = 2          # latest K kept ...
   c.train.keep_best = True              # ... plus the best by validation loss

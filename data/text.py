@@ -113,6 +113,18 @@ def train_iterator(tokens: np.ndarray, seq_len: int, global_batch: int, seed: in
 
 def fixed_batches(tokens: np.ndarray, seq_len: int, global_batch: int, num_batches: int,
                   process_index: int = 0, process_count: int = 1) -> list[dict]:
-  """The same evaluation batches every time (seeded once), so val losses are comparable."""
-  ds = _windows(tokens, seq_len, global_batch, 0, process_index, process_count)
-  return [ds[i] for i in range(num_batches)]
+  """The same evaluation batches every time, so val losses are comparable.
+
+  num_batches > 0: that many batches of seeded random windows. num_batches == 0: the whole
+  split as consecutive non-overlapping windows (the remainder that doesn't fill a batch is
+  left out, unless the split is smaller than one batch, when windows wrap around).
+  """
+  if num_batches > 0:
+    ds = _windows(tokens, seq_len, global_batch, 0, process_index, process_count)
+    return [ds[i] for i in range(num_batches)]
+  starts = np.arange(0, len(tokens) - seq_len, seq_len)
+  count = max(len(starts) // global_batch, 1)
+  starts = np.resize(starts, count * global_batch).reshape(count, global_batch)
+  local = global_batch // process_count
+  rows = slice(process_index * local, (process_index + 1) * local)
+  return [_gather_windows(tokens, seq_len, rows, s) for s in starts]

@@ -52,9 +52,11 @@ class TrainConfig:
 
   def __post_init__(self):
     for name in ("num_steps", "batch_size", "grad_accum_steps", "log_every", "eval_every",
-                 "eval_batches", "checkpoint_every", "keep_checkpoints"):
+                 "checkpoint_every", "keep_checkpoints"):
       if getattr(self, name) < 1:
         raise ValueError(f"train.{name}={getattr(self, name)} must be positive")
+    if self.eval_batches < 0:
+      raise ValueError(f"train.eval_batches={self.eval_batches} must be >= 0 (0 = whole split)")
     if self.batch_size % self.grad_accum_steps:
       raise ValueError(f"train.batch_size={self.batch_size} is not divisible by "
                        f"train.grad_accum_steps={self.grad_accum_steps}")

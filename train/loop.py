@@ -176,9 +176,17 @@ def init_or_restore(run: Run, mgr, data_iter) -> tuple[state_lib.TrainState, Pro
                           params), Progress()
 
 
-def evaluate(run: Run, params, batches: list[dict]) -> float:
-  losses = [run.eval_step(params, _global_batch(run, b)) for b in batches]
-  return float(np.mean(jax.device_get(losses)))
+def eval_set(run: Run, batches: list[dict]) -> dict:
+  """Fixed evaluation batches as global arrays stacked on a leading axis."""
+  sharding = mesh_lib.stacked_batch_sharding(run.mesh)
+  shape = (len(batches), run.cfg.train.batch_size, run.cfg.data.seq_len)
+  return {k: jax.make_array_from_process_local_data(sharding, np.stack([b[k] for b in batches]),
+                                                    shape) for k in batches[0]}
+
+
+def evaluate(run: Run, params, stacked: dict) -> float:
+  """Mean loss over the fixed batches (each batch weighs the same)."""
+  return float(jax.device_get(run.eval_step(params, stacked)))
 
 
 def _save(run: Run, mgr, state, data_iter, progress: Progress, val_loss=None) -> None:
@@ -307,7 +315,7 @@ def test_loss(run: Run, mgr, state) -> tuple[float, int]:
   batches = text.fixed_batches(run.splits.test, run.cfg.data.seq_len, run.cfg.train.batch_size,
                                run.cfg.train.eval_batches, jax.process_index(),
                                jax.process_count())
-  return evaluate(run, params, batches), (final if best is None else best)
+  return evaluate(run, params, eval_set(run, batches)), (final if best is None else best)
 
 
 def _log_layout(run: Run, state) -> None:
@@ -330,9 +338,9 @@ def train(cfg: config_lib.RunConfig, workdir) -> dict:
   try:
     state, progress = init_or_restore(run, mgr, data_iter)
     _log_layout(run, state)
-    val_batches = text.fixed_batches(run.splits.val, cfg.data.seq_len, cfg.train.batch_size,
-                                     cfg.train.eval_batches, jax.process_index(),
-                                     jax.process_count())
+    val_batches = eval_set(run, text.fixed_batches(
+        run.splits.val, cfg.data.seq_len, cfg.train.batch_size, cfg.train.eval_batches,
+        jax.process_index(), jax.process_count()))
     state, outcome = train_steps(run, mgr, state, data_iter, progress, val_batches, writer,
                                  _StopSignal())
     mgr.wait_until_finished()

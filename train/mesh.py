@@ -79,6 +79,12 @@ def batch_sharding(mesh: jax.sharding.Mesh, ndim: int = 2) -> jax.sharding.Named
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(_BATCH, *([None] * (ndim - 1))))
 
 
+def stacked_batch_sharding(mesh: jax.sharding.Mesh, ndim: int = 3) -> jax.sharding.NamedSharding:
+  """Batches stacked on a leading axis (evaluation sets): the batch is dim 1."""
+  return jax.sharding.NamedSharding(
+      mesh, jax.sharding.PartitionSpec(None, _BATCH, *([None] * (ndim - 2))))
+
+
 def batch_parallelism(mesh: jax.sharding.Mesh) -> int:
   return mesh.shape["data"] * mesh.shape["fsdp"]
 

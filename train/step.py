@@ -9,6 +9,7 @@ from flax import nnx
 
 from model import axes
 from model import gpt
+from train import mesh as mesh_lib
 from train import state as state_lib
 
 Batch = dict[str, jax.Array]
@@ -62,10 +63,19 @@ def train_step(state: state_lib.TrainState, batch: Batch, *, graphdef, tx, sched
     return new_state, metrics
 
 
-def eval_step(params: Any, batch: Batch, *, graphdef, rules, mesh) -> jax.Array:
-  """Mean loss of one batch, no dropout."""
+def eval_step(params: Any, batches: Batch, *, graphdef, rules, mesh) -> jax.Array:
+  """Mean loss (no dropout) over batches stacked on a leading axis, in one program.
+
+  One program for the whole evaluation: many small programs holding collectives can
+  interleave differently on XLA:CPU's simulated devices and deadlock its all-reduce.
+  """
+  def body(loss_sum, batch):
+    return loss_sum + _loss(graphdef, params, batch, None), None
+
   with axes.activation_rules(rules, mesh):
-    return _loss(graphdef, params, batch, None)
+    num_batches = jax.tree.leaves(batches)[0].shape[0]
+    loss_sum, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), batches)
+    return loss_sum / num_batches
 
 
 def compile_steps(graphdef, tx, schedule, accum_steps: int, use_dropout: bool, rules,
@@ -74,6 +84,7 @@ def compile_steps(graphdef, tx, schedule, accum_steps: int, use_dropout: bool, r
   batch_shardings = {"inputs": batch_sharding, "targets": batch_sharding}
   replicated = state_shardings.step
   mesh = replicated.mesh
+  stacked_sharding = mesh_lib.stacked_batch_sharding(mesh)
   train = jax.jit(
       functools.partial(train_step, graphdef=graphdef, tx=tx, schedule=schedule,
                         accum_steps=accum_steps, use_dropout=use_dropout, rules=rules,
@@ -81,6 +92,7 @@ def compile_steps(graphdef, tx, schedule, accum_steps: int, use_dropout: bool, r
       in_shardings=(state_shardings, batch_shardings),
       out_shardings=(state_shardings, replicated), donate_argnums=0)
   evaluate = jax.jit(functools.partial(eval_step, graphdef=graphdef, rules=rules, mesh=mesh),
-                     in_shardings=(state_shardings.params, batch_shardings),
+                     in_shardings=(state_shardings.params,
+                                   {"inputs": stacked_sharding, "targets": stacked_sharding}),
                      out_shardings=replicated)
   return train, evaluate

@@ -68,3 +68,16 @@ def test_char_tokenizer_covers_val_and_test(tmp_path):
   path.write_text("a" * 5000 + "zq" * 300)  # z, q only in the tail splits
   splits, tok = text.load_splits(_cfg(path))
   assert isinstance(tok, tokenizers.CharTokenizer) and tok.vocab_size == 3
+
+
+def test_whole_split_evaluation_covers_consecutive_windows():
+  tokens = np.arange(1000, dtype=np.int32)
+  batches = text.fixed_batches(tokens, seq_len=10, global_batch=8, num_batches=0)
+  assert len(batches) == 99 // 8  # 99 full windows, 12 full batches
+  starts = np.concatenate([b["inputs"][:, 0] for b in batches])
+  np.testing.assert_array_equal(starts, np.arange(0, 960, 10))
+  halves = [text.fixed_batches(tokens, 10, 8, 0, process_index=i, process_count=2)[3]["inputs"]
+            for i in range(2)]
+  np.testing.assert_array_equal(np.concatenate(halves), batches[3]["inputs"])
+  tiny = text.fixed_batches(np.arange(30, dtype=np.int32), 10, 8, 0)
+  assert len(tiny) == 1 and tiny[0]["inputs"].shape == (8, 10)  # wraps to fill one batch
