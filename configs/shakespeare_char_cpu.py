@@ -10,6 +10,7 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
+  c.task = "lm"                   # lm (language modelling) | classify (images)
 
   c.model = ml_collections.ConfigDict()
   c.model.num_layers = 4          # transformer blocks

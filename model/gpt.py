@@ -40,6 +40,9 @@ class ModelConfig:
     if self.vocab_size < 0 or self.max_seq_len < 0:
       raise ValueError("model.vocab_size and model.max_seq_len must be >= 0 (0 = derived)")
 
+  def make(self, rngs: nnx.Rngs) -> "Decoder":
+    return Decoder(self, rngs)
+
   @property
   def head_dim(self) -> int:
     return self.embed_dim // self.num_heads
@@ -96,10 +99,11 @@ class LayerNorm(nnx.Module):
 
 
 class Attention(nnx.Module):
-  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, causal: bool = True):
     D, H, K = cfg.embed_dim, cfg.num_heads, cfg.head_dim
     std = 0.02
     self.cfg = cfg
+    self.causal = causal
     self.qkv = axes.param(nnx.initializers.normal(std), rngs.params(), (D, 3, H, K),
                           (axes.EMBED, None, axes.HEADS, axes.HEAD_DIM))
     # residual projections scaled down with depth (GPT-2)
@@ -120,7 +124,8 @@ class Attention(nnx.Module):
     T = x_BTD.shape[1]
     if cache is None:
       k_BSHK, v_BSHK = k_BTHK, v_BTHK
-      mask_BTS = jnp.tril(jnp.ones((T, T), bool))[None]
+      full = jnp.ones((T, T), bool)
+      mask_BTS = (jnp.tril(full) if self.causal else full)[None]
     else:
       start = decode.write_index
       k_BSHK = jax.lax.dynamic_update_slice_in_dim(cache.k_BSHK, k_BTHK.astype(cache.k_BSHK.dtype),
@@ -170,10 +175,10 @@ class Mlp(nnx.Module):
 
 
 class Block(nnx.Module):
-  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, causal: bool = True):
     self.dropout_rate = cfg.dropout
     self.ln1 = LayerNorm(cfg.embed_dim, cfg.use_bias)
-    self.attn = Attention(cfg, rngs)
+    self.attn = Attention(cfg, rngs, causal)
     self.ln2 = LayerNorm(cfg.embed_dim, cfg.use_bias)
     self.mlp = Mlp(cfg, rngs)
 

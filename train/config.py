@@ -9,7 +9,7 @@ from data import text
 from model import gpt
 
 # Keys whose change makes an existing run directory incompatible (shapes, data, tokens).
-INCOMPATIBLE_PREFIXES = ("model.", "data.")
+INCOMPATIBLE_PREFIXES = ("task", "model.", "data.")
 # Keys safe to change on resume (more steps, logging/eval/checkpoint cadence, ...).
 SAFE_KEYS = {"data.cache_dir"}
 
@@ -80,20 +80,26 @@ class MeshConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-  model: gpt.ModelConfig
-  data: text.DataConfig
+  task: str    # "lm" (language modelling) | "classify" (image classification)
+  model: Any   # the task's model config (gpt.ModelConfig, classifier.ClassifierConfig)
+  data: Any    # the task's data config (text.DataConfig, images.DataConfig)
   optimizer: OptimizerConfig
   train: TrainConfig
   mesh: MeshConfig
 
-  def resolve(self, vocab_size: int) -> "RunConfig":
-    """Fills the model fields that come from the tokenizer and the data."""
-    model = dataclasses.replace(self.model, vocab_size=vocab_size,
-                                max_seq_len=self.model.max_seq_len or self.data.seq_len)
-    return dataclasses.replace(self, model=model)
-
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
+
+
+def _section_types(task: str):
+  """(model config class, data config class) of a task."""
+  if task == "lm":
+    return gpt.ModelConfig, text.DataConfig
+  if task == "classify":
+    from data import images  # local: only image runs need the image stack
+    from model import classifier
+    return classifier.ClassifierConfig, images.DataConfig
+  raise ValueError(f"task={task!r} is not one of ['classify', 'lm']")
 
 
 def _build(cls, section: str, values: dict):
@@ -109,9 +115,11 @@ def split(cfg: ml_collections.ConfigDict | dict) -> RunConfig:
   expected = {f.name for f in dataclasses.fields(RunConfig)}
   if set(d) != expected:
     raise ValueError(f"config sections {sorted(d)} != expected {sorted(expected)}")
+  model_type, data_type = _section_types(d["task"])
   return RunConfig(
-      model=_build(gpt.ModelConfig, "model", d["model"]),
-      data=_build(text.DataConfig, "data", d["data"]),
+      task=d["task"],
+      model=_build(model_type, "model", d["model"]),
+      data=_build(data_type, "data", d["data"]),
       optimizer=_build(OptimizerConfig, "optimizer", d["optimizer"]),
       train=_build(TrainConfig, "train", d["train"]),
       mesh=_build(MeshConfig, "mesh", d["mesh"]),

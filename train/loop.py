@@ -12,8 +12,6 @@ import jax
 import numpy as np
 import tqdm
 
-from data import text
-from data import tokenizers
 from train import checkpoint
 from train import config as config_lib
 from train import mesh as mesh_lib
@@ -22,6 +20,7 @@ from train import optimizer
 from train import perf
 from train import state as state_lib
 from train import step as step_lib
+from train import tasks
 
 log = logging.getLogger("treadle")
 INTERRUPTED_EXIT_CODE = 75  # EX_TEMPFAIL: checkpoint written, rerun the command to resume
@@ -44,8 +43,8 @@ class Run:
   """Everything built once at start: config, data, mesh, compiled steps."""
   cfg: config_lib.RunConfig
   workdir: pathlib.Path
-  tokenizer: Any
-  splits: text.Splits
+  task: Any
+  splits: tasks.Splits
   mesh: jax.sharding.Mesh
   state_shardings: state_lib.TrainState
   batch_sharding: Any
@@ -70,8 +69,9 @@ class _StopSignal:
 def prepare(cfg: config_lib.RunConfig, workdir) -> Run:
   """Validates everything (data, mesh, shapes, saved config) before writing anything."""
   workdir = pathlib.Path(workdir)
-  splits, tokenizer = text.load_splits(cfg.data, _inherited_tokenizer(cfg, workdir))
-  cfg = cfg.resolve(tokenizer.vocab_size)
+  task = tasks.get(cfg.task)
+  init_dir = checkpoint.locate(cfg.train.init_from)[0] if cfg.train.init_from else None
+  splits, cfg = task.load(cfg, workdir, init_dir)
   _check_saved_config(cfg, workdir)
   _check_init_from(cfg)
   mesh = mesh_lib.make_mesh(cfg.mesh.shape)
@@ -83,22 +83,10 @@ def prepare(cfg: config_lib.RunConfig, workdir) -> Run:
   batch_sharding = mesh_lib.batch_sharding(mesh)
   train_step, eval_step = step_lib.compile_steps(
       graphdef, tx, optimizer.schedule(cfg.optimizer, cfg.train.num_steps),
-      cfg.train.grad_accum_steps, cfg.model.dropout > 0, rules, shardings, batch_sharding)
-  return Run(cfg, workdir, tokenizer, splits, mesh, shardings, batch_sharding, tx,
+      cfg.train.grad_accum_steps, cfg.model.dropout > 0, rules, shardings, batch_sharding,
+      task)
+  return Run(cfg, workdir, task, splits, mesh, shardings, batch_sharding, tx,
              train_step, eval_step, jax.process_index() == 0)
-
-
-def _inherited_tokenizer(cfg: config_lib.RunConfig, workdir: pathlib.Path):
-  """The workdir's own tokenizer on resume; the source run's when fine-tuning; else None."""
-  if (workdir / tokenizers.FILENAME).exists():
-    return tokenizers.load(workdir)
-  if not cfg.train.init_from:
-    return None
-  source = tokenizers.load(checkpoint.locate(cfg.train.init_from)[0])
-  if source.kind != cfg.data.tokenizer:
-    raise TrainingError(f"train.init_from={cfg.train.init_from!r}: its tokenizer is "
-                        f"{source.kind!r}, this run's data.tokenizer is {cfg.data.tokenizer!r}")
-  return source
 
 
 def _check_batch(train_cfg: config_lib.TrainConfig, mesh) -> None:
@@ -125,16 +113,16 @@ def _write_run_files(run: Run) -> None:
   if not run.is_main:
     return
   run.workdir.mkdir(parents=True, exist_ok=True)
-  tokenizers.save(run.tokenizer, run.workdir)
+  run.task.save_artifact(run.splits, run.workdir)
   tmp = run.workdir / "config.json.tmp"
   tmp.write_text(json.dumps(run.cfg.to_dict(), indent=2))
   tmp.replace(run.workdir / "config.json")
 
 
 def _global_batch(run: Run, local: dict) -> dict:
-  shape = (run.cfg.train.batch_size, run.cfg.data.seq_len)
-  return {k: jax.make_array_from_process_local_data(run.batch_sharding, v, shape)
-          for k, v in local.items()}
+  """This process's rows -> global arrays split over the mesh's batch axes."""
+  return {k: jax.make_array_from_process_local_data(
+      run.batch_sharding, v, (run.cfg.train.batch_size, *v.shape[1:])) for k, v in local.items()}
 
 
 def _check_init_from(cfg: config_lib.RunConfig) -> None:
@@ -179,14 +167,15 @@ def init_or_restore(run: Run, mgr, data_iter) -> tuple[state_lib.TrainState, Pro
 def eval_set(run: Run, batches: list[dict]) -> dict:
   """Fixed evaluation batches as global arrays stacked on a leading axis."""
   sharding = mesh_lib.stacked_batch_sharding(run.mesh)
-  shape = (len(batches), run.cfg.train.batch_size, run.cfg.data.seq_len)
-  return {k: jax.make_array_from_process_local_data(sharding, np.stack([b[k] for b in batches]),
-                                                    shape) for k in batches[0]}
+  stacked = tasks.numpy_stack(batches)
+  return {k: jax.make_array_from_process_local_data(
+      sharding, v, (v.shape[0], run.cfg.train.batch_size, *v.shape[2:]))
+      for k, v in stacked.items()}
 
 
-def evaluate(run: Run, params, stacked: dict) -> float:
-  """Mean loss over the fixed batches (each batch weighs the same)."""
-  return float(jax.device_get(run.eval_step(params, stacked)))
+def evaluate(run: Run, params, stacked: dict) -> dict[str, float]:
+  """Mean loss and task metrics over the fixed batches (each batch weighs the same)."""
+  return {k: float(v) for k, v in jax.device_get(run.eval_step(params, stacked)).items()}
 
 
 def _save(run: Run, mgr, state, data_iter, progress: Progress, val_loss=None) -> None:
@@ -199,11 +188,12 @@ class _Throughput:
 
   def __init__(self, run: Run):
     cfg = run.cfg
-    self.tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
-    self.flops_per_token = perf.flops_per_token(cfg.model, cfg.data.seq_len)
+    self.units_per_step = cfg.train.batch_size * run.task.units_per_example(cfg)
+    self.unit = run.task.unit
+    self.flops_per_unit = run.task.flops_per_unit(cfg)
     device = jax.devices()[0]
     peak = perf.peak_flops(device.device_kind if device.platform != "cpu" else "cpu",
-                           cfg.model.compute_dtype)
+                           getattr(cfg.model, "compute_dtype", "float32"))
     # simulated CPU devices share one host's cores: the host peak is the whole budget
     scale = jax.process_count() if device.platform == "cpu" else jax.device_count()
     self.peak = peak * scale if peak else None
@@ -214,11 +204,11 @@ class _Throughput:
 
   def measure(self, step: int) -> dict:
     now = time.perf_counter()
-    tps = (step - self.step) * self.tokens_per_step / max(now - self.time, 1e-9)
+    rate = (step - self.step) * self.units_per_step / max(now - self.time, 1e-9)
     self.reset(step)
-    out = {"tokens_per_second": tps}
+    out = {f"{self.unit}_per_second": rate}
     if self.peak:
-      out["mfu"] = tps * self.flops_per_token / self.peak
+      out["mfu"] = rate * self.flops_per_unit / self.peak
     return out
 
 
@@ -233,8 +223,9 @@ def _log_step(run: Run, writer, throughput: _Throughput, step: int, m: dict, pro
       raise TrainingError(f"non-finite loss or gradient at step {step}; stopping (the last "
                           "checkpoint is intact)")
   if step % run.cfg.train.log_every == 0:
+    extra = {k: float(v) for k, v in m.items() if k.startswith("train_") and k != "train_loss"}
     writer.write(step, train_loss=float(m["train_loss"]), learning_rate=float(m["learning_rate"]),
-                 grad_norm=float(m["grad_norm"]), **throughput.measure(step))
+                 grad_norm=float(m["grad_norm"]), **extra, **throughput.measure(step))
 
 
 def _wants_eval(cfg: config_lib.TrainConfig, done: int) -> bool:
@@ -282,9 +273,10 @@ def train_steps(run: Run, mgr, state, data_iter, progress: Progress, val_batches
     val_loss, improved, outcome = None, False, None
     if _wants_eval(cfg, done):
       flush()
-      val_loss = evaluate(run, state.params, val_batches)
+      val = evaluate(run, state.params, val_batches)
+      val_loss = val["loss"]
       improved = _after_eval(run, progress, val_loss)
-      writer.write(done, val_loss=val_loss)
+      writer.write(done, **{f"val_{k}": v for k, v in val.items()})
       bar.set_postfix(val_loss=f"{val_loss:.4f}")
       if cfg.early_stopping_patience and progress.evals_since_best >= cfg.early_stopping_patience:
         outcome = "early_stopped"
@@ -304,18 +296,18 @@ def train_steps(run: Run, mgr, state, data_iter, progress: Progress, val_batches
   return state, "completed"
 
 
-def test_loss(run: Run, mgr, state) -> tuple[float, int]:
-  """Test-set loss of the best checkpoint by val loss (the final state if none is better)."""
+def test_metrics(run: Run, mgr, state) -> tuple[dict, int, Any]:
+  """Test-set loss and metrics of the best checkpoint by val loss (else the final state);
+  returns (metrics, step evaluated, its params)."""
   final = int(jax.device_get(state.step))
   best = checkpoint.best_step(mgr) if run.cfg.train.keep_best else None
   params = state.params
   if best is not None and best != final:
     abstract = state_lib.abstract_state(run.cfg.model, run.tx, run.state_shardings)
     params = checkpoint.restore(mgr, best, abstract).params
-  batches = text.fixed_batches(run.splits.test, run.cfg.data.seq_len, run.cfg.train.batch_size,
-                               run.cfg.train.eval_batches, jax.process_index(),
-                               jax.process_count())
-  return evaluate(run, params, eval_set(run, batches)), (final if best is None else best)
+  batches = eval_set(run, run.task.eval_batches(run.splits.test, run.cfg, jax.process_index(),
+                                                jax.process_count()))
+  return evaluate(run, params, batches), (final if best is None else best), params
 
 
 def _log_layout(run: Run, state) -> None:
@@ -331,25 +323,27 @@ def train(cfg: config_lib.RunConfig, workdir) -> dict:
   """Trains (or resumes) the run in `workdir`; returns a summary of the outcome."""
   run = prepare(cfg, workdir)
   _write_run_files(run)
-  data_iter = text.train_iterator(run.splits.train, cfg.data.seq_len, cfg.train.batch_size,
-                                  cfg.train.seed, jax.process_index(), jax.process_count())
+  data_iter = run.task.train_iterator(run.splits.train, cfg, jax.process_index(),
+                                      jax.process_count())
   mgr = checkpoint.manager(run.workdir, cfg.train.keep_checkpoints, cfg.train.keep_best)
   writer = metrics_lib.MetricsWriter(run.workdir, run.is_main)
   try:
     state, progress = init_or_restore(run, mgr, data_iter)
     _log_layout(run, state)
-    val_batches = eval_set(run, text.fixed_batches(
-        run.splits.val, cfg.data.seq_len, cfg.train.batch_size, cfg.train.eval_batches,
-        jax.process_index(), jax.process_count()))
+    val_batches = eval_set(run, run.task.eval_batches(run.splits.val, cfg, jax.process_index(),
+                                                      jax.process_count()))
     state, outcome = train_steps(run, mgr, state, data_iter, progress, val_batches, writer,
                                  _StopSignal())
     mgr.wait_until_finished()
     summary = {"outcome": outcome, "step": int(jax.device_get(state.step)),
                "best_val_loss": progress.best_val_loss}
     if outcome != "interrupted":
-      loss, test_step = test_loss(run, mgr, state)
-      writer.write(summary["step"], test_loss=loss, test_checkpoint_step=test_step)
-      summary["test_loss"] = loss
+      test, test_step, params = test_metrics(run, mgr, state)
+      test = {f"test_{k}": v for k, v in test.items()}
+      if run.is_main:
+        test.update(run.task.finish(run, params, test_step))
+      writer.write(summary["step"], **test, test_checkpoint_step=test_step)
+      summary.update(test)
     return summary
   finally:
     mgr.wait_until_finished()

@@ -75,14 +75,14 @@ def check_divisible(abstract: Any, shardings: Any) -> None:
   jax.tree_util.tree_map_with_path(check, abstract, shardings)
 
 
-def batch_sharding(mesh: jax.sharding.Mesh, ndim: int = 2) -> jax.sharding.NamedSharding:
-  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(_BATCH, *([None] * (ndim - 1))))
+def batch_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
+  """Splits dim 0 (the batch) of an array of any rank over data x fsdp."""
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(_BATCH))
 
 
-def stacked_batch_sharding(mesh: jax.sharding.Mesh, ndim: int = 3) -> jax.sharding.NamedSharding:
+def stacked_batch_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
   """Batches stacked on a leading axis (evaluation sets): the batch is dim 1."""
-  return jax.sharding.NamedSharding(
-      mesh, jax.sharding.PartitionSpec(None, _BATCH, *([None] * (ndim - 2))))
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, _BATCH))
 
 
 def batch_parallelism(mesh: jax.sharding.Mesh) -> int:

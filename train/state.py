@@ -6,7 +6,6 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from model import gpt
 from train import mesh as mesh_lib
 
 
@@ -17,19 +16,19 @@ class TrainState(NamedTuple):
   rng: jax.Array        # uint32[2] base key; per-step key = fold_in(rng, step)
 
 
-def model_graph(model_cfg: gpt.ModelConfig) -> tuple[nnx.GraphDef, Any, Any]:
+def model_graph(model_cfg) -> tuple[nnx.GraphDef, Any, Any]:
   """(graphdef, abstract params, logical specs) without allocating any parameter."""
-  abstract = nnx.eval_shape(lambda: gpt.Decoder(model_cfg, nnx.Rngs(0)))
+  abstract = nnx.eval_shape(lambda: model_cfg.make(nnx.Rngs(0)))
   graphdef, abstract_state = nnx.split(abstract)
   specs = nnx.to_pure_dict(mesh_lib.logical_specs(abstract_state))
   return graphdef, nnx.to_pure_dict(abstract_state), specs
 
 
-def init_params(model_cfg: gpt.ModelConfig, seed: int) -> Any:
-  return nnx.to_pure_dict(nnx.state(gpt.Decoder(model_cfg, nnx.Rngs(seed))))
+def init_params(model_cfg, seed: int) -> Any:
+  return nnx.to_pure_dict(nnx.state(model_cfg.make(nnx.Rngs(seed))))
 
 
-def shardings(model_cfg: gpt.ModelConfig, tx: optax.GradientTransformation,
+def shardings(model_cfg, tx: optax.GradientTransformation,
               mesh: jax.sharding.Mesh, rules) -> TrainState:
   """NamedShardings of every state leaf; raises a one-line error on indivisible dims."""
   _, abstract_params, specs = model_graph(model_cfg)
@@ -54,7 +53,7 @@ def abstract_state(model_cfg, tx, state_shardings: TrainState) -> TrainState:
                       shapes, state_shardings)
 
 
-def create(model_cfg: gpt.ModelConfig, tx: optax.GradientTransformation, seed: int,
+def create(model_cfg, tx: optax.GradientTransformation, seed: int,
            state_shardings: TrainState, params: Any = None) -> TrainState:
   """Builds the state directly in its shardings (jit with out_shardings).
 

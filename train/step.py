@@ -1,4 +1,4 @@
-"""The only jitted training code: a pure train step and an eval step."""
+"""The only jitted training code: a pure train step and an eval step, for any task."""
 import functools
 from typing import Any
 
@@ -8,22 +8,22 @@ import optax
 from flax import nnx
 
 from model import axes
-from model import gpt
 from train import mesh as mesh_lib
 from train import state as state_lib
+from train import tasks
 
 Batch = dict[str, jax.Array]
 
 
-def _loss(graphdef: nnx.GraphDef, params: Any, batch: Batch, dropout_key) -> jax.Array:
-  model = nnx.merge(graphdef, params)
-  logits_BTV, _ = model(batch["inputs"], dropout_key=dropout_key)
-  return gpt.cross_entropy(logits_BTV, batch["targets"])
+def _loss(task, graphdef: nnx.GraphDef, params: Any, batch: Batch, dropout_key):
+  """(loss, metrics) of the task on one batch."""
+  return task.loss(nnx.merge(graphdef, params), batch, dropout_key)
 
 
-def _accumulated_grads(graphdef, params, batch: Batch, key, accum_steps: int, use_dropout: bool):
-  """Mean loss and gradient over `accum_steps` micro-batches, scanned (one update per step)."""
-  grad_fn = jax.value_and_grad(functools.partial(_loss, graphdef))
+def _accumulated_grads(task, graphdef, params, batch: Batch, key, accum_steps: int,
+                       use_dropout: bool):
+  """Mean loss, metrics and gradient over `accum_steps` micro-batches, scanned (one update)."""
+  grad_fn = jax.value_and_grad(functools.partial(_loss, task, graphdef), has_aux=True)
   if accum_steps == 1:
     return grad_fn(params, batch, key if use_dropout else None)
 
@@ -33,24 +33,26 @@ def _accumulated_grads(graphdef, params, batch: Batch, key, accum_steps: int, us
   micro = jax.tree.map(split, batch)
 
   def body(carry, xs):
-    loss_sum, grad_sum = carry
     index, mb = xs
     k = jax.random.fold_in(key, index) if use_dropout else None
-    loss, grads = grad_fn(params, mb, k)
-    return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
+    out = grad_fn(params, mb, k)
+    return jax.tree.map(jnp.add, carry, out), None
 
-  zeros = jax.tree.map(jnp.zeros_like, params)
-  (loss, grads), _ = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zeros),
-                                  (jnp.arange(accum_steps), micro))
-  return loss / accum_steps, jax.tree.map(lambda g: g / accum_steps, grads)
+  zeros = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro),
+                         key if use_dropout else None)
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zeros)
+  total, _ = jax.lax.scan(body, zeros, (jnp.arange(accum_steps), micro))
+  return jax.tree.map(lambda x: x / accum_steps, total)
 
 
-def train_step(state: state_lib.TrainState, batch: Batch, *, graphdef, tx, schedule,
-               accum_steps: int, use_dropout: bool, rules, mesh) -> tuple[state_lib.TrainState, dict]:
+def train_step(state: state_lib.TrainState, batch: Batch, *, task, graphdef, tx, schedule,
+               accum_steps: int, use_dropout: bool, rules, mesh
+               ) -> tuple[state_lib.TrainState, dict]:
   """One optimizer update. A non-finite loss or gradient leaves params and moments untouched."""
   with axes.activation_rules(rules, mesh):
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    loss, grads = _accumulated_grads(graphdef, state.params, batch, key, accum_steps, use_dropout)
+    (loss, aux), grads = _accumulated_grads(task, graphdef, state.params, batch, key,
+                                            accum_steps, use_dropout)
     grad_norm = optax.tree.norm(grads)
     updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
@@ -59,40 +61,53 @@ def train_step(state: state_lib.TrainState, batch: Batch, *, graphdef, tx, sched
     new_state = state_lib.TrainState(step=state.step + 1, params=keep(new_params, state.params),
                                      opt_state=keep(new_opt_state, state.opt_state), rng=state.rng)
     metrics = {"train_loss": loss, "grad_norm": grad_norm, "finite": finite,
-               "learning_rate": schedule(state.step)}
+               "learning_rate": schedule(state.step),
+               **{f"train_{k}": v for k, v in aux.items()}}
     return new_state, metrics
 
 
-def eval_step(params: Any, batches: Batch, *, graphdef, rules, mesh) -> jax.Array:
-  """Mean loss (no dropout) over batches stacked on a leading axis, in one program.
+def eval_step(params: Any, batches: Batch, *, task, graphdef, rules, mesh) -> dict:
+  """Mean loss and metrics (no dropout) over the examples of batches stacked on a leading
+  axis, in one program.
 
   One program for the whole evaluation: many small programs holding collectives can
   interleave differently on XLA:CPU's simulated devices and deadlock its all-reduce.
   """
-  def body(loss_sum, batch):
-    return loss_sum + _loss(graphdef, params, batch, None), None
+  def body(carry, batch):
+    total, count = carry
+    loss, aux = _loss(task, graphdef, params, batch, None)
+    # batches padded with zero-weight examples count only their real examples
+    n = batch["weights"].sum() if "weights" in batch else jnp.float32(
+        jax.tree.leaves(batch)[0].shape[0])
+    total = jax.tree.map(lambda t, v: t + v * n, total, {"loss": loss, **aux})
+    return (total, count + n), None
 
   with axes.activation_rules(rules, mesh):
-    num_batches = jax.tree.leaves(batches)[0].shape[0]
-    loss_sum, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), batches)
-    return loss_sum / num_batches
+    first = jax.tree.map(lambda x: x[0], batches)
+    shapes = jax.eval_shape(lambda b: _loss(task, graphdef, params, b, None), first)
+    zeros = {"loss": jnp.zeros((), jnp.float32),
+             **{k: jnp.zeros(v.shape, v.dtype) for k, v in shapes[1].items()}}
+    (total, count), _ = jax.lax.scan(body, (zeros, jnp.float32(0)), batches)
+    return jax.tree.map(lambda x: x / count, total)
 
 
 def compile_steps(graphdef, tx, schedule, accum_steps: int, use_dropout: bool, rules,
-                  state_shardings: state_lib.TrainState, batch_sharding):
-  """Jitted (train_step, eval_step) with explicit shardings; the train state is donated."""
-  batch_shardings = {"inputs": batch_sharding, "targets": batch_sharding}
+                  state_shardings: state_lib.TrainState, batch_sharding,
+                  task=tasks.LanguageModeling()):
+  """Jitted (train_step, eval_step) with explicit shardings; the train state is donated.
+
+  `batch_sharding` splits dim 0 of every batch array (a tree prefix for the batch dict).
+  """
   replicated = state_shardings.step
   mesh = replicated.mesh
-  stacked_sharding = mesh_lib.stacked_batch_sharding(mesh)
   train = jax.jit(
-      functools.partial(train_step, graphdef=graphdef, tx=tx, schedule=schedule,
+      functools.partial(train_step, task=task, graphdef=graphdef, tx=tx, schedule=schedule,
                         accum_steps=accum_steps, use_dropout=use_dropout, rules=rules,
                         mesh=mesh),
-      in_shardings=(state_shardings, batch_shardings),
+      in_shardings=(state_shardings, batch_sharding),
       out_shardings=(state_shardings, replicated), donate_argnums=0)
-  evaluate = jax.jit(functools.partial(eval_step, graphdef=graphdef, rules=rules, mesh=mesh),
-                     in_shardings=(state_shardings.params,
-                                   {"inputs": stacked_sharding, "targets": stacked_sharding}),
+  evaluate = jax.jit(functools.partial(eval_step, task=task, graphdef=graphdef, rules=rules,
+                                       mesh=mesh),
+                     in_shardings=(state_shardings.params, mesh_lib.stacked_batch_sharding(mesh)),
                      out_shardings=replicated)
   return train, evaluate

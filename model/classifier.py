@@ -1,0 +1,103 @@
+"""Image classifiers (a small CNN and a small ViT) in Flax NNX, with logical axes."""
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from model import axes
+from model import gpt
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierConfig:
+  """kind selects the architecture; image_shape and num_classes come from the data."""
+  kind: str = "cnn"             # cnn | vit
+  width: int = 32               # cnn: channels of the first conv (doubled after pooling)
+  embed_dim: int = 64           # vit: token width
+  num_layers: int = 2           # vit: transformer blocks
+  num_heads: int = 4            # vit: attention heads
+  patch_size: int = 2           # vit: square patches
+  dropout: float = 0.0
+  num_classes: int = 0          # 0 = from the data
+  image_height: int = 0         # 0 = from the data
+  image_width: int = 0
+
+  def __post_init__(self):
+    if self.kind not in ("cnn", "vit"):
+      raise ValueError(f"model.kind={self.kind!r} is not one of ['cnn', 'vit']")
+    if self.embed_dim % self.num_heads:
+      raise ValueError(f"model.embed_dim={self.embed_dim} is not divisible by "
+                       f"model.num_heads={self.num_heads}")
+    if not 0.0 <= self.dropout < 1.0:
+      raise ValueError(f"model.dropout={self.dropout} must be in [0, 1)")
+    for name in ("width", "embed_dim", "num_layers", "num_heads", "patch_size"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"model.{name}={getattr(self, name)} must be positive")
+    if self.kind == "vit" and self.image_height and (self.image_height % self.patch_size or
+                                                     self.image_width % self.patch_size):
+      raise ValueError(f"model.patch_size={self.patch_size} does not divide the "
+                       f"{self.image_height}x{self.image_width} images")
+
+  def make(self, rngs: nnx.Rngs) -> nnx.Module:
+    return Cnn(self, rngs) if self.kind == "cnn" else Vit(self, rngs)
+
+
+def _dense(rngs, fan_in: int, shape, names):
+  return axes.param(nnx.initializers.normal(1.0 / math.sqrt(fan_in)), rngs.params(), shape, names)
+
+
+class Cnn(nnx.Module):
+  """conv-conv-pool-conv-conv, global average pool, linear head (ReLU, no norm)."""
+
+  def __init__(self, cfg: ClassifierConfig, rngs: nnx.Rngs):
+    c1, c2 = cfg.width, 2 * cfg.width
+    self.dropout = cfg.dropout
+    shapes = [(1, c1), (c1, c1), (c1, c2), (c2, c2)]
+    self.kernels = nnx.List([_dense(rngs, 9 * i, (3, 3, i, o), (None, None, None, axes.MLP))
+                             for i, o in shapes])
+    self.biases = nnx.List([axes.param(nnx.initializers.zeros, rngs.params(), (o,), (axes.MLP,))
+                            for _, o in shapes])
+    self.head = _dense(rngs, c2, (c2, cfg.num_classes), (axes.MLP, None))
+    self.head_bias = axes.param(nnx.initializers.zeros, rngs.params(), (cfg.num_classes,), (None,))
+
+  def __call__(self, images_BHW: jax.Array, dropout_key=None) -> jax.Array:
+    x = images_BHW[..., None]
+    for i, (kernel, bias) in enumerate(zip(self.kernels, self.biases)):
+      x = jax.lax.conv_general_dilated(x, kernel[...], (1, 1), "SAME",
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      x = axes.constrain(jax.nn.relu(x + bias[...]), (axes.BATCH, None, None, axes.MLP))
+      if i == 1:  # 8x8 -> 4x4
+        x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+    x = gpt.dropout(x.mean(axis=(1, 2)), self.dropout, dropout_key)
+    return x @ self.head[...] + self.head_bias[...]
+
+
+class Vit(nnx.Module):
+  """Patch embedding + learned positions + bidirectional pre-LN transformer, mean-pooled."""
+
+  def __init__(self, cfg: ClassifierConfig, rngs: nnx.Rngs):
+    self.cfg = cfg
+    P, D = cfg.patch_size, cfg.embed_dim
+    num_patches = (cfg.image_height // P) * (cfg.image_width // P)
+    block_cfg = gpt.ModelConfig(vocab_size=1, max_seq_len=num_patches, num_layers=cfg.num_layers,
+                                num_heads=cfg.num_heads, embed_dim=D, dropout=cfg.dropout)
+    self.patch_embed = _dense(rngs, P * P, (P * P, D), (None, axes.EMBED))
+    self.position_embed = axes.param(nnx.initializers.normal(0.02), rngs.params(),
+                                     (num_patches, D), (None, axes.EMBED))
+    self.blocks = nnx.List([gpt.Block(block_cfg, rngs, causal=False)
+                            for _ in range(cfg.num_layers)])
+    self.ln_f = gpt.LayerNorm(D, use_bias=True)
+    self.head = _dense(rngs, D, (D, cfg.num_classes), (axes.EMBED, None))
+
+  def __call__(self, images_BHW: jax.Array, dropout_key=None) -> jax.Array:
+    P = self.cfg.patch_size
+    B, H, W = images_BHW.shape
+    patches = images_BHW.reshape(B, H // P, P, W // P, P).transpose(0, 1, 3, 2, 4)
+    x_BTD = patches.reshape(B, -1, P * P) @ self.patch_embed[...] + self.position_embed[...]
+    keys = [None] * len(self.blocks) if dropout_key is None else list(
+        jax.random.split(dropout_key, len(self.blocks)))
+    for block, key in zip(self.blocks, keys):
+      x_BTD, _ = block(x_BTD, None, None, key)
+    return self.ln_f(x_BTD).mean(axis=1) @ self.head[...]

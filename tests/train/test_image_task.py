@@ -1,0 +1,143 @@
+"""Image classification through the same trainer: sharding, resume, prediction, bad input."""
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from data import images
+from infer import predict
+from model import classifier
+from tests import numerics
+from tests.conftest import run_cli
+from train import config as config_lib
+from train import image_task
+from train import mesh as mesh_lib
+from train import optimizer
+from train import state as state_lib
+from train import step as step_lib
+
+OPT = config_lib.OptimizerConfig(warmup_steps=1)
+
+
+@pytest.fixture(scope="module")
+def digits():
+  return images.load(images.DataConfig())
+
+
+def _steps(model_cfg, shape, devices, digits, n=3):
+  mesh = mesh_lib.make_mesh(shape, devices)
+  tx = optimizer.build(OPT, 10)
+  shardings = state_lib.shardings(model_cfg, tx, mesh, mesh_lib.rules("dp"))
+  state = state_lib.create(model_cfg, tx, 0, shardings)
+  graphdef, _, _ = state_lib.model_graph(model_cfg)
+  train, evaluate = step_lib.compile_steps(
+      graphdef, tx, optimizer.schedule(OPT, 10), 1, model_cfg.dropout > 0, mesh_lib.rules("dp"),
+      shardings, mesh_lib.batch_sharding(mesh), image_task.ImageClassification())
+  it = images.train_iterator(digits[0], 16, seed=0, max_shift=1)
+  losses = []
+  with jax.default_matmul_precision("highest"):
+    for _ in range(n):
+      state, m = train(state, next(it))
+      losses.append(float(m["train_loss"]))
+    val = images.fixed_batches(digits[1], 16)
+    stacked = {k: np.stack([b[k] for b in val]) for k in val[0]}
+    metrics = jax.device_get(evaluate(state.params, stacked))
+  return losses, jax.device_get(state.params), metrics
+
+
+@pytest.mark.parametrize("kind", ["cnn", "vit"])
+def test_dp_on_8_devices_equals_one_device(digits, kind):
+  cfg = classifier.ClassifierConfig(kind=kind, width=8, embed_dim=16, num_heads=2, dropout=0.1,
+                                    num_classes=10, image_height=8, image_width=8)
+  one = _steps(cfg, (1, 1, 1), jax.devices()[:1], digits)
+  eight = _steps(cfg, (8, 1, 1), jax.devices(), digits)
+  assert one[0][0] != one[0][-1]
+  np.testing.assert_allclose(eight[0], one[0], rtol=1e-5)
+  numerics.assert_trees_close(eight[1], one[1], rtol=1e-5)
+  np.testing.assert_allclose(eight[2]["accuracy"], one[2]["accuracy"], rtol=1e-6)
+  assert 0.0 <= one[2]["accuracy"] <= 1.0
+
+
+def test_fixed_batches_count_each_example_once(digits):
+  _, val, _, _ = digits
+  batches = images.fixed_batches(val, 64)
+  weights = np.concatenate([b["weights"] for b in batches])
+  assert weights.sum() == len(val.labels) and len(batches) == -(-len(val.labels) // 64)
+
+
+def test_shift_augmentation_moves_pixels():
+  image = np.zeros((8, 8), np.float32)
+  image[3, 4] = 1.0
+  shifted = [images._shift(image, np.random.default_rng(s), 1) for s in range(20)]
+  positions = {tuple(np.argwhere(s == 1.0)[0]) for s in shifted if (s == 1.0).any()}
+  assert len(positions) > 1 and all(abs(r - 3) <= 1 and abs(c - 4) <= 1 for r, c in positions)
+
+
+COMMON = ["--config", "configs/digits_cnn.py", "--config.train.log_every=1",
+          "--config.train.checkpoint_every=10", "--config.optimizer.decay_steps=20",
+          "--config.train.eval_every=10", "--config.model.width=8"]
+
+
+def _rows(workdir):
+  return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("digits") / "run"
+  run_cli("train.main", *COMMON, "--workdir", workdir, "--config.train.num_steps=20")
+  return workdir
+
+
+def test_run_writes_accuracy_and_confusion_matrix(trained):
+  rows = _rows(trained)
+  assert any("val_accuracy" in r for r in rows) and "test_accuracy" in rows[-1]
+  assert "train_accuracy" in rows[0] and "images_per_second" in rows[0]
+  assert (trained / "confusion_matrix.png").stat().st_size > 1000
+  assert (trained / "preprocess.json").exists()
+
+
+def test_resume_is_bitwise_identical(trained, tmp_path):
+  resumed = tmp_path / "run"
+  run_cli("train.main", *COMMON, "--workdir", resumed, "--config.train.num_steps=10")
+  run_cli("train.main", *COMMON, "--workdir", resumed, "--config.train.num_steps=20")
+  losses = lambda w: {r["step"]: r["train_loss"] for r in _rows(w) if "train_loss" in r}
+  a, b = losses(trained), losses(resumed)
+  assert [a[s] for s in range(11, 21)] == [b[s] for s in range(11, 21)]
+  pa = predict.Predictor.from_workdir(trained, 20).params
+  pb = predict.Predictor.from_workdir(resumed, 20).params
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(pa), jax.device_get(pb))
+
+
+def test_predict_in_another_process_matches_the_library(trained, digits, tmp_path):
+  from sklearn import datasets
+  raw = datasets.load_digits().images[:6].astype(np.float32)
+  np.save(tmp_path / "six.npy", raw)
+  proc = run_cli("infer.predict", "--workdir", trained, "--input", tmp_path / "six.npy", "--json")
+  cli = [json.loads(line) for line in proc.stdout.splitlines()]
+  library = predict.Predictor.from_workdir(trained).predict(raw)
+  assert [c["label"] for c in cli] == [r["label"] for r in library]
+  np.testing.assert_allclose([c["probability"] for c in cli],
+                             [r["probability"] for r in library], rtol=1e-5)
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda d: np.save(d / "bad.npy", np.zeros((7, 7))), "is not (8, 8)"),
+    (lambda d: (d / "bad.png").write_text("not an image"), "not a readable image"),
+    (lambda d: None, "no such file"),
+])
+def test_bad_input_is_a_one_line_error(trained, tmp_path, make, match):
+  make(tmp_path)
+  name = "bad.npy" if "7, 7" in match or "is not" in match else "bad.png"
+  proc = run_cli("infer.predict", "--workdir", trained, "--input", tmp_path / name, check=False)
+  assert proc.returncode == 2
+  assert match in proc.stderr.strip().splitlines()[-1]
+
+
+def test_predict_refuses_a_language_model_run(tmp_path, text_file):
+  lm = tmp_path / "lm"
+  run_cli("train.main", "--config", "configs/tiny.py", "--workdir", lm,
+          f"--config.data.path={text_file}", "--config.train.num_steps=2")
+  proc = run_cli("infer.predict", "--workdir", lm, "--input", text_file, check=False)
+  assert proc.returncode == 2 and "not an image classifier" in proc.stderr

@@ -1,0 +1,96 @@
+"""Tasks: what the trainer needs to know about a problem beyond the generic loop.
+
+A task loads and splits its data (and saves what inference needs, e.g. the tokenizer),
+builds input pipelines, defines the loss and metrics, and says how much work one example
+is (tokens for language models, images for classifiers) for throughput and MFU.
+"""
+import dataclasses
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from data import text
+from data import tokenizers
+from model import gpt
+from train import perf
+
+
+@dataclasses.dataclass(frozen=True)
+class Splits:
+  train: Any
+  val: Any
+  test: Any
+  artifact: Any  # saved in the workdir for inference: tokenizer, preprocessing stats
+
+
+class LanguageModeling:
+  """Next-token prediction on a text corpus (windows of data.seq_len tokens)."""
+  name = "lm"
+  unit = "tokens"
+
+  def load(self, cfg, workdir: pathlib.Path, init_from_dir: pathlib.Path | None):
+    """(splits, config with vocab size and context filled in)."""
+    splits, tokenizer = text.load_splits(cfg.data, _inherited_tokenizer(cfg, workdir,
+                                                                         init_from_dir))
+    model = dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size,
+                                max_seq_len=cfg.model.max_seq_len or cfg.data.seq_len)
+    resolved = dataclasses.replace(cfg, model=model)
+    return Splits(splits.train, splits.val, splits.test, tokenizer), resolved
+
+  def save_artifact(self, splits: Splits, workdir: pathlib.Path) -> None:
+    tokenizers.save(splits.artifact, workdir)
+
+  def train_iterator(self, tokens, cfg, process_index: int, process_count: int):
+    return text.train_iterator(tokens, cfg.data.seq_len, cfg.train.batch_size, cfg.train.seed,
+                               process_index, process_count)
+
+  def eval_batches(self, tokens, cfg, process_index: int, process_count: int) -> list[dict]:
+    return text.fixed_batches(tokens, cfg.data.seq_len, cfg.train.batch_size,
+                              cfg.train.eval_batches, process_index, process_count)
+
+  def loss(self, model, batch: dict, dropout_key) -> tuple[jax.Array, dict]:
+    logits_BTV, _ = model(batch["inputs"], dropout_key=dropout_key)
+    return gpt.cross_entropy(logits_BTV, batch["targets"]), {}
+
+  def units_per_example(self, cfg) -> int:
+    return cfg.data.seq_len
+
+  def flops_per_unit(self, cfg) -> float:
+    return perf.flops_per_token(cfg.model, cfg.data.seq_len)
+
+  def finish(self, run, params, step: int) -> dict:
+    """Task-specific end-of-run outputs (files, extra metrics); none for language models."""
+    return {}
+
+
+def _inherited_tokenizer(cfg, workdir: pathlib.Path, init_from_dir: pathlib.Path | None):
+  """The workdir's own tokenizer on resume; the source run's when fine-tuning; else None."""
+  if (workdir / tokenizers.FILENAME).exists():
+    return tokenizers.load(workdir)
+  if init_from_dir is None:
+    return None
+  source = tokenizers.load(init_from_dir)
+  if source.kind != cfg.data.tokenizer:
+    raise ValueError(f"train.init_from={cfg.train.init_from!r}: its tokenizer is "
+                     f"{source.kind!r}, this run's data.tokenizer is {cfg.data.tokenizer!r}")
+  return source
+
+
+def accuracy(logits_BC: jax.Array, labels_B: jax.Array) -> jax.Array:
+  return jnp.mean((jnp.argmax(logits_BC, axis=-1) == labels_B).astype(jnp.float32))
+
+
+def get(name: str):
+  """The task object for config key `task`."""
+  from train import image_task  # local: the image task pulls in its own data and models
+  registry = {"lm": LanguageModeling, "classify": image_task.ImageClassification}
+  if name not in registry:
+    raise ValueError(f"task={name!r} is not one of {sorted(registry)}")
+  return registry[name]()
+
+
+def numpy_stack(batches: list[dict]) -> dict:
+  return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
