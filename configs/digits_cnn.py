@@ -3,7 +3,9 @@
 Command:
   treadle-train --config configs/digits_cnn.py --workdir runs/digits_cnn
   treadle-predict --workdir runs/digits_cnn --input some_digit.png
-Measured (this 2-core CPU): MEASURED_PLACEHOLDER
+Measured (this 2-core CPU, 2026-11-24, machine shared with other jobs): test accuracy
+99.44% (178/179; checkpoint step 800, best val loss) in 25 s wall for the whole command,
+training included; DIR/confusion_matrix.png shows the test set.
 """
 import ml_collections
 
