@@ -23,7 +23,7 @@ _TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass in (0, 1]; 1 = 
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "Samples per prompt.")
 _SEED = flags.DEFINE_integer("seed", 0, "Same seed, same text.")
 _STEP = flags.DEFINE_string("step", None, "Checkpoint step: a number, 'best' or latest (default).")
-_STREAM = flags.DEFINE_bool("stream", False, "Print text as it is generated (one prompt at a time).")
+_STREAM = flags.DEFINE_bool("stream", False, "Print text as it is generated (prompt by prompt).")
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object with samples, token counts, speed.")
 _MESH = flags.DEFINE_string("mesh_shape", "-1,1,1", "Mesh data,fsdp,tensor for the parameters.")
 _RULES = flags.DEFINE_string("rules", "dp", "Parameter sharding preset (dp, fsdp, fsdp_tp).")

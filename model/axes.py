@@ -41,7 +41,7 @@ def activation_rules(rules: Rules | None, mesh: jax.sharding.Mesh | None) -> Ite
 
 
 def to_mesh_spec(names: Sequence[str | None], rules: Rules) -> jax.sharding.PartitionSpec:
-  """Maps logical names to a PartitionSpec; a mesh axis already used by an earlier dim is dropped."""
+  """Logical names -> PartitionSpec; a mesh axis used by an earlier dim is dropped."""
   used: set[str] = set()
   spec = []
   for name in names:

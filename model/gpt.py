@@ -33,7 +33,8 @@ class ModelConfig:
     if not 0.0 <= self.dropout < 1.0:
       raise ValueError(f"model.dropout={self.dropout} must be in [0, 1)")
     if self.compute_dtype not in _DTYPES:
-      raise ValueError(f"model.compute_dtype={self.compute_dtype!r} is not one of {sorted(_DTYPES)}")
+      raise ValueError(f"model.compute_dtype={self.compute_dtype!r} is not one of "
+                       f"{sorted(_DTYPES)}")
     for name in ("num_layers", "num_heads", "mlp_ratio", "vocab_multiple"):
       if getattr(self, name) < 1:
         raise ValueError(f"model.{name}={getattr(self, name)} must be positive")
@@ -154,7 +155,8 @@ class Mlp(nnx.Module):
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     D, F = cfg.embed_dim, cfg.embed_dim * cfg.mlp_ratio
     self.dtype = cfg.dtype
-    self.fc = axes.param(nnx.initializers.normal(0.02), rngs.params(), (D, F), (axes.EMBED, axes.MLP))
+    self.fc = axes.param(nnx.initializers.normal(0.02), rngs.params(), (D, F),
+                         (axes.EMBED, axes.MLP))
     self.proj = axes.param(nnx.initializers.normal(0.02 / math.sqrt(2 * cfg.num_layers)),
                            rngs.params(), (F, D), (axes.MLP, axes.EMBED))
     self.fc_bias = (axes.param(nnx.initializers.zeros, rngs.params(), (F,), (axes.MLP,))

@@ -71,7 +71,7 @@ class MeshConfig:
   fsdp: int = 1
   tensor: int = 1
   rules: str = "dp"
-  cpu_devices: int = 0   # simulated CPU devices when the host is the only platform; 0 = one per core
+  cpu_devices: int = 0   # simulated CPU devices on a CPU-only host; 0 = one per core
 
   @property
   def shape(self) -> tuple[int, int, int]:
