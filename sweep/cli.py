@@ -5,6 +5,7 @@
   treadle-sweep experiments/NAME/sweep.py --report         # table and plots only
   treadle-sweep experiments/NAME/sweep.py --emit slurm     # ROOT/sweep.sbatch
 
+--only selects the trials to run, list or emit; the report always covers the whole sweep.
 Rerunning skips finished trials and resumes the others. Exit codes: 0 every trial run here
 finished (or was already), 1 some failed, 2 bad input, 75 interrupted by SIGTERM/SIGINT.
 """

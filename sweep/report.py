@@ -45,12 +45,14 @@ def _row(sweep: spec.Sweep, trial: spec.Trial, layout: runner.Layout) -> dict[st
 
 
 def _state(metrics: list[dict], status: dict | None, argv: list[str]) -> str:
-  """finished | running | failed | interrupted | incomplete (trained elsewhere, not done) |
-  pending."""
+  """finished | running | failed | interrupted | outdated | incomplete (trained outside the
+  runner, not done) | pending."""
   if runner.is_finished(metrics, status, argv):
     return "finished"
   if status is None:
     return "incomplete" if metrics else "pending"
+  if status["argv"][1:] != argv[1:]:
+    return "outdated"  # its overrides changed since: the next sweep run continues it
   if status["state"] == "running" and not runner.is_alive(status):
     return "interrupted"  # its sweep process was killed
   return status["state"]

@@ -11,6 +11,7 @@ import fcntl
 import json
 import os
 import pathlib
+import re
 import shlex
 import signal
 import socket
@@ -66,7 +67,7 @@ def read_status(layout: Layout, name: str) -> dict[str, Any] | None:
   return json.loads(path.read_text()) if path.exists() else None
 
 
-def _write_status(layout: Layout, name: str, status: dict[str, Any]) -> None:
+def write_status(layout: Layout, name: str, status: dict[str, Any]) -> None:
   path = layout.status(name)
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -105,16 +106,26 @@ def is_alive(status: dict) -> bool:
   attempt = status["attempts"][-1]
   if attempt["host"] != socket.gethostname():
     return True
-  for pid in (attempt.get("pid"), attempt.get("sweep_pid")):
+  return any(pid_alive(attempt.get(key)) for key in ("pid", "sweep_pid"))
+
+
+def pid_alive(pid: int | None) -> bool:
+  """A process that exists and is not a zombie (an orphaned trial nobody has reaped yet)."""
+  if not pid:
+    return False
+  try:
+    stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+  except FileNotFoundError:
+    return False
+  except OSError:  # no /proc: ask the kernel
     try:
-      if pid:
-        os.kill(pid, 0)
-        return True
+      os.kill(pid, 0)
     except ProcessLookupError:
-      pass
+      return False
     except PermissionError:
-      return True
-  return False
+      pass
+    return True
 
 
 @dataclasses.dataclass
@@ -127,11 +138,12 @@ class _Active:
 
 
 class _StopSignal:
-  """SIGTERM/SIGINT: start nothing new, pass SIGTERM on (trials checkpoint and exit 75)."""
+  """SIGTERM/SIGINT: start nothing new, pass SIGTERM on (trials checkpoint and exit 75);
+  a second signal kills the trials (one stuck in native code never sees the first)."""
 
   def __init__(self):
     self.received = None
-    self._previous = {}
+    self._count, self._forwarded, self._previous = 0, 0, {}
     try:
       for sig in (signal.SIGTERM, signal.SIGINT):
         self._previous[sig] = signal.signal(sig, self._handle)
@@ -140,6 +152,15 @@ class _StopSignal:
 
   def _handle(self, signum, frame):
     self.received = signal.Signals(signum).name
+    self._count += 1
+
+  def forward(self, active: list["_Active"], say: Callable[[str], None]) -> None:
+    if self._count > self._forwarded:
+      self._forwarded = self._count
+      sig = signal.SIGTERM if self._count == 1 else signal.SIGKILL
+      say(f"{self.received}: stopping; {sig.name} to the running trials")
+      for a in active:
+        a.proc.send_signal(sig)
 
   def restore(self) -> None:
     for sig, handler in self._previous.items():
@@ -152,7 +173,13 @@ def run(sweep: spec.Sweep, trials: list[spec.Trial], layout: Layout, parallel: i
   finished, failed, interrupted, already finished, locked (another process owns it),
   not started (stopped by a signal first)."""
   queue, active, outcomes = list(trials), [], {}
-  stop, forwarded = _StopSignal(), False
+  stop = _StopSignal()
+
+  position = {t.name: i + 1 for i, t in enumerate(trials)}
+
+  def tag(trial: spec.Trial) -> str:
+    return f"[{sweep.name} {position[trial.name]}/{len(trials)}] {trial.name}"
+
   try:
     while active or (queue and not stop.received):
       while queue and len(active) < parallel and not stop.received:
@@ -160,30 +187,22 @@ def run(sweep: spec.Sweep, trials: list[spec.Trial], layout: Layout, parallel: i
         started = _start(sweep, trial, layout)
         if isinstance(started, str):
           outcomes[trial.name] = started
-          say(f"{_tag(trial, sweep, trials)}: {started}, skipped")
+          say(f"{tag(trial)}: {started}, skipped")
         else:
           active.append(started)
-          say(f"{_tag(trial, sweep, trials)}: started (attempt {len(started.status['attempts'])})"
-              f", log {layout.log(trial.name)}")
-      if stop.received and not forwarded:
-        forwarded = True
-        say(f"{stop.received}: stopping; running trials checkpoint and exit")
-        for a in active:
-          a.proc.send_signal(signal.SIGTERM)
+          say(f"{tag(trial)}: started (attempt {len(started.status['attempts'])}), "
+              f"log {layout.log(trial.name)}")
+      stop.forward(active, say)
       for a in [a for a in active if a.proc.poll() is not None]:
         active.remove(a)
         outcomes[a.trial.name] = _finish(layout, a, bool(stop.received))
-        say(f"{_tag(a.trial, sweep, trials)}: {_describe(a.status)}")
+        say(f"{tag(a.trial)}: {_describe(a.status)}")
       if active:
         time.sleep(POLL_SECONDS)
   finally:
     stop.restore()
   outcomes.update({t.name: "not started" for t in queue})
   return outcomes
-
-
-def _tag(trial: spec.Trial, sweep: spec.Sweep, trials: list[spec.Trial]) -> str:
-  return f"[{sweep.name} {trial.index + 1}/{len(trials)}] {trial.name}"
 
 
 def _describe(status: dict) -> str:
@@ -217,7 +236,7 @@ def _start(sweep: spec.Sweep, trial: spec.Trial, layout: Layout) -> _Active | st
                             stdin=subprocess.DEVNULL, pass_fds=(lock_fd,))
   status["attempts"].append({"start": time.time(), "host": socket.gethostname(),
                              "sweep_pid": os.getpid(), "pid": proc.pid})
-  _write_status(layout, trial.name, status)
+  write_status(layout, trial.name, status)
   return _Active(trial, proc, lock_fd, status, offset)
 
 
@@ -233,7 +252,7 @@ def _finish(layout: Layout, active: _Active, stopping: bool) -> str:
   else:
     status["state"] = "failed"
     status["error"] = _error_line(layout.log(active.trial.name), active.log_offset, code)
-  _write_status(layout, active.trial.name, status)
+  write_status(layout, active.trial.name, status)
   os.close(active.lock_fd)
   return status["state"]
 
@@ -244,8 +263,9 @@ def _error_line(log_path: pathlib.Path, offset: int, code: int) -> str:
     f.seek(offset)
     lines = [l.strip() for l in f.read().decode(errors="replace").splitlines()[1:] if l.strip()]
   errors = [l for l in lines if l.startswith("error:")]
-  if code < 0:
-    reason = f"killed by {signal.Signals(-code).name}"
-  else:
-    reason = errors[-1] if errors else (lines[-1] if lines else "no output")
-  return f"exit {code}: {reason}"
+  if code >= 0:
+    return f"exit {code}: " + (errors[-1] if errors else (lines[-1] if lines else "no output"))
+  # an abort says why in a fatal log line (glog: F<mmdd> ...) before the signal
+  fatal = [l for l in lines if re.match(r"F\d{4} ", l)]
+  reason = f"killed by {signal.Signals(-code).name}"
+  return f"exit {code}: {reason}" + (f": {fatal[-1][:300]}" if fatal else "")

@@ -167,7 +167,10 @@ class Trial:
 def load(path: str | pathlib.Path) -> Sweep:
   """Imports a sweep file and calls its get_sweep()."""
   module = _import_file(path, "get_sweep")
-  sweep = module.get_sweep()
+  try:
+    sweep = module.get_sweep()
+  except Exception as e:  # the user's code: reported as one line
+    raise SweepError(f"{path}: get_sweep(): {type(e).__name__}: {e}") from None
   if not isinstance(sweep, Sweep):
     raise SweepError(f"{path}: get_sweep() returned {type(sweep).__name__}, not spec.Sweep")
   return sweep
@@ -175,7 +178,11 @@ def load(path: str | pathlib.Path) -> Sweep:
 
 def load_config(path: str | pathlib.Path) -> ml_collections.ConfigDict:
   """The base config, as treadle-train would load it (get_config() of the file)."""
-  return _import_file(path, "get_config").get_config()
+  module = _import_file(path, "get_config")
+  try:
+    return module.get_config()
+  except Exception as e:
+    raise SweepError(f"{path}: get_config(): {type(e).__name__}: {e}") from None
 
 
 def _import_file(path, function: str):
@@ -201,8 +208,8 @@ def expand(sweep: Sweep) -> list[Trial]:
   if sweep.seeds:
     blocks.append([{SEED_KEY: int(s)} for s in sweep.seeds])
   points = [_merge(combo) for combo in itertools.product(*blocks)]
-  labels = _labels(list(points[0]))
-  trials = [Trial(i, trial_name(point, labels), {**sweep.fixed, **point}, point)
+  short = labels(list(points[0]))
+  trials = [Trial(i, trial_name(point, short), {**sweep.fixed, **point}, point)
             for i, point in enumerate(points)]
   names = [t.name for t in trials]
   repeated = sorted({n for n in names if names.count(n) > 1})
@@ -256,16 +263,17 @@ def format_value(value: Any) -> str:
   return repr(value) if isinstance(value, float) else str(value)
 
 
-def trial_name(swept: dict[str, Any], labels: dict[str, str]) -> str:
+def trial_name(swept: dict[str, Any], label_of: dict[str, str]) -> str:
   """lr0.001_embed_dim64_seed0; a hash suffix when shortened or made filesystem-safe."""
-  raw = "_".join(f"{labels[k]}{format_value(v)}" for k, v in swept.items()) or "base"
+  raw = "_".join(f"{label_of[k]}{format_value(v)}" for k, v in swept.items()) or "base"
   name = _UNSAFE.sub("-", raw)
   if name != raw or len(name) > MAX_NAME_LENGTH:
-    name = f"{name[:MAX_NAME_LENGTH - 9]}_{hashlib.sha1(_canonical(swept).encode()).hexdigest()[:8]}"
+    digest = hashlib.sha1(_canonical(swept).encode()).hexdigest()[:8]
+    name = f"{name[:MAX_NAME_LENGTH - 9]}_{digest}"
   return name
 
 
-def _labels(keys: list[str]) -> dict[str, str]:
+def labels(keys: list[str]) -> dict[str, str]:
   """Leaf names (or short aliases); the full key where two leaves would clash."""
   short = {k: _LABELS.get(k.split(".")[-1], k.split(".")[-1]) for k in keys}
   clashes = {s for s in short.values() if list(short.values()).count(s) > 1}

@@ -1,6 +1,6 @@
 """Learning rate x width on nanoGPT's Shakespeare CPU recipe, 600 steps (README.md: results).
 
-Command (from the repository root, about 10 minutes on 2 CPU cores):
+Command (from the repository root; 13 minutes measured on 2 CPU cores shared with other jobs):
   treadle-sweep experiments/lr_width/sweep.py
 """
 from sweep import spec
