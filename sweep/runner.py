@@ -54,12 +54,7 @@ def command(sweep: spec.Sweep, trial: spec.Trial, layout: Layout) -> list[str]:
 
 def read_metrics(workdir: pathlib.Path) -> list[dict]:
   """metrics.jsonl rows; a line still being written by a running trial is left out."""
-  path = pathlib.Path(workdir) / metrics.FILENAME
-  if not path.exists():
-    return []
-  text = path.read_text()
-  complete = text if text.endswith("\n") else text[:text.rfind("\n") + 1]
-  return [json.loads(line) for line in complete.splitlines() if line.strip()]
+  return metrics.read(workdir)
 
 
 def read_status(layout: Layout, name: str) -> dict[str, Any] | None:

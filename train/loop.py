@@ -114,9 +114,13 @@ def _write_run_files(run: Run) -> None:
     return
   run.workdir.mkdir(parents=True, exist_ok=True)
   run.task.save_artifact(run.splits, run.workdir)
-  tmp = run.workdir / "config.json.tmp"
-  tmp.write_text(json.dumps(run.cfg.to_dict(), indent=2))
-  tmp.replace(run.workdir / "config.json")
+  _write_json(run.workdir / "config.json", run.cfg.to_dict())
+
+
+def _write_json(path: pathlib.Path, value) -> None:
+  tmp = path.with_suffix(".tmp")
+  tmp.write_text(json.dumps(value, indent=2))
+  tmp.replace(path)  # atomic: readers never see half a file
 
 
 def _global_batch(run: Run, local: dict) -> dict:
@@ -269,6 +273,9 @@ def train_steps(run: Run, mgr, state, data_iter, progress: Progress, val_batches
     state, step_metrics = run.train_step(state, _global_batch(run, next(data_iter)))
     flush()  # the previous step's metrics: the device is already busy with this one
     pending = (done, step_metrics)
+    if done == start + 1:
+      jax.block_until_ready(step_metrics)
+      throughput.reset(done)  # the first step includes compilation: not throughput
     bar.update(1)
     val_loss, improved, outcome = None, False, None
     if _wants_eval(cfg, done):
@@ -343,7 +350,9 @@ def train(cfg: config_lib.RunConfig, workdir) -> dict:
       if run.is_main:
         test.update(run.task.finish(run, params, test_step))
       writer.write(summary["step"], **test, test_checkpoint_step=test_step)
-      summary.update(test)
+      summary.update(test, test_checkpoint_step=test_step)
+    if run.is_main:
+      _write_json(run.workdir / "summary.json", summary)
     return summary
   finally:
     mgr.wait_until_finished()

@@ -36,7 +36,10 @@ class MetricsWriter:
 
 
 def read(workdir) -> list[dict]:
+  """The rows of DIR/metrics.jsonl; a last line still being written is left out."""
   path = pathlib.Path(workdir) / FILENAME
   if not path.exists():
     return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  text = path.read_text()
+  complete = text if text.endswith("\n") else text[:text.rfind("\n") + 1]
+  return [json.loads(line) for line in complete.splitlines() if line.strip()]
