@@ -3,7 +3,11 @@
 Command:
   treadle-train --config configs/shakespeare_char_cpu.py --workdir runs/cpu \
       --config.data.path=../shared/data/tinyshakespeare/input.txt
-Measured (this 2-core CPU): MEASURED_PLACEHOLDER
+Measured on tinyshakespeare (this 2-core CPU, 2026-11-24), val loss at step 2000 over the
+whole validation split (the 5% after the 90% training text):
+  seed 1337 (default) 1.8907 (test 1.9243) | seed 0 1.8831 (test 1.9271) |
+  seed 1 1.8866 (test 1.9194) | mean 1.8868; nanoGPT reports 1.886 for this recipe.
+Wall time: WALL_PLACEHOLDER
 """
 import ml_collections
 
