@@ -52,15 +52,14 @@ def _pipeline_rate(run, data_iter, batches: int) -> float:
 
 def measure(cfg) -> dict:
   import jax
-  from data import text
   from train import checkpoint
   from train import loop
   from train import perf
   from train import state as state_lib
 
   run = loop.prepare(cfg, tempfile.mkdtemp())
-  data_iter = text.train_iterator(run.splits.train, cfg.data.seq_len, cfg.train.batch_size,
-                                  cfg.train.seed)
+  cfg = run.cfg  # resolved: vocabulary size and context filled in
+  data_iter = run.task.train_iterator(run.splits.train, cfg, 0, 1)
   state = state_lib.create(cfg.model, run.tx, cfg.train.seed, run.state_shardings)
   state, _ = _time_steps(run, state, data_iter, 1)
   first_step = time.perf_counter() - _START
@@ -82,8 +81,8 @@ def measure(cfg) -> dict:
   mgr.wait_until_finished()
   mgr.close()
 
-  tokens = cfg.train.batch_size * cfg.data.seq_len
-  flops_token = perf.flops_per_token(cfg.model, cfg.data.seq_len)
+  tokens = cfg.train.batch_size * run.task.units_per_example(cfg)
+  flops_token = run.task.flops_per_unit(cfg)
   device = jax.devices()[0]
   peak = _PEAK.value or perf.peak_flops(
       "cpu" if device.platform == "cpu" else device.device_kind, cfg.model.compute_dtype)
