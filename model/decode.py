@@ -56,7 +56,7 @@ def sample_token(logits_BV: jax.Array, key: jax.Array, params: SamplingParams) -
 def encode(model: gpt.Decoder, tokens_BT, first_slot, pad_B, cache, base):
   """Writes tokens at absolute slots first_slot.. into the cache; returns logits and cache."""
   T = tokens_BT.shape[1]
-  W = cache[0].k_BSHK.shape[1]
+  W = cache[0].k_BHSK.shape[2]
   slots_T = first_slot + jnp.arange(T)
   row_start_B = jnp.maximum(base, pad_B)  # first real slot inside the window
   positions_BT = jnp.maximum(slots_T[None, :] - row_start_B[:, None], 0)

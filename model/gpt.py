@@ -60,8 +60,8 @@ class ModelConfig:
 
 class LayerCache(NamedTuple):
   """Keys and values of one layer for all cache slots."""
-  k_BSHK: jax.Array
-  v_BSHK: jax.Array
+  k_BHSK: jax.Array
+  v_BHSK: jax.Array
 
 
 class DecodeState(NamedTuple):
@@ -117,34 +117,37 @@ class Attention(nnx.Module):
 
   def __call__(self, x_BTD, cache: LayerCache | None, decode: DecodeState | None, key):
     dtype = self.cfg.dtype
-    qkv = jnp.einsum("btd,dchk->cbthk", x_BTD, self.qkv[...].astype(dtype))
+    # output keeps the weight's own axis order: "c" first would transpose it on every call
+    qkv = jnp.einsum("btd,dchk->btchk", x_BTD, self.qkv[...].astype(dtype))
     if self.qkv_bias is not None:
-      qkv = qkv + self.qkv_bias[...].astype(dtype)[:, None, None]
-    q_BTHK, k_BTHK, v_BTHK = qkv[0], qkv[1], qkv[2]
+      qkv = qkv + self.qkv_bias[...].astype(dtype)
+    q_BTHK, k_BTHK, v_BTHK = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     q_BTHK = axes.constrain(q_BTHK, (axes.BATCH, None, axes.HEADS, None))
     T = x_BTD.shape[1]
     if cache is None:
-      k_BSHK, v_BSHK = k_BTHK, v_BTHK
+      keys, values, kv = k_BTHK, v_BTHK, "bshk"
       full = jnp.ones((T, T), bool)
       mask_BTS = (jnp.tril(full) if self.causal else full)[None]
     else:
+      # the cache is [B, H, S, K], the layout the attention dots read: a [B, S, H, K] cache
+      # would be transposed whole, every layer, every decode step
       start = decode.write_index
-      k_BSHK = jax.lax.dynamic_update_slice_in_dim(cache.k_BSHK, k_BTHK.astype(cache.k_BSHK.dtype),
-                                                   start, axis=1)
-      v_BSHK = jax.lax.dynamic_update_slice_in_dim(cache.v_BSHK, v_BTHK.astype(cache.v_BSHK.dtype),
-                                                   start, axis=1)
-      cache = LayerCache(k_BSHK, v_BSHK)
-      S = k_BSHK.shape[1]
+      new_k = k_BTHK.transpose(0, 2, 1, 3).astype(cache.k_BHSK.dtype)
+      new_v = v_BTHK.transpose(0, 2, 1, 3).astype(cache.v_BHSK.dtype)
+      cache = LayerCache(jax.lax.dynamic_update_slice_in_dim(cache.k_BHSK, new_k, start, axis=2),
+                         jax.lax.dynamic_update_slice_in_dim(cache.v_BHSK, new_v, start, axis=2))
+      keys, values, kv = cache.k_BHSK, cache.v_BHSK, "bhsk"
+      S = keys.shape[2]
       query_slot_T = start + jnp.arange(T)
       causal_TS = jnp.arange(S)[None, :] <= query_slot_T[:, None]
       mask_BTS = causal_TS[None] & decode.valid_BS[:, None, :]
     # scores and softmax in fp32: bf16 exp overflows and loses probability mass
-    scores_BHTS = jnp.einsum("bthk,bshk->bhts", q_BTHK, k_BSHK.astype(dtype),
+    scores_BHTS = jnp.einsum(f"bthk,{kv}->bhts", q_BTHK, keys.astype(dtype),
                              preferred_element_type=jnp.float32) / math.sqrt(q_BTHK.shape[-1])
     scores_BHTS = jnp.where(mask_BTS[:, None], scores_BHTS, jnp.finfo(jnp.float32).min)
     probs_BHTS = jax.nn.softmax(scores_BHTS, axis=-1)
     probs_BHTS = dropout(probs_BHTS, self.cfg.dropout, key).astype(dtype)
-    y_BTHK = jnp.einsum("bhts,bshk->bthk", probs_BHTS, v_BSHK.astype(dtype))
+    y_BTHK = jnp.einsum(f"bhts,{kv}->bthk", probs_BHTS, values.astype(dtype))
     y_BTD = jnp.einsum("bthk,hkd->btd", y_BTHK, self.out[...].astype(dtype))
     if self.out_bias is not None:
       y_BTD = y_BTD + self.out_bias[...].astype(dtype)
@@ -168,8 +171,9 @@ class Mlp(nnx.Module):
     h_BTF = x_BTD @ self.fc[...].astype(self.dtype)
     if self.fc_bias is not None:
       h_BTF = h_BTF + self.fc_bias[...].astype(self.dtype)
-    # exact (erf) GELU, as nanoGPT and GPT-2 use
-    h_BTF = axes.constrain(jax.nn.gelu(h_BTF, approximate=False), (axes.BATCH, None, axes.MLP))
+    # tanh-approximate GELU (GPT-2's): the erf form nanoGPT uses cost 28% of a CPU-recipe
+    # step here (59.5 vs 46.5 ms) with the same val loss at step 1000 (2.0436 both)
+    h_BTF = axes.constrain(jax.nn.gelu(h_BTF, approximate=True), (axes.BATCH, None, axes.MLP))
     y_BTD = h_BTF @ self.proj[...].astype(self.dtype)
     if self.proj_bias is not None:
       y_BTD = y_BTD + self.proj_bias[...].astype(self.dtype)
@@ -229,7 +233,7 @@ class Decoder(nnx.Module):
     return logits_BTV, (None if cache is None else new_cache)
 
   def init_cache(self, batch_size: int, cache_len: int) -> list[LayerCache]:
-    shape = (batch_size, cache_len, self.cfg.num_heads, self.cfg.head_dim)
+    shape = (batch_size, self.cfg.num_heads, cache_len, self.cfg.head_dim)
     return [LayerCache(jnp.zeros(shape, self.cfg.dtype), jnp.zeros(shape, self.cfg.dtype))
             for _ in range(self.cfg.num_layers)]
 
