@@ -7,11 +7,11 @@ Bad input (empty prompt, characters the tokenizer cannot encode, temperature < 0
 top_k < 0, top_p outside (0, 1], no checkpoint) is a one-line error with exit code 2.
 """
 import json
-import sys
 import time
 
-from absl import app
 from absl import flags
+
+from train import entry
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by treadle-train.")
 _PROMPT = flags.DEFINE_multi_string("prompt", None, "Prompt text (repeatable). Default: newline.")
@@ -29,18 +29,13 @@ _MESH = flags.DEFINE_string("mesh_shape", "-1,1,1", "Mesh data,fsdp,tensor for t
 _RULES = flags.DEFINE_string("rules", "dp", "Parameter sharding preset (dp, fsdp, fsdp_tp).")
 
 
-def fail(message: str):
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(2)
-
-
 def _prompts() -> list[str]:
   if _PROMPT_FILE.value:
     try:
       with open(_PROMPT_FILE.value, encoding="utf-8") as f:
         prompts = [f.read()]
     except (OSError, UnicodeDecodeError) as e:
-      fail(f"--prompt_file {_PROMPT_FILE.value!r}: {e}")
+      entry.fail(f"--prompt_file {_PROMPT_FILE.value!r}: {e}")
   else:
     prompts = _PROMPT.value if _PROMPT.value is not None else ["\n"]
   return [p for p in prompts for _ in range(_NUM_SAMPLES.value)]
@@ -51,7 +46,7 @@ def _step():
   if value is None or value in ("latest", "best"):
     return value
   if not value.isdigit():
-    fail(f"--step={value!r} must be a number, 'best' or 'latest'")
+    entry.fail(f"--step={value!r} must be a number, 'best' or 'latest'")
   return int(value)
 
 
@@ -83,9 +78,9 @@ def _print_samples(sampler, prompts, args) -> None:
 def main(argv) -> None:
   del argv
   if not _WORKDIR.value:
-    fail("--workdir is required")
+    entry.fail("--workdir is required")
   if _NUM_SAMPLES.value < 1:
-    fail(f"--num_samples={_NUM_SAMPLES.value} must be positive")
+    entry.fail(f"--num_samples={_NUM_SAMPLES.value} must be positive")
   from infer import sampler as sampler_lib  # after flag parsing: a bad flag never starts jax
   from train import logs
   logs.setup()
@@ -99,16 +94,11 @@ def main(argv) -> None:
     sampler.encode_prompts(prompts)  # validate before generating anything
     _print_samples(sampler, prompts, args)
   except (ValueError, FileNotFoundError) as e:
-    fail(str(e).splitlines()[0])
+    entry.fail(str(e).splitlines()[0])
 
 
 def run() -> None:
-  def parse(argv):
-    try:
-      return flags.FLAGS(argv)
-    except flags.Error as e:
-      fail(str(e).splitlines()[0])
-  app.run(main, flags_parser=parse)
+  entry.run(main)
 
 
 if __name__ == "__main__":

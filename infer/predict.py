@@ -9,11 +9,11 @@ Prints one line per image: label, probability. Bad input: one-line error, exit c
 """
 import json
 import pathlib
-import sys
 
 import numpy as np
-from absl import app
 from absl import flags
+
+from train import entry
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory of an image-classification run.")
 _INPUT = flags.DEFINE_multi_string("input", None, ".npy or image file (repeatable).")
@@ -100,15 +100,10 @@ def _image_file(file: pathlib.Path, preprocess) -> np.ndarray:
   return (blocks * preprocess.pixel_max)[None]
 
 
-def fail(message: str):
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(2)
-
-
 def main(argv) -> None:
   del argv
   if not _WORKDIR.value or not _INPUT.value:
-    fail("--workdir and --input are required")
+    entry.fail("--workdir and --input are required")
   from train import logs
   logs.setup()
   try:
@@ -121,16 +116,11 @@ def main(argv) -> None:
         else:
           print(f"{path}[{i}]: {result['label']} ({result['probability']:.1%})")
   except (ValueError, FileNotFoundError) as e:
-    fail(str(e).splitlines()[0])
+    entry.fail(str(e).splitlines()[0])
 
 
 def run() -> None:
-  def parse(argv):
-    try:
-      return flags.FLAGS(argv)
-    except flags.Error as e:
-      fail(str(e).splitlines()[0])
-  app.run(main, flags_parser=parse)
+  entry.run(main)
 
 
 if __name__ == "__main__":

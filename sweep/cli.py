@@ -15,13 +15,13 @@ import re
 import shlex
 import sys
 
-from absl import app
 from absl import flags
 
 from sweep import report
 from sweep import runner
 from sweep import slurm
 from sweep import spec
+from train import entry
 
 _PARALLEL = flags.DEFINE_integer("parallel", 1, "Trials trained at once.", lower_bound=1)
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the trials and their commands only.")
@@ -33,29 +33,16 @@ _SBATCH = flags.DEFINE_multi_string("sbatch", [], "Extra #SBATCH line for --emit
 _ROOT = flags.DEFINE_string("root", None, "Sweep output directory (default runs/sweeps/NAME).")
 
 
-def fail(message: str, code: int = 2):
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(code)
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl parsing with a one-line error and exit code 2."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
-
-
 def _select(trials: list[spec.Trial]) -> list[spec.Trial]:
   if _ONLY.value is None:
     return trials
   try:
     pattern = re.compile(_ONLY.value)
   except re.error as e:
-    fail(f"--only={_ONLY.value!r}: {e}")
+    entry.fail(f"--only={_ONLY.value!r}: {e}")
   selected = [t for t in trials if pattern.search(t.name)]
   if not selected:
-    fail(f"--only={_ONLY.value!r} matches none of {[t.name for t in trials]}")
+    entry.fail(f"--only={_ONLY.value!r} matches none of {[t.name for t in trials]}")
   return selected
 
 
@@ -85,13 +72,13 @@ def _report(sweep, trials, layout, sweep_file: str) -> None:
 
 def main(argv) -> None:
   if len(argv) != 2:
-    fail("usage: treadle-sweep SWEEP_FILE [--parallel N] [--dry_run] [--only REGEX] "
+    entry.fail("usage: treadle-sweep SWEEP_FILE [--parallel N] [--dry_run] [--only REGEX] "
          "[--report] [--emit slurm] [--root DIR]")
   try:
     sweep = spec.load(argv[1])
     all_trials = spec.expand(sweep)
   except spec.SweepError as e:
-    fail(str(e))
+    entry.fail(str(e))
   layout = runner.Layout(pathlib.Path(_ROOT.value or f"runs/sweeps/{sweep.name}"))
   trials = _select(all_trials)
   if _DRY_RUN.value:
@@ -115,7 +102,7 @@ def main(argv) -> None:
 
 def run() -> None:
   """Console-script entry point."""
-  app.run(main, flags_parser=parse_flags)
+  entry.run(main)
 
 
 if __name__ == "__main__":

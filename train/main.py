@@ -9,9 +9,10 @@ import logging
 import os
 import sys
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
+
+from train import entry
 
 # Nothing here imports jax at module level: the CPU device count must be chosen from the
 # config before jax initialises its backends.
@@ -28,27 +29,10 @@ _MULTIHOST = flags.DEFINE_bool("multihost", False,
                                "(SLURM, TPU pods, ...); implied when SLURM_NTASKS > 1.")
 
 
-def fail(message: str, code: int = 2):
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(code)
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl parsing with a one-line error and exit code 2 (absl's own prints usage, exits 1)."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
-  except (AttributeError, KeyError, TypeError, ValueError) as e:
-    # ml_collections raises these for an unknown key or a value of the wrong type
-    overrides = " ".join(a for a in argv if a.startswith("--config."))
-    fail(f"bad config override ({type(e).__name__}: {str(e).strip()}) in: {overrides}")
-
-
 def main(argv) -> None:
   del argv
   if _CONFIG.value is None or not _WORKDIR.value:
-    fail("both --config and --workdir are required")
+    entry.fail("both --config and --workdir are required")
   from train import hosts  # noqa: E402  (after flags: sets device counts before jax starts)
   hosts.configure(_CONFIG.value.mesh.cpu_devices, _CONFIG.value.train.matmul_precision,
                   _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _MULTIHOST.value)
@@ -60,7 +44,7 @@ def main(argv) -> None:
     cfg = config_lib.split(_CONFIG.value)
     summary = loop.train(cfg, _WORKDIR.value)
   except (ValueError, FileNotFoundError, RuntimeError) as e:
-    fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    entry.fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
   logging.getLogger("treadle").info("finished: %s", summary)
   if summary["outcome"] == "interrupted":
     sys.exit(loop.INTERRUPTED_EXIT_CODE)
@@ -68,7 +52,7 @@ def main(argv) -> None:
 
 def run() -> None:
   """Console-script entry point."""
-  app.run(main, flags_parser=parse_flags)
+  entry.run(main)
 
 
 if __name__ == "__main__":

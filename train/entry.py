@@ -1,0 +1,30 @@
+"""Shared command-line plumbing: one-line errors with exit code 2, absl flag parsing.
+
+Imports nothing heavy: entry points choose jax's device layout after parsing flags.
+"""
+import sys
+from typing import Callable, NoReturn
+
+from absl import app
+from absl import flags
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(code)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl parsing with a one-line error and exit code 2 (absl's own prints usage, exits 1)."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    # ml_collections raises these for an unknown config key or a value of the wrong type
+    overrides = " ".join(a for a in argv if a.startswith("--config."))
+    fail(f"bad config override ({type(e).__name__}: {str(e).strip()}) in: {overrides}")
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+  app.run(main, flags_parser=parse_flags)
