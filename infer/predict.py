@@ -8,96 +8,16 @@ background is light, resized to the training size and scaled to the pixel range)
 Prints one line per image: label, probability. Bad input: one-line error, exit code 2.
 """
 import json
-import pathlib
 
-import numpy as np
 from absl import flags
 
+from infer import predictor as predictor_lib
 from train import entry
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory of an image-classification run.")
 _INPUT = flags.DEFINE_multi_string("input", None, ".npy or image file (repeatable).")
 _STEP = flags.DEFINE_string("step", None, "Checkpoint step: a number, 'best' or latest (default).")
 _JSON = flags.DEFINE_bool("json", False, "Print JSON with the label, probability and all classes.")
-
-
-class Predictor:
-  """Library API: `Predictor.from_workdir(DIR).predict(raw_images)`."""
-
-  def __init__(self, cfg, preprocess, params, step: int):
-    self.cfg, self.preprocess, self.params, self.step = cfg, preprocess, params, step
-
-  @classmethod
-  def from_workdir(cls, workdir, step: int | str | None = None) -> "Predictor":
-    import jax
-    from data import images
-    from train import checkpoint
-    from train import config as config_lib
-    from train import state as state_lib
-    workdir = pathlib.Path(workdir)
-    if not (workdir / "config.json").exists():
-      raise FileNotFoundError(f"{str(workdir)!r} is not a treadle run directory (no config.json)")
-    cfg = config_lib.from_json(workdir / "config.json")
-    if cfg.task != "classify":
-      raise ValueError(f"{str(workdir)!r} is a {cfg.task!r} run, not an image classifier")
-    reader = checkpoint.reader(workdir)
-    try:
-      step = checkpoint.resolve_step(reader, step)
-      _, abstract, _ = state_lib.model_graph(cfg.model)
-      device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-      target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
-                            abstract)
-      params = checkpoint.restore_params(reader, step, target)
-    finally:
-      reader.close()
-    return cls(cfg, images.Preprocess.load(workdir), params, step)
-
-  def predict(self, raw_NHW: np.ndarray) -> list[dict]:
-    """Raw pixels [N, H, W] -> [{label, probability, probabilities}] per image."""
-    from train import image_task
-    shape = self.preprocess.image_shape
-    if raw_NHW.ndim != 3 or raw_NHW.shape[1:] != tuple(shape):
-      raise ValueError(f"expected images of shape {tuple(shape)}, got {raw_NHW.shape[1:]}")
-    probs = image_task.predict_probabilities(self.cfg.model, self.params,
-                                             self.preprocess.normalize(raw_NHW))
-    labels = self.preprocess.labels
-    return [{"label": labels[int(p.argmax())], "probability": float(p.max()),
-             "probabilities": dict(zip(labels, map(float, p)))} for p in probs]
-
-
-def load_input(path: str, preprocess) -> np.ndarray:
-  """A file -> raw pixels [N, H, W] in the dataset's pixel range."""
-  file = pathlib.Path(path)
-  if not file.is_file():
-    raise FileNotFoundError(f"--input: no such file {path!r}")
-  if file.suffix == ".npy":
-    array = np.load(file).astype(np.float32)
-    array = array[None] if array.ndim == 2 else array
-    if array.ndim != 3 or array.shape[1:] != tuple(preprocess.image_shape):
-      raise ValueError(f"--input {path!r}: shape {array.shape} is not "
-                       f"{tuple(preprocess.image_shape)} or [N, *{tuple(preprocess.image_shape)}]")
-    return array
-  return _image_file(file, preprocess)
-
-
-def _image_file(file: pathlib.Path, preprocess) -> np.ndarray:
-  from matplotlib import image as mpimg
-  try:
-    pixels = mpimg.imread(file).astype(np.float32)
-  except Exception as e:  # matplotlib raises many types for unreadable files
-    raise ValueError(f"--input {str(file)!r}: not a readable image ({e})") from None
-  if pixels.ndim == 3:
-    pixels = pixels[..., :3].mean(axis=-1)  # drop alpha, average colour to grey
-  pixels = pixels / pixels.max() if pixels.max() > 1 else pixels
-  if pixels.mean() > 0.5:
-    pixels = 1.0 - pixels  # digits are light strokes on a dark background
-  h, w = preprocess.image_shape
-  if pixels.shape[0] < h or pixels.shape[1] < w:
-    raise ValueError(f"--input {str(file)!r}: {pixels.shape} is smaller than {(h, w)}")
-  # area resize: average blocks (cropping the edges that don't divide evenly)
-  bh, bw = pixels.shape[0] // h, pixels.shape[1] // w
-  blocks = pixels[:bh * h, :bw * w].reshape(h, bh, w, bw).mean(axis=(1, 3))
-  return (blocks * preprocess.pixel_max)[None]
 
 
 def main(argv) -> None:
@@ -108,9 +28,10 @@ def main(argv) -> None:
   logs.setup()
   try:
     step = _STEP.value if _STEP.value in (None, "best", "latest") else int(_STEP.value)
-    predictor = Predictor.from_workdir(_WORKDIR.value, step)
+    predictor = predictor_lib.Predictor.from_workdir(_WORKDIR.value, step)
     for path in _INPUT.value:
-      for i, result in enumerate(predictor.predict(load_input(path, predictor.preprocess))):
+      raw = predictor_lib.load_input(path, predictor.preprocess)
+      for i, result in enumerate(predictor.predict(raw)):
         if _JSON.value:
           print(json.dumps({"input": path, "index": i, **result}))
         else:

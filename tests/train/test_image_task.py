@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from data import images
-from infer import predict
+from infer import predictor
 from model import classifier
 from tests import numerics
 from tests.conftest import run_cli
@@ -105,8 +105,8 @@ def test_resume_is_bitwise_identical(trained, tmp_path):
   losses = lambda w: {r["step"]: r["train_loss"] for r in _rows(w) if "train_loss" in r}
   a, b = losses(trained), losses(resumed)
   assert [a[s] for s in range(11, 21)] == [b[s] for s in range(11, 21)]
-  pa = predict.Predictor.from_workdir(trained, 20).params
-  pb = predict.Predictor.from_workdir(resumed, 20).params
+  pa = predictor.Predictor.from_workdir(trained, 20).params
+  pb = predictor.Predictor.from_workdir(resumed, 20).params
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(pa), jax.device_get(pb))
 
 
@@ -116,7 +116,7 @@ def test_predict_in_another_process_matches_the_library(trained, digits, tmp_pat
   np.save(tmp_path / "six.npy", raw)
   proc = run_cli("infer.predict", "--workdir", trained, "--input", tmp_path / "six.npy", "--json")
   cli = [json.loads(line) for line in proc.stdout.splitlines()]
-  library = predict.Predictor.from_workdir(trained).predict(raw)
+  library = predictor.Predictor.from_workdir(trained).predict(raw)
   assert [c["label"] for c in cli] == [r["label"] for r in library]
   np.testing.assert_allclose([c["probability"] for c in cli],
                              [r["probability"] for r in library], rtol=1e-5)
