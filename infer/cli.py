@@ -41,15 +41,6 @@ def _prompts() -> list[str]:
   return [p for p in prompts for _ in range(_NUM_SAMPLES.value)]
 
 
-def _step():
-  value = _STEP.value
-  if value is None or value in ("latest", "best"):
-    return value
-  if not value.isdigit():
-    entry.fail(f"--step={value!r} must be a number, 'best' or 'latest'")
-  return int(value)
-
-
 def _print_samples(sampler, prompts, args) -> None:
   if _STREAM.value and not _JSON.value:
     for i, prompt in enumerate(prompts):
@@ -90,7 +81,7 @@ def main(argv) -> None:
                 top_k=_TOP_K.value, top_p=_TOP_P.value)
     sampler_lib.check_sampling_args(**args)
     prompts = _prompts()
-    sampler = sampler_lib.Sampler.from_workdir(_WORKDIR.value, _step(), shape, _RULES.value)
+    sampler = sampler_lib.Sampler.from_workdir(_WORKDIR.value, entry.checkpoint_step(_STEP.value), shape, _RULES.value)
     sampler.encode_prompts(prompts)  # validate before generating anything
     _print_samples(sampler, prompts, args)
   except (ValueError, FileNotFoundError) as e:

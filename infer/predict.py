@@ -27,8 +27,8 @@ def main(argv) -> None:
   from train import logs
   logs.setup()
   try:
-    step = _STEP.value if _STEP.value in (None, "best", "latest") else int(_STEP.value)
-    predictor = predictor_lib.Predictor.from_workdir(_WORKDIR.value, step)
+    predictor = predictor_lib.Predictor.from_workdir(_WORKDIR.value,
+                                                     entry.checkpoint_step(_STEP.value))
     for path in _INPUT.value:
       raw = predictor_lib.load_input(path, predictor.preprocess)
       for i, result in enumerate(predictor.predict(raw)):

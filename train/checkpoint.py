@@ -54,9 +54,7 @@ def restore(mgr: ocp.CheckpointManager, step: int, abstract: state_lib.TrainStat
   items = {"state": ocp.args.StandardRestore(abstract)}
   if data_iter is not None:
     items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
-  restored = mgr.restore(step, args=ocp.args.Composite(**items))
-  return state_lib.TrainState(*restored["state"]) if isinstance(restored["state"], (list, tuple)) \
-      else restored["state"]
+  return mgr.restore(step, args=ocp.args.Composite(**items))["state"]
 
 
 def reader(workdir) -> ocp.CheckpointManager:

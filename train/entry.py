@@ -26,5 +26,14 @@ def parse_flags(argv: list[str]) -> list[str]:
     fail(f"bad config override ({type(e).__name__}: {str(e).strip()}) in: {overrides}")
 
 
+def checkpoint_step(value: str | None) -> int | str | None:
+  """The --step flag: None/"latest" = latest, "best", or a step number."""
+  if value is None or value in ("latest", "best"):
+    return value
+  if not value.isdigit():
+    fail(f"--step={value!r} must be a number, 'best' or 'latest'")
+  return int(value)
+
+
 def run(main: Callable[[list[str]], None]) -> None:
   app.run(main, flags_parser=parse_flags)

@@ -1,5 +1,6 @@
 """Image classification as a treadle task: digits data, CNN/ViT models, accuracy, confusion."""
 import dataclasses
+import functools
 import pathlib
 
 import jax
@@ -70,12 +71,18 @@ def predict_labels(model_cfg, params, images_NHW: np.ndarray) -> np.ndarray:
   return probs.argmax(axis=-1)
 
 
-def predict_probabilities(model_cfg, params, images_NHW: np.ndarray) -> np.ndarray:
-  """Softmax over classes for already-normalised images (host arrays in, host array out)."""
+@functools.cache
+def _probabilities_fn(model_cfg):
+  """One jitted forward per model config (frozen, hashable): repeated predictions reuse it."""
   from train import state as state_lib
   graphdef, _, _ = state_lib.model_graph(model_cfg)
+  return jax.jit(lambda p, x: jax.nn.softmax(nnx.merge(graphdef, p)(x).astype(jnp.float32)))
+
+
+def predict_probabilities(model_cfg, params, images_NHW: np.ndarray) -> np.ndarray:
+  """Softmax over classes for already-normalised images (host arrays in, host array out)."""
   params = jax.device_get(params)  # a small model: predict on one device
-  forward = jax.jit(lambda p, x: jax.nn.softmax(nnx.merge(graphdef, p)(x).astype(jnp.float32)))
+  forward = _probabilities_fn(model_cfg)
   return np.asarray(forward(params, jnp.asarray(images_NHW, jnp.float32)))
 
 

@@ -50,12 +50,6 @@ def make_mesh(shape: tuple[int, int, int], devices=None) -> jax.sharding.Mesh:
                        devices=devices)
 
 
-def logical_specs(abstract_params: Any) -> Any:
-  """Logical axis names of every parameter, from the model's annotations."""
-  from flax import nnx  # local: keeps this module importable without touching flax state
-  return nnx.get_partition_spec(abstract_params)
-
-
 def param_shardings(logical: Any, mesh: jax.sharding.Mesh, rule_set: axes.Rules) -> Any:
   return jax.tree.map(
       lambda spec: jax.sharding.NamedSharding(mesh, axes.to_mesh_spec(tuple(spec), rule_set)),

@@ -20,7 +20,8 @@ def model_graph(model_cfg) -> tuple[nnx.GraphDef, Any, Any]:
   """(graphdef, abstract params, logical specs) without allocating any parameter."""
   abstract = nnx.eval_shape(lambda: model_cfg.make(nnx.Rngs(0)))
   graphdef, abstract_state = nnx.split(abstract)
-  specs = nnx.to_pure_dict(mesh_lib.logical_specs(abstract_state))
+  # logical axis names of every parameter, from the model's annotations
+  specs = nnx.to_pure_dict(nnx.get_partition_spec(abstract_state))
   return graphdef, nnx.to_pure_dict(abstract_state), specs
 
 

@@ -9,7 +9,6 @@ import pathlib
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from data import text
@@ -77,10 +76,6 @@ def _inherited_tokenizer(cfg, workdir: pathlib.Path, init_from_dir: pathlib.Path
     raise ValueError(f"train.init_from={cfg.train.init_from!r}: its tokenizer is "
                      f"{source.kind!r}, this run's data.tokenizer is {cfg.data.tokenizer!r}")
   return source
-
-
-def accuracy(logits_BC: jax.Array, labels_B: jax.Array) -> jax.Array:
-  return jnp.mean((jnp.argmax(logits_BC, axis=-1) == labels_B).astype(jnp.float32))
 
 
 def get(name: str):

@@ -141,3 +141,11 @@ def test_predict_refuses_a_language_model_run(tmp_path, text_file):
           f"--config.data.path={text_file}", "--config.train.num_steps=2")
   proc = run_cli("infer.predict", "--workdir", lm, "--input", text_file, check=False)
   assert proc.returncode == 2 and "not an image classifier" in proc.stderr
+
+
+def test_predict_bad_step_is_a_one_line_error(trained, tmp_path):
+  np.save(tmp_path / "one.npy", np.zeros((8, 8)))
+  proc = run_cli("infer.predict", "--workdir", trained, "--input", tmp_path / "one.npy",
+                 "--step", "abc", check=False)
+  assert proc.returncode == 2
+  assert "--step='abc' must be a number" in proc.stderr.strip().splitlines()[-1]
