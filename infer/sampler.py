@@ -10,6 +10,7 @@ import numpy as np
 
 from data import tokenizers
 from model import decode
+from model import lora
 from train import checkpoint
 from train import config as config_lib
 from train import mesh as mesh_lib
@@ -60,9 +61,12 @@ class Sampler:
   @classmethod
   def from_workdir(cls, workdir, step: int | str | None = None,
                    mesh_shape: tuple[int, int, int] = (-1, 1, 1), rules: str = "dp",
-                   devices=None) -> "Sampler":
+                   devices=None, merge_lora: bool = False) -> "Sampler":
     """Loads parameters only (step None = latest, "best", or a number) onto a mesh over
-    `devices` (default all), sharded by the rule preset `rules`."""
+    `devices` (default all), sharded by the rule preset `rules`.
+
+    A LoRA run samples through its adapters, or with `merge_lora` through base weights
+    with the adapters folded in (one plain model, no adapter matmuls)."""
     workdir = pathlib.Path(workdir)
     if not (workdir / "config.json").exists():
       raise FileNotFoundError(f"{str(workdir)!r} is not a treadle run directory (no config.json)")
@@ -78,6 +82,13 @@ class Sampler:
                           abstract, shardings)
     params = checkpoint.restore_params(reader, step, target)
     reader.close()
+    if merge_lora and cfg.model.lora_rank:
+      merged_cfg = dataclasses.replace(cfg.model, lora_rank=0)
+      merged_shardings = mesh_lib.param_shardings(state_lib.model_graph(merged_cfg)[2], mesh,
+                                                  mesh_lib.rules(rules))
+      params = jax.jit(lambda p: lora.merge(p, cfg.model)[0],
+                       out_shardings=merged_shardings)(params)
+      cfg = dataclasses.replace(cfg, model=merged_cfg)
     return cls(cfg, tokenizer, params, mesh, step)
 
   # -- jitted pieces ---------------------------------------------------------------------
@@ -146,10 +157,13 @@ class Sampler:
       ids = np.asarray(jax.device_get(carry.tokens_BN))[0, prompt_len:prompt_len + produced]
       full = self.tokenizer.decode(ids)
       text = _cut(full, stop)
-      if len(text) > len(emitted):
-        yield text[len(emitted):]
-        emitted = text
-      if produced >= max_new_tokens or len(text) < len(full):  # done, or hit a stop string
+      done = produced >= max_new_tokens or len(text) < len(full)  # or hit a stop string
+      # byte/bpe: a trailing U+FFFD may be a character whose other bytes are still to come
+      shown = text if done else text.rstrip("\ufffd")
+      if len(shown) > len(emitted):
+        yield shown[len(emitted):]
+        emitted = shown
+      if done:
         return
       steps = min(chunk_tokens, max_new_tokens - produced)
       carry = self._decode(self.params, carry, jnp.int32(steps), sampling)

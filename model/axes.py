@@ -13,6 +13,7 @@ BATCH = "batch"
 SEQ = "seq"
 EMBED = "embed"
 HEADS = "heads"
+KV_HEADS = "kv_heads"  # grouped-query attention: key/value heads
 HEAD_DIM = "head_dim"
 MLP = "mlp"
 VOCAB = "vocab"

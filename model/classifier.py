@@ -8,6 +8,7 @@ from flax import nnx
 
 from model import axes
 from model import gpt
+from model import layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +71,7 @@ class Cnn(nnx.Module):
       x = axes.constrain(jax.nn.relu(x + bias[...]), (axes.BATCH, None, None, axes.MLP))
       if i == 1:  # 8x8 -> 4x4
         x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
-    x = gpt.dropout(x.mean(axis=(1, 2)), self.dropout, dropout_key)
+    x = layers.dropout(x.mean(axis=(1, 2)), self.dropout, dropout_key)
     return x @ self.head[...] + self.head_bias[...]
 
 
@@ -86,9 +87,9 @@ class Vit(nnx.Module):
     self.patch_embed = _dense(rngs, P * P, (P * P, D), (None, axes.EMBED))
     self.position_embed = axes.param(nnx.initializers.normal(0.02), rngs.params(),
                                      (num_patches, D), (None, axes.EMBED))
-    self.blocks = nnx.List([gpt.Block(block_cfg, rngs, causal=False)
+    self.blocks = nnx.List([layers.Block(block_cfg, rngs, causal=False)
                             for _ in range(cfg.num_layers)])
-    self.ln_f = gpt.LayerNorm(D, use_bias=True)
+    self.ln_f = layers.LayerNorm(D, use_bias=True)
     self.head = _dense(rngs, D, (D, cfg.num_classes), (axes.EMBED, None))
 
   def __call__(self, images_BHW: jax.Array, dropout_key=None) -> jax.Array:
@@ -99,5 +100,5 @@ class Vit(nnx.Module):
     keys = [None] * len(self.blocks) if dropout_key is None else list(
         jax.random.split(dropout_key, len(self.blocks)))
     for block, key in zip(self.blocks, keys):
-      x_BTD, _ = block(x_BTD, None, None, key)
+      x_BTD, _ = block(x_BTD, key=key)
     return self.ln_f(x_BTD).mean(axis=1) @ self.head[...]

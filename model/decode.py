@@ -21,7 +21,7 @@ class Carry(NamedTuple):
   """Decode-loop state. Slots are absolute token indices into `tokens_BN`."""
   tokens_BN: jax.Array   # int32 history: left-padded prompt, then generated tokens
   pad_B: jax.Array       # int32 padding slots at the start of each row
-  cache: Any             # list[gpt.LayerCache] over W slots
+  cache: Any             # Decoder.init_cache: W slots per layer
   base: jax.Array        # int32: absolute slot held by cache index 0
   cur: jax.Array         # int32: slot of the newest sampled token (not yet in the cache)
   key: jax.Array
@@ -56,7 +56,7 @@ def sample_token(logits_BV: jax.Array, key: jax.Array, params: SamplingParams) -
 def encode(model: gpt.Decoder, tokens_BT, first_slot, pad_B, cache, base):
   """Writes tokens at absolute slots first_slot.. into the cache; returns logits and cache."""
   T = tokens_BT.shape[1]
-  W = cache[0].k_BHSK.shape[2]
+  W = gpt.cache_len(cache)
   slots_T = first_slot + jnp.arange(T)
   row_start_B = jnp.maximum(base, pad_B)  # first real slot inside the window
   positions_BT = jnp.maximum(slots_T[None, :] - row_start_B[:, None], 0)
@@ -89,13 +89,17 @@ def _slide(model: gpt.Decoder, carry: Carry) -> Carry:
 
 
 def decode_steps(model: gpt.Decoder, carry: Carry, num_steps, params: SamplingParams) -> Carry:
-  """Feeds the newest token and samples the next, `num_steps` times (a traced count)."""
+  """Feeds the newest token and samples the next, `num_steps` times (a traced count).
+
+  Two nested loops: the inner one decodes until the cache is full, with no branch in its
+  body (a lax.cond on the cache inside it made XLA copy the whole cache every token); the
+  outer one slides the cache, once per W/2 tokens.
+  """
   W = model.cfg.max_seq_len
   last = carry.tokens_BN.shape[1] - 1
   stop = jnp.minimum(carry.cur + num_steps, last)
 
-  def body(c: Carry) -> Carry:
-    c = jax.lax.cond(c.cur - c.base >= W, lambda x: _slide(model, x), lambda x: x, c)
+  def step(c: Carry) -> Carry:
     token_B1 = jax.lax.dynamic_slice_in_dim(c.tokens_BN, c.cur, 1, axis=1)
     logits, cache = encode(model, token_B1, c.cur, c.pad_B, c.cache, c.base)
     nxt = c.cur + 1
@@ -103,7 +107,12 @@ def decode_steps(model: gpt.Decoder, carry: Carry, num_steps, params: SamplingPa
     tokens = jax.lax.dynamic_update_slice_in_dim(c.tokens_BN, token_B[:, None], nxt, axis=1)
     return c._replace(tokens_BN=tokens, cache=cache, cur=nxt)
 
-  return jax.lax.while_loop(lambda c: c.cur < stop, body, carry)
+  def window(c: Carry) -> Carry:
+    c = jax.lax.cond(c.cur - c.base >= W, lambda x: _slide(model, x), lambda x: x, c)
+    window_stop = jnp.minimum(stop, c.base + W)  # the cache is full at slot base + W
+    return jax.lax.while_loop(lambda x: x.cur < window_stop, step, c)
+
+  return jax.lax.while_loop(lambda c: c.cur < stop, window, carry)
 
 
 def recompute_steps(model: gpt.Decoder, carry: Carry, num_steps, params: SamplingParams) -> Carry:

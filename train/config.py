@@ -8,14 +8,17 @@ import ml_collections
 from data import text
 from model import gpt
 
-# Keys whose change makes an existing run directory incompatible (shapes, data, tokens).
-INCOMPATIBLE_PREFIXES = ("task", "model.", "data.")
+# Keys whose change makes an existing run directory incompatible (shapes, data, tokens,
+# optimizer state layout).
+INCOMPATIBLE_PREFIXES = ("task", "model.", "data.", "optimizer.name")
 # Keys safe to change on resume (more steps, logging/eval/checkpoint cadence, ...).
 SAFE_KEYS = {"data.cache_dir"}
+OPTIMIZERS = ("adamw", "lion", "muon")
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
+  name: str = "adamw"           # adamw | lion | muon (Muon on hidden matrices, AdamW on the rest)
   learning_rate: float = 1e-3
   min_learning_rate: float = 1e-4
   warmup_steps: int = 100
@@ -24,10 +27,17 @@ class OptimizerConfig:
   beta2: float = 0.99
   weight_decay: float = 0.1
   grad_clip_norm: float = 1.0
+  muon_learning_rate: float = 0.02  # muon: peak lr of the Muon matrices (same schedule shape)
+  muon_momentum: float = 0.95       # muon: Nesterov momentum of the Muon matrices
 
   def __post_init__(self):
-    if self.learning_rate <= 0:
-      raise ValueError(f"optimizer.learning_rate={self.learning_rate} must be positive")
+    if self.name not in OPTIMIZERS:
+      raise ValueError(f"optimizer.name={self.name!r} is not one of {list(OPTIMIZERS)}")
+    if self.learning_rate <= 0 or self.muon_learning_rate <= 0:
+      raise ValueError(f"optimizer.learning_rate={self.learning_rate} and optimizer."
+                       f"muon_learning_rate={self.muon_learning_rate} must be positive")
+    if not 0 <= self.muon_momentum < 1:
+      raise ValueError(f"optimizer.muon_momentum={self.muon_momentum} must be in [0, 1)")
     if self.warmup_steps < 0 or self.decay_steps < 0:
       raise ValueError("optimizer.warmup_steps and optimizer.decay_steps must be >= 0")
 
@@ -66,6 +76,20 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+  """LoRA: frozen base parameters (from train.init_from), trainable low-rank adapters."""
+  lora_rank: int = 0          # 0 = full fine-tuning (or training from scratch)
+  lora_alpha: float = 16.0    # adapter output scaled by lora_alpha / lora_rank
+  lora_targets: str = "attn"  # comma-separated: attn, mlp, or weights qkv,q,kv,out,fc,proj
+
+  def __post_init__(self):
+    if self.lora_rank < 0:
+      raise ValueError(f"finetune.lora_rank={self.lora_rank} must be >= 0 (0 = off)")
+    if self.lora_alpha <= 0:
+      raise ValueError(f"finetune.lora_alpha={self.lora_alpha} must be positive")
+
+
+@dataclasses.dataclass(frozen=True)
 class MeshConfig:
   data: int = -1
   fsdp: int = 1
@@ -86,6 +110,7 @@ class RunConfig:
   optimizer: OptimizerConfig
   train: TrainConfig
   mesh: MeshConfig
+  finetune: FinetuneConfig = FinetuneConfig()
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -116,19 +141,37 @@ def split(cfg: ml_collections.ConfigDict | dict) -> RunConfig:
   if set(d) != expected:
     raise ValueError(f"config sections {sorted(d)} != expected {sorted(expected)}")
   model_type, data_type = _section_types(d["task"])
+  finetune = _build(FinetuneConfig, "finetune", d["finetune"])
+  train = _build(TrainConfig, "train", d["train"])
   return RunConfig(
       task=d["task"],
-      model=_build(model_type, "model", d["model"]),
+      model=_with_lora(_build(model_type, "model", d["model"]), finetune, d["task"], train),
       data=_build(data_type, "data", d["data"]),
       optimizer=_build(OptimizerConfig, "optimizer", d["optimizer"]),
-      train=_build(TrainConfig, "train", d["train"]),
+      train=train,
       mesh=_build(MeshConfig, "mesh", d["mesh"]),
+      finetune=finetune,
   )
+
+
+def _with_lora(model, finetune: FinetuneConfig, task: str, train: TrainConfig):
+  """The LM model config carries the adapters' shape (finetune.* is the one place to set it)."""
+  if task != "lm":
+    if finetune.lora_rank:
+      raise ValueError(f"finetune.lora_rank is only supported for task=lm (task={task!r})")
+    return model
+  if finetune.lora_rank and not train.init_from:
+    raise ValueError("finetune.lora_rank needs train.init_from: LoRA adapts a trained model")
+  return _build(type(model), "finetune", {
+      **dataclasses.asdict(model), "lora_rank": finetune.lora_rank,
+      "lora_alpha": finetune.lora_alpha, "lora_targets": finetune.lora_targets})
 
 
 def from_json(path) -> RunConfig:
   with open(path) as f:
-    return split(json.load(f))
+    saved = json.load(f)
+  saved.setdefault("finetune", {})  # run directories written before the section existed
+  return split(saved)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:

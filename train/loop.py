@@ -12,8 +12,10 @@ import jax
 import numpy as np
 import tqdm
 
+from model import lora
 from train import checkpoint
 from train import config as config_lib
+from train import finetune
 from train import mesh as mesh_lib
 from train import metrics as metrics_lib
 from train import optimizer
@@ -73,13 +75,15 @@ def prepare(cfg: config_lib.RunConfig, workdir) -> Run:
   init_dir = checkpoint.locate(cfg.train.init_from)[0] if cfg.train.init_from else None
   splits, cfg = task.load(cfg, workdir, init_dir)
   _check_saved_config(cfg, workdir)
-  _check_init_from(cfg)
+  finetune.check_source(cfg)
   mesh = mesh_lib.make_mesh(cfg.mesh.shape)
   rules = mesh_lib.rules(cfg.mesh.rules)
   _check_batch(cfg.train, mesh)
-  tx = optimizer.build(cfg.optimizer, cfg.train.num_steps)
+  graphdef, _, specs = state_lib.model_graph(cfg.model)
+  tx = optimizer.build(cfg.optimizer, cfg.train.num_steps, specs)
+  if cfg.model.lora_rank:
+    tx = finetune.freeze_base(tx, state_lib.model_graph(cfg.model)[1])
   shardings = state_lib.shardings(cfg.model, tx, mesh, rules)
-  graphdef, _, _ = state_lib.model_graph(cfg.model)
   batch_sharding = mesh_lib.batch_sharding(mesh)
   train_step, eval_step = step_lib.compile_steps(
       graphdef, tx, optimizer.schedule(cfg.optimizer, cfg.train.num_steps),
@@ -129,32 +133,6 @@ def _global_batch(run: Run, local: dict) -> dict:
       run.batch_sharding, v, (run.cfg.train.batch_size, *v.shape[1:])) for k, v in local.items()}
 
 
-def _check_init_from(cfg: config_lib.RunConfig) -> None:
-  """Fine-tuning source must have this run's model shapes (dropout may differ)."""
-  if not cfg.train.init_from:
-    return
-  src_dir, _ = checkpoint.locate(cfg.train.init_from)
-  src_model = config_lib.from_json(src_dir / "config.json").model
-  diff = [f.name for f in dataclasses.fields(src_model) if f.name != "dropout"
-          and getattr(src_model, f.name) != getattr(cfg.model, f.name)]
-  if diff:
-    raise TrainingError(f"train.init_from={cfg.train.init_from!r}: model differs in "
-                        f"{', '.join(diff)}")
-
-
-def _init_params_from(run: Run, source: str):
-  """Fine-tuning: parameters of another run; the optimizer starts fresh."""
-  src_dir, step = checkpoint.locate(source)
-  reader = checkpoint.reader(src_dir)
-  try:
-    step = checkpoint.resolve_step(reader, step)
-    abstract = state_lib.abstract_state(run.cfg.model, run.tx, run.state_shardings).params
-    log.info("fine-tuning from %s step %d (parameters only)", src_dir, step)
-    return checkpoint.restore_params(reader, step, abstract)
-  finally:
-    reader.close()
-
-
 def init_or_restore(run: Run, mgr, data_iter) -> tuple[state_lib.TrainState, Progress]:
   latest = mgr.latest_step()
   if latest is not None:
@@ -163,7 +141,10 @@ def init_or_restore(run: Run, mgr, data_iter) -> tuple[state_lib.TrainState, Pro
     progress = Progress(**checkpoint.restore_extra(mgr, latest))
     log.info("resumed from step %d", latest)
     return state, progress
-  params = _init_params_from(run, run.cfg.train.init_from) if run.cfg.train.init_from else None
+  params = None
+  if run.cfg.train.init_from:
+    params = finetune.source_params(run.cfg, run.mesh, mesh_lib.rules(run.cfg.mesh.rules),
+                                    lora.base_params(run.state_shardings.params))
   return state_lib.create(run.cfg.model, run.tx, run.cfg.train.seed, run.state_shardings,
                           params), Progress()
 

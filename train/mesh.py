@@ -17,7 +17,7 @@ RULES: dict[str, axes.Rules] = {
     "fsdp": {axes.BATCH: _BATCH, axes.EMBED: "fsdp"},
     # fsdp plus Megatron-style tensor parallelism over heads, mlp and vocab
     "fsdp_tp": {axes.BATCH: _BATCH, axes.EMBED: "fsdp", axes.HEADS: "tensor",
-                axes.MLP: "tensor", axes.VOCAB: "tensor"},
+                axes.KV_HEADS: "tensor", axes.MLP: "tensor", axes.VOCAB: "tensor"},
 }
 
 

@@ -1,8 +1,19 @@
-"""AdamW with linear warmup, cosine decay and global-norm clipping."""
+"""AdamW, Lion or Muon (+ AdamW) from config, sharing one lr schedule and global-norm clipping."""
+from typing import Any
+
 import jax
 import optax
+from jax.sharding import PartitionSpec
+from optax import contrib
 
+from model import axes
 from train import config as config_lib
+
+# Muon sees a weight as a map from its input (contracted) dims to its output dims. Logical
+# names in one space describe one activation, so a weight's leading run of one space is its
+# input and the named dims after it its output ('out' (heads, head_dim, embed): in heads+head_dim).
+_SPACES = {axes.EMBED: "residual", axes.MLP: "mlp", axes.HEADS: "attention",
+           axes.KV_HEADS: "attention", axes.HEAD_DIM: "attention"}
 
 
 def schedule(cfg: config_lib.OptimizerConfig, num_steps: int) -> optax.Schedule:
@@ -18,10 +29,82 @@ def _decay_mask(params):
   return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
-def build(cfg: config_lib.OptimizerConfig, num_steps: int) -> optax.GradientTransformation:
-  parts = []
-  if cfg.grad_clip_norm > 0:
-    parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
-  parts.append(optax.adamw(schedule(cfg, num_steps), b1=cfg.beta1, b2=cfg.beta2,
-                           weight_decay=cfg.weight_decay, mask=_decay_mask))
-  return optax.chain(*parts)
+def _is_spec(x) -> bool:
+  return isinstance(x, (PartitionSpec, tuple))
+
+
+def muon_dims(spec) -> contrib.MuonDimensionNumbers | None:
+  """Muon's (input dims, output dims) of a param from its logical names; None = AdamW.
+
+  'layers' and unnamed dims (the q/k/v or gate/up stack of a fused weight) are batch dims:
+  Muon orthogonalises each matrix of the stack on its own. Anything with a 'vocab' dim
+  (embeddings, LM head) and anything without named dims on both sides (1-D params, biases,
+  position tables, patch embeddings, classifier heads, conv kernels) goes to AdamW.
+  """
+  names = tuple(spec) if _is_spec(spec) else ()
+  if axes.VOCAB in names:
+    return None
+  named = [i for i, n in enumerate(names) if n is not None and n != axes.LAYERS]
+  space = [_SPACES.get(names[i], names[i]) for i in named]  # an unknown name is its own space
+  n_in = next((k for k, s in enumerate(space) if s != space[0]), len(named))
+  if n_in == len(named):
+    return None
+  return contrib.MuonDimensionNumbers(tuple(named[:n_in]), tuple(named[n_in:]))
+
+
+def _is_dims(x) -> bool:
+  return x is None or isinstance(x, contrib.MuonDimensionNumbers)
+
+
+def muon_labels(param_specs: Any) -> Any:
+  """'muon' or 'adamw' for every param, from the logical specs tree of the params."""
+  dims = jax.tree.map(muon_dims, param_specs, is_leaf=_is_spec)
+  return jax.tree.map(lambda d: "adamw" if d is None else "muon", dims, is_leaf=_is_dims)
+
+
+def _adamw(cfg: config_lib.OptimizerConfig, lr: optax.Schedule) -> optax.GradientTransformation:
+  return optax.adamw(lr, b1=cfg.beta1, b2=cfg.beta2, weight_decay=cfg.weight_decay,
+                     mask=_decay_mask)
+
+
+def _muon(cfg: config_lib.OptimizerConfig, lr: optax.Schedule,
+          param_specs: Any) -> optax.GradientTransformation:
+  """optax's Muon on hidden matrices, the AdamW of name='adamw' on the rest."""
+  if param_specs is None:
+    raise ValueError("optimizer.name='muon' needs the params' logical axis specs "
+                     "(build(..., param_specs=state.model_graph(model_cfg)[2]))")
+  labels = muon_labels(param_specs)
+  if "muon" not in jax.tree.leaves(labels):  # e.g. the CNN: it would silently be AdamW
+    raise ValueError("optimizer.name='muon': no parameter has named input and output dims "
+                     "(see optimizer.muon_dims); use adamw")
+  ratio = cfg.muon_learning_rate / cfg.learning_rate
+  dims = jax.tree.map(muon_dims, param_specs, is_leaf=_is_spec)
+  # contrib.muon sees only its partition: AdamW params are MaskedNodes there, so its own
+  # Adam fallback (unmasked weight decay, Nesterov) receives nothing
+  masked = jax.tree.map(lambda d: optax.MaskedNode() if d is None else d, dims, is_leaf=_is_dims)
+  muon = contrib.muon(
+      lambda step: lr(step) * ratio, beta=cfg.muon_momentum,
+      # decay coupled to the lr as in AdamW: a matrix shrinks by learning_rate(t) * weight_decay
+      weight_decay=cfg.weight_decay / ratio, muon_weight_dimension_numbers=masked)
+  return optax.partition({"muon": muon, "adamw": _adamw(cfg, lr)}, labels)
+
+
+def build(cfg: config_lib.OptimizerConfig, num_steps: int,
+          param_specs: Any = None) -> optax.GradientTransformation:
+  """Global-norm clipping, then the optimizer cfg.name, all on schedule(cfg, num_steps).
+
+  param_specs: the logical axis names of every param (`state.model_graph(...)[2]`); only
+  'muon' reads them, to pick its matrices and their input/output dims, and requires them.
+  'lion' reads learning_rate, beta1, beta2 as optax.lion's (it wants a 3-10x smaller lr).
+  Every optimizer shrinks matrices by learning_rate(t) * weight_decay per step.
+  """
+  lr = schedule(cfg, num_steps)
+  if cfg.name == "adamw":
+    opt = _adamw(cfg, lr)
+  elif cfg.name == "lion":
+    opt = optax.lion(lr, b1=cfg.beta1, b2=cfg.beta2, weight_decay=cfg.weight_decay,
+                     mask=_decay_mask)
+  else:
+    opt = _muon(cfg, lr, param_specs)
+  parts = [optax.clip_by_global_norm(cfg.grad_clip_norm)] if cfg.grad_clip_norm > 0 else []
+  return optax.chain(*parts, opt)

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from model import lora
 from train import mesh as mesh_lib
 
 
@@ -37,10 +38,27 @@ def shardings(model_cfg, tx: optax.GradientTransformation,
   mesh_lib.check_divisible(abstract_params, params)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
-  # optimizer moments shaped like params take the params' shardings; counters replicate
-  opt = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, params,
-                              transform_non_params=lambda _: replicated)
+  opt = _opt_shardings(abstract_opt, abstract_params, params, replicated)
   return TrainState(step=replicated, params=params, opt_state=opt, rng=replicated)
+
+
+def _opt_shardings(abstract_opt, abstract_params, param_shardings, replicated):
+  """A state leaf whose key path ends with a param's path, at its shape, takes its sharding.
+
+  Moments take the params' shardings, counters replicate. Matching paths rather than
+  optax.tree_map_params also reaches moments inside partition/masked states (Muon + AdamW),
+  whose label functions cannot run on tree_map_params' placeholder.
+  """
+  flat = lambda tree: dict(jax.tree_util.tree_flatten_with_path(tree)[0])
+  shapes, shards = flat(abstract_params), flat(param_shardings)
+
+  def pick(path, leaf):
+    for k in range(len(path)):
+      suffix = tuple(path[k:])
+      if suffix in shapes and shapes[suffix].shape == leaf.shape:
+        return shards[suffix]
+    return replicated
+  return jax.tree_util.tree_map_with_path(pick, abstract_opt)
 
 
 def abstract_state(model_cfg, tx, state_shardings: TrainState) -> TrainState:
@@ -58,14 +76,15 @@ def create(model_cfg, tx: optax.GradientTransformation, seed: int,
            state_shardings: TrainState, params: Any = None) -> TrainState:
   """Builds the state directly in its shardings (jit with out_shardings).
 
-  `params`, if given (fine-tuning), replaces the fresh initialisation; the optimizer is fresh.
+  `params`, if given (fine-tuning), replaces the fresh base parameters; the optimizer is fresh.
   """
-  def init(params):
-    if params is None:
-      params = init_params(model_cfg, seed)
+  def init(base):
+    params = init_params(model_cfg, seed)
+    if base is not None:  # LoRA adapters (if any) keep their fresh initialisation
+      params = lora.with_adapters(base, params)
     return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params),
                       jax.random.key_data(jax.random.key(seed)))
   if params is None:
     return jax.jit(lambda: init(None), out_shardings=state_shardings)()
-  return jax.jit(init, in_shardings=(state_shardings.params,),
+  return jax.jit(init, in_shardings=(lora.base_params(state_shardings.params),),
                  out_shardings=state_shardings)(params)

@@ -8,6 +8,7 @@ import optax
 from flax import nnx
 
 from model import axes
+from model import lora
 from train import mesh as mesh_lib
 from train import state as state_lib
 from train import tasks
@@ -17,6 +18,7 @@ Batch = dict[str, jax.Array]
 
 def _loss(task, graphdef: nnx.GraphDef, params: Any, batch: Batch, dropout_key):
   """(loss, metrics) of the task on one batch."""
+  params = lora.stop_base_gradients(params)  # LoRA: only adapters get gradients
   return task.loss(nnx.merge(graphdef, params), batch, dropout_key)
 
 

@@ -64,7 +64,7 @@ def _shard(params, rules="fsdp_tp"):
   _, _, specs = state_lib.model_graph(CFG)
   sharded = jax.device_put(nnx.to_pure_dict(params),
                            mesh_lib.param_shardings(specs, mesh, mesh_lib.rules(rules)))
-  qkv = sharded["blocks"][0]["attn"]["qkv"]
+  qkv = sharded["blocks"][0]["attn"]["qkv"]["w"]
   assert qkv.sharding.shard_shape(qkv.shape) != qkv.shape  # really split
   return sharded
 

@@ -61,8 +61,8 @@ def test_round_trip_into_another_seed_and_other_meshes(tmp_path):
                                   fresh_iter)
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored),
                  jax.device_get(state))
-    assert restored.params["blocks"][0]["mlp"]["fc"].sharding == \
-        shardings2.params["blocks"][0]["mlp"]["fc"]
+    assert restored.params["blocks"][0]["mlp"]["fc"]["w"].sharding == \
+        shardings2.params["blocks"][0]["mlp"]["fc"]["w"]
     np.testing.assert_array_equal(next(fresh_iter)["inputs"], expected_next)
   assert checkpoint.saved_config(mgr, 2) == {"hello": "config"}
   assert checkpoint.best_step(mgr) == 2

@@ -105,3 +105,23 @@ def test_incompatible_workdir_is_refused_naming_keys(trained, text_file):
   line = proc.stderr.strip().splitlines()[-1]
   assert "model.embed_dim" in line and "data.seq_len" in line
   assert (trained / "config.json").read_text() == before
+
+
+def test_llama_preset_trains_sharded_fsdp_tp_and_samples(tmp_path, text_file):
+  """configs/llama_char_cpu.py on 8 simulated devices (data 2 x fsdp 2 x tensor 2)."""
+  workdir = tmp_path / "llama"
+  run_cli("train.main", "--config", "configs/llama_char_cpu.py", "--workdir", workdir,
+          f"--config.data.path={text_file}", "--config.mesh.cpu_devices=8",
+          "--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2",
+          "--config.mesh.rules=fsdp_tp", "--config.train.num_steps=6",
+          "--config.train.eval_every=6", "--config.train.eval_batches=2",
+          "--config.train.checkpoint_every=6", "--config.train.batch_size=8")
+  layout = json.loads((workdir / "sharding.json").read_text())
+  assert "tensor" in json.dumps(layout) and "fsdp" in json.dumps(layout)
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert "test_loss" in rows[-1]
+  sample = run_cli("infer.cli", "--workdir", workdir, "--prompt", "ROMEO:", "--max_new_tokens",
+                   "20", "--json", "--mesh_shape", "1,1,2", "--rules", "fsdp_tp",
+                   env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+  out = json.loads(sample.stdout)
+  assert out["samples"][0]["num_tokens"] == 20

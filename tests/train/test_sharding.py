@@ -63,12 +63,28 @@ def test_sharded_equals_single_device(single_device, shape, rules, sharded_param
   assert len(jax.devices()) == 8
   losses, params, state = train_steps(shape, rules, jax.devices())
   if sharded_param:
-    qkv = state.params["blocks"][0]["attn"]["qkv"]
-    assert _is_split(qkv) and _is_split(state.opt_state[1][0].mu["blocks"][0]["attn"]["qkv"])
+    qkv = state.params["blocks"][0]["attn"]["qkv"]["w"]
+    assert _is_split(qkv) and _is_split(state.opt_state[1][0].mu["blocks"][0]["attn"]["qkv"]["w"])
   else:
-    assert state.params["blocks"][0]["attn"]["qkv"].sharding.is_fully_replicated
+    assert state.params["blocks"][0]["attn"]["qkv"]["w"].sharding.is_fully_replicated
   ref_losses, ref_params, _ = single_device
   assert losses[0] != losses[-1]  # training moved
+  np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+  numerics.assert_trees_close(params, ref_params, rtol=1e-5)
+
+
+LLAMA = dataclasses.replace(MODEL, position="rope", norm="rmsnorm", mlp="swiglu",
+                            mlp_hidden_dim=96, num_kv_heads=2, tie_embeddings=False,
+                            qk_norm=True, scan_layers=True, remat="dots")
+
+
+def test_llama_style_fsdp_tp_equals_single_device():
+  """Scanned, rematerialised GQA model with dropout: kv heads and layers stacked, split."""
+  ref_losses, ref_params, _ = train_steps((1, 1, 1), "dp", jax.devices()[:1], model=LLAMA)
+  losses, params, state = train_steps((2, 2, 2), "fsdp_tp", jax.devices(), model=LLAMA)
+  kv = state.params["blocks"]["attn"]["kv"]["w"]  # [layers, embed, 2, kv heads, head dim]
+  assert kv.shape[0] == LLAMA.num_layers and _is_split(kv)
+  assert losses[0] != losses[-1]
   np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
   numerics.assert_trees_close(params, ref_params, rtol=1e-5)
 
@@ -95,7 +111,7 @@ def test_indivisible_dimension_names_the_parameter():
   cfg = dataclasses.replace(MODEL, num_heads=2, embed_dim=32)  # 2 heads over tensor=4
   mesh = mesh_lib.make_mesh((1, 2, 4))
   tx = optimizer.build(OPT, 10)
-  with pytest.raises(ValueError, match=r"attn/(qkv|out) dim \d \(size 2\) is not divisible .*tensor"):
+  with pytest.raises(ValueError, match=r"attn/(qkv|out)/w dim \d \(size 2\) is not divisible .*tensor"):
     state_lib.shardings(cfg, tx, mesh, mesh_lib.rules("fsdp_tp"))
 
 

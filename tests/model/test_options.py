@@ -1,0 +1,225 @@
+"""Decoder options: cache == recompute for each, scan/remat == plain, RoPE, GQA, soft-cap, errors."""
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from model import decode
+from model import gpt
+from model import lora
+from tests import numerics
+from train import mesh as mesh_lib
+from train import state as state_lib
+
+BASE = gpt.ModelConfig(vocab_size=61, max_seq_len=32, num_layers=2, num_heads=4, embed_dim=32)
+LLAMA = dataclasses.replace(BASE, position="rope", norm="rmsnorm", mlp="swiglu",
+                            mlp_hidden_dim=48, num_kv_heads=2, tie_embeddings=False,
+                            qk_norm=True)
+VARIANTS = {
+    "llama": LLAMA,
+    "llama_scanned": dataclasses.replace(LLAMA, scan_layers=True),
+    "mqa_bias_learned": dataclasses.replace(BASE, num_kv_heads=1, use_bias=True),
+    "rope_softcap": dataclasses.replace(BASE, position="rope", logit_softcap=3.0),
+    "lora": dataclasses.replace(LLAMA, lora_rank=4, lora_targets="attn,mlp"),
+}
+PROMPTS = [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11, 12, 13, 14, 15, 16, 17]]
+PROMPT_LEN, TOTAL = 16, 48
+GREEDY = decode.SamplingParams(jnp.float32(0), jnp.int32(0), jnp.float32(1))
+
+
+def _params(cfg, seed=0):
+  """Random parameters; LoRA's zero-initialised B is perturbed so adapters matter."""
+  graphdef, state = nnx.split(cfg.make(nnx.Rngs(seed)))
+  params = nnx.to_pure_dict(state)
+  key = jax.random.key(seed + 100)
+  mask = lora.trainable_mask(params)
+  params = jax.tree.map(lambda p, t: p + 0.05 * jax.random.normal(key, p.shape) if t else p,
+                        params, mask)
+  return graphdef, params
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _forward(graphdef, params, tokens):
+  return nnx.merge(graphdef, params)(tokens)[0]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _encode(graphdef, params, tokens, slot, pad, cache):
+  return decode.encode(nnx.merge(graphdef, params), tokens, slot, pad, cache, jnp.int32(0))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _run(graphdef, cached, params, tokens, pad, steps):
+  model = nnx.merge(graphdef, params)
+  carry = decode.prefill(model, tokens, pad, PROMPT_LEN, jax.random.key(0), GREEDY)
+  loop = decode.decode_steps if cached else decode.recompute_steps
+  return loop(model, carry, steps, GREEDY).tokens_BN
+
+
+def _generate(graphdef, params, steps, cached):
+  tokens, pad = decode.left_pad(PROMPTS, TOTAL, PROMPT_LEN)
+  return np.asarray(_run(graphdef, cached, params, tokens, pad, jnp.int32(steps)))
+
+
+def _cached_vs_full(cfg, graphdef, params):
+  """Logits of prefill + one-token cached steps against a full forward of each row."""
+  tokens, pad = decode.left_pad(PROMPTS, TOTAL, PROMPT_LEN)
+  rng = np.random.default_rng(0)
+  tokens[:, PROMPT_LEN:] = rng.integers(0, cfg.vocab_size, (len(PROMPTS), TOTAL - PROMPT_LEN))
+  cache = nnx.merge(graphdef, params).init_cache(len(PROMPTS), cfg.max_seq_len)
+  logits, cache = _encode(graphdef, params, tokens[:, :PROMPT_LEN], jnp.int32(0), pad, cache)
+  steps = [logits[:, -1]]
+  for slot in range(PROMPT_LEN, cfg.max_seq_len):
+    logits, cache = _encode(graphdef, params, tokens[:, slot:slot + 1], jnp.int32(slot), pad,
+                            cache)
+    steps.append(logits[:, 0])
+  cached = np.stack(steps, axis=1)
+  for row, n_pad in enumerate(pad):
+    full = _forward(graphdef, params, jnp.asarray(tokens[row:row + 1, n_pad:cfg.max_seq_len]))
+    reference = np.asarray(full[0, PROMPT_LEN - 1 - n_pad:, :cfg.vocab_size])
+    np.testing.assert_allclose(cached[row, :, :cfg.vocab_size], reference, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_cache_matches_recompute(name):
+  cfg = VARIANTS[name]
+  graphdef, params = _params(cfg)
+  _cached_vs_full(cfg, graphdef, params)
+  steps = cfg.max_seq_len - PROMPT_LEN - 1
+  np.testing.assert_array_equal(_generate(graphdef, params, steps, cached=True),
+                                _generate(graphdef, params, steps, cached=False))
+
+
+def test_llama_cache_matches_recompute_sharded_fsdp_tp():
+  graphdef, params = _params(LLAMA)
+  mesh = mesh_lib.make_mesh((2, 2, 2))
+  _, _, specs = state_lib.model_graph(LLAMA)
+  sharded = jax.device_put(params, mesh_lib.param_shardings(specs, mesh,
+                                                            mesh_lib.rules("fsdp_tp")))
+  kv = sharded["blocks"][0]["attn"]["kv"]["w"]
+  assert kv.sharding.shard_shape(kv.shape) != kv.shape  # kv heads really split over tensor
+  _cached_vs_full(LLAMA, graphdef, sharded)
+  np.testing.assert_array_equal(_generate(graphdef, sharded, 12, cached=True),
+                                _generate(graphdef, params, 12, cached=True))
+
+
+def _stack_blocks(params):
+  """Unscanned params (blocks as a list) -> the scanned layout (leading layers axis)."""
+  blocks = params["blocks"]
+  stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[blocks[i] for i in sorted(blocks)])
+  return {**params, "blocks": stacked}
+
+
+def _loss_and_grads(cfg, params, tokens):
+  graphdef = state_lib.model_graph(cfg)[0]
+  def loss(p):
+    logits, _ = nnx.merge(graphdef, p)(tokens[:, :-1])
+    return gpt.cross_entropy(logits, tokens[:, 1:])
+  return jax.jit(jax.value_and_grad(loss))(params)
+
+
+@pytest.mark.parametrize("remat", ["none", "full", "dots", "dots_no_batch"])
+def test_scan_and_remat_equal_plain_layers(remat):
+  cfg = dataclasses.replace(LLAMA, num_layers=3)
+  _, params = _params(cfg)
+  tokens = jnp.asarray(np.random.default_rng(1).integers(0, cfg.vocab_size, (2, 17)))
+  loss, grads = _loss_and_grads(cfg, params, tokens)
+  variant = dataclasses.replace(cfg, scan_layers=True, remat=remat)
+  loss_v, grads_v = _loss_and_grads(variant, _stack_blocks(params), tokens)
+  np.testing.assert_allclose(loss_v, loss, rtol=1e-6)
+  numerics.assert_trees_close(grads_v, _stack_blocks(grads), rtol=1e-5)
+  if remat != "none":  # remat without scan too
+    loss_r, grads_r = _loss_and_grads(dataclasses.replace(cfg, remat=remat), params, tokens)
+    np.testing.assert_allclose(loss_r, loss, rtol=1e-6)
+    numerics.assert_trees_close(grads_r, grads, rtol=1e-5)
+
+
+def test_rope_attention_depends_on_relative_positions_only():
+  cfg = dataclasses.replace(LLAMA, max_seq_len=64)
+  model = cfg.make(nnx.Rngs(0))
+  tokens = jnp.asarray(np.random.default_rng(2).integers(0, cfg.vocab_size, (1, 12)))
+  positions = jnp.arange(12)[None]
+  at_zero, _ = model(tokens, positions_BT=positions)
+  shifted, _ = model(tokens, positions_BT=positions + 37)
+  np.testing.assert_allclose(shifted, at_zero, rtol=1e-4, atol=1e-4)
+  learned = dataclasses.replace(cfg, position="learned").make(nnx.Rngs(0))
+  a, _ = learned(tokens, positions_BT=positions)
+  b, _ = learned(tokens, positions_BT=positions + 37)
+  assert not np.allclose(a, b, atol=1e-3)  # the check above can tell positions apart
+
+
+def test_gqa_with_repeated_kv_heads_equals_multi_head():
+  """GQA is multi-head attention whose query heads share repeated key/value heads."""
+  gqa = dataclasses.replace(BASE, num_kv_heads=2, position="rope")
+  mha = dataclasses.replace(gqa, num_kv_heads=4)
+  _, p = _params(gqa)
+  attn = p["blocks"][0]["attn"]
+  q_w, kv_w = attn["q"]["w"], attn["kv"]["w"]            # [D, H, K], [D, 2, G, K]
+  kv_rep = jnp.repeat(kv_w, 2, axis=2)                    # each kv head serves 2 query heads
+  qkv = jnp.concatenate([q_w[:, None], kv_rep], axis=1)   # [D, 3, H, K]
+  p_mha = jax.tree.map(lambda x: x, p)
+  for i in range(gqa.num_layers):
+    a = p["blocks"][i]["attn"]
+    qkv_i = jnp.concatenate([a["q"]["w"][:, None], jnp.repeat(a["kv"]["w"], 2, axis=2)], axis=1)
+    p_mha["blocks"][i]["attn"] = {"qkv": {"w": qkv_i}, "out": a["out"]}
+  assert qkv.shape == p_mha["blocks"][0]["attn"]["qkv"]["w"].shape
+  tokens = jnp.asarray(np.random.default_rng(3).integers(0, BASE.vocab_size, (2, 20)))
+  np.testing.assert_allclose(_forward(state_lib.model_graph(mha)[0], p_mha, tokens),
+                             _forward(state_lib.model_graph(gqa)[0], p, tokens),
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_softcap_bounds_logits_and_untied_head_is_used():
+  cfg = dataclasses.replace(BASE, logit_softcap=2.0, tie_embeddings=False)
+  graphdef, params = _params(cfg)
+  params["lm_head"] = params["lm_head"] * 1000.0
+  logits = np.asarray(_forward(graphdef, params, jnp.ones((1, 8), jnp.int32)))
+  real = logits[..., :cfg.vocab_size]
+  assert np.abs(real).max() <= 2.0 and np.abs(real).max() > 1.9
+
+
+def test_lora_merge_equals_adapters_and_zero_init_is_identity():
+  cfg = VARIANTS["lora"]
+  graphdef, params = _params(cfg)
+  tokens = jnp.asarray(np.random.default_rng(4).integers(0, cfg.vocab_size, (2, 20)))
+  with_adapters = _forward(graphdef, params, tokens)
+  merged, merged_cfg = lora.merge(params, cfg)
+  assert merged_cfg.lora_rank == 0 and "lora" not in merged["blocks"][0]["attn"]["q"]
+  np.testing.assert_allclose(_forward(state_lib.model_graph(merged_cfg)[0], merged, tokens),
+                             with_adapters, rtol=1e-5, atol=1e-5)
+  base = lora.base_params(params)
+  base_logits = _forward(state_lib.model_graph(merged_cfg)[0], base, tokens)
+  assert not np.allclose(base_logits, with_adapters, atol=1e-3)  # adapters change the model
+  fresh = nnx.to_pure_dict(nnx.state(cfg.make(nnx.Rngs(0))))  # B = 0: adapters start as no-ops
+  np.testing.assert_allclose(_forward(graphdef, lora.with_adapters(base, fresh), tokens),
+                             base_logits, rtol=1e-6, atol=1e-6)
+
+
+def test_scanned_lora_merge():
+  cfg = dataclasses.replace(VARIANTS["lora"], scan_layers=True)
+  graphdef, params = _params(cfg)
+  tokens = jnp.asarray(np.random.default_rng(5).integers(0, cfg.vocab_size, (2, 10)))
+  merged, merged_cfg = lora.merge(params, cfg)
+  np.testing.assert_allclose(_forward(state_lib.model_graph(merged_cfg)[0], merged, tokens),
+                             _forward(graphdef, params, tokens), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(num_kv_heads=3), "num_heads=4 is not divisible by model.num_kv_heads=3"),
+    (dict(position="alibi"), "model.position='alibi' is not one of"),
+    (dict(norm="batchnorm"), "model.norm="),
+    (dict(mlp="relu"), "model.mlp="),
+    (dict(remat="some"), "model.remat="),
+    (dict(position="rope", num_heads=8, embed_dim=24), "even head dim"),
+    (dict(logit_softcap=-1.0), "logit_softcap"),
+    (dict(lora_rank=2, lora_targets="attn,ffn"), "lora_targets"),
+    (dict(lora_rank=2, num_kv_heads=2, lora_targets="qkv"), r"\['qkv'\] not in this model"),
+])
+def test_bad_combinations_are_one_line_errors(change, message):
+  with pytest.raises(ValueError, match=message) as e:
+    dataclasses.replace(BASE, **change)
+  assert "\n" not in str(e.value)
