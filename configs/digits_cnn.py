@@ -59,6 +59,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.keep_best = True              # ... plus the best by validation loss
   c.train.early_stopping_patience = 0   # evaluations without improvement; 0 = off
   c.train.early_stopping_min_delta = 0.0  # smaller val-loss gains don't reset the patience
+  c.train.target_val_loss = 0.0         # stop once val loss <= this (time-to-target runs); 0 = off
   c.train.max_nonfinite_steps = 0       # non-finite steps skipped (not applied) before stopping
   c.train.init_from = ""                # fine-tune: a workdir or checkpoint step dir (params only)
   c.train.matmul_precision = "default"  # default | high | highest

@@ -56,6 +56,7 @@ class TrainConfig:
   keep_best: bool = True
   early_stopping_patience: int = 0   # evaluations without improvement; 0 = off
   early_stopping_min_delta: float = 0.0  # smaller val-loss improvements don't reset patience
+  target_val_loss: float = 0.0       # stop at the first evaluation at or below it; 0 = off
   max_nonfinite_steps: int = 0       # non-finite steps skipped before stopping
   init_from: str = ""
   matmul_precision: str = "default"

@@ -58,4 +58,4 @@ def source_params(cfg: config_lib.RunConfig, mesh, rules, base_shardings):
 def freeze_base(tx: optax.GradientTransformation, params_like) -> optax.GradientTransformation:
   """Adapters get `tx`; every base parameter gets a zero update (and no optimizer state)."""
   labels = jax.tree.map(lambda t: "adapter" if t else "frozen", lora.trainable_mask(params_like))
-  return optax.multi_transform({"adapter": tx, "frozen": optax.set_to_zero()}, labels)
+  return optax.partition({"adapter": tx, "frozen": optax.set_to_zero()}, labels)

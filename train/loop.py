@@ -235,7 +235,7 @@ def _after_eval(run: Run, progress: Progress, val_loss: float) -> bool:
 def train_steps(run: Run, mgr, state, data_iter, progress: Progress, val_batches, writer,
                 stop: _StopSignal) -> tuple[state_lib.TrainState, str]:
   """Runs to train.num_steps; returns (state, outcome) with outcome in
-  {"completed", "early_stopped", "interrupted"}."""
+  {"completed", "early_stopped", "reached_target", "interrupted"}."""
   cfg = run.cfg.train
   start = int(jax.device_get(state.step))
   throughput = _Throughput(run)
@@ -268,6 +268,8 @@ def train_steps(run: Run, mgr, state, data_iter, progress: Progress, val_batches
       bar.set_postfix(val_loss=f"{val_loss:.4f}")
       if cfg.early_stopping_patience and progress.evals_since_best >= cfg.early_stopping_patience:
         outcome = "early_stopped"
+      if cfg.target_val_loss and val_loss <= cfg.target_val_loss:
+        outcome = "reached_target"
     if stop.received:
       outcome = "interrupted"
     if (done % cfg.checkpoint_every == 0 or done == cfg.num_steps or outcome

@@ -79,6 +79,21 @@ def test_early_stopping_then_test_loss_on_best(tmp_path, text_file):
   assert rows[-1]["test_checkpoint_step"] in (2, 4, 6)
 
 
+def test_target_val_loss_stops_at_the_first_evaluation_reaching_it(tmp_path, text_file):
+  workdir = tmp_path / "run"
+  _train(workdir, text_file, "--config.train.eval_every=2", "--config.train.num_steps=40",
+         "--config.optimizer.learning_rate=1e-2")
+  vals = {r["step"]: r["val_loss"] for r in _rows(workdir) if "val_loss" in r}
+  target = vals[10]  # a loss the same run first reaches at some step <= 10
+  first = min(step for step, v in vals.items() if v <= target)
+  timed = tmp_path / "timed"
+  _train(timed, text_file, "--config.train.eval_every=2", "--config.train.num_steps=40",
+         "--config.optimizer.learning_rate=1e-2", f"--config.train.target_val_loss={target}")
+  summary = json.loads((timed / "summary.json").read_text())
+  assert summary["outcome"] == "reached_target" and summary["step"] == first
+  assert [r["step"] for r in _rows(timed) if "val_loss" in r][-1] == first
+
+
 def test_init_from_loads_params_and_checks_shapes(tmp_path, text_file):
   source = tmp_path / "source"
   _train(source, text_file, "--config.train.num_steps=40", "--config.train.log_every=1")
