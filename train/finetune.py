@@ -50,7 +50,7 @@ def source_params(cfg: config_lib.RunConfig, mesh, rules, base_shardings):
     params = checkpoint.restore_params(reader, step, target)
   finally:
     reader.close()
-  if src_model.lora_rank:
+  if getattr(src_model, "lora_rank", 0):  # only decoders have adapters
     params = jax.jit(lambda p: lora.merge(p, src_model)[0], out_shardings=base_shardings)(params)
   return params
 

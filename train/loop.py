@@ -81,7 +81,7 @@ def prepare(cfg: config_lib.RunConfig, workdir) -> Run:
   _check_batch(cfg.train, mesh)
   graphdef, _, specs = state_lib.model_graph(cfg.model)
   tx = optimizer.build(cfg.optimizer, cfg.train.num_steps, specs)
-  if cfg.model.lora_rank:
+  if cfg.finetune.lora_rank:
     tx = finetune.freeze_base(tx, state_lib.model_graph(cfg.model)[1])
   shardings = state_lib.shardings(cfg.model, tx, mesh, rules)
   batch_sharding = mesh_lib.batch_sharding(mesh)
