@@ -28,10 +28,33 @@ class DecodeState(NamedTuple):
   valid_BS: jax.Array     # bool: slot holds a real (non-padding) token
 
 
+def _hash32(x: jax.Array) -> jax.Array:
+  """murmur3's 32-bit finaliser: a bijection that scatters counters into uniform bits."""
+  x = x ^ (x >> 16)
+  x = x * jnp.uint32(0x85EBCA6B)
+  x = x ^ (x >> 13)
+  x = x * jnp.uint32(0xC2B2AE35)
+  return x ^ (x >> 16)
+
+
 def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+  """Inverted dropout with a counter-based mask: hash(element index, seed drawn from key).
+
+  jax.random.bernoulli (threefry per element) cost 6-8 s of a ~25 s step of the 6-layer
+  384-wide model on this CPU; a few integer ops per element fuse into the surrounding
+  elementwise work. The mask depends only on the key and each element's global index, so
+  it is the same however the array is sharded.
+  """
   if key is None or rate == 0.0:
     return x
-  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+  seed = jax.random.bits(key, (), jnp.uint32)
+  index = jnp.zeros(x.shape, jnp.uint32)
+  stride = 1
+  for axis in reversed(range(x.ndim)):  # row-major flat index, built from per-axis iotas
+    index = index + jax.lax.broadcasted_iota(jnp.uint32, x.shape, axis) * jnp.uint32(stride)
+    stride *= x.shape[axis]
+  bits = _hash32(_hash32(index ^ seed) + seed)
+  keep = bits >= jnp.uint32(min(int(rate * 2.0**32), 2**32 - 1))
   return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 

@@ -10,8 +10,10 @@ treadle writes tokens/second every `--window` steps to metrics.jsonl (compilatio
 its loop restarts the clock after step 1). The first `--warmup` steps of each are dropped
 (nanoGPT's iteration 0 also holds its start-up evaluation); the rest are cut into windows of
 `--window` steps, and a round's figure is the median window's mean step time. The table
-gives medians over rounds and the median of the per-round ratios, so load from other users
-of the shared CPU falls on both alike.
+gives medians over rounds and the median of the per-round ratios. A neighbour's load on the
+shared CPU does not fall on both alike: nanoGPT's two OpenMP threads collapse when one core
+is taken (rounds of 10x+ in treadle's favour), so trust rounds where both ran near their
+quiet speed, or pin both with --cores (experiments/bench/README.md).
 
 nanoGPT stays outside this repository and nothing is written into its checkout: its data
 (train.bin, val.bin, meta.pkl, built here as its data/shakespeare_char/prepare.py builds them
@@ -228,6 +230,18 @@ def _jax_version() -> str:
   return "jax " + _run([sys.executable, "-c", code], REPO, dict(os.environ)).stdout.strip()
 
 
+def _shell_commands(args: argparse.Namespace, size: Size, scratch: pathlib.Path) -> dict:
+  """Round 1's commands as a shell would run them, pinning and threads included."""
+  steps = args.warmup + args.window * args.windows
+  pin = f"taskset -c {','.join(map(str, sorted(os.sched_getaffinity(0))))} " if args.cores else ""
+  threads = f"OMP_NUM_THREADS={args.cores} " if args.cores else ""
+  nanogpt_dir = pathlib.Path(args.nanogpt_dir).resolve()
+  return {f"nanoGPT (cwd {nanogpt_dir})":
+          threads + pin + shlex.join(nanogpt_command(args, size, steps, scratch)),
+          f"treadle (cwd {REPO})": pin + shlex.join(
+              treadle_command(args, size, steps, scratch / "treadle_round0", scratch))}
+
+
 def print_table(result: dict) -> None:
   s = result["summary"]
   print(f"train tokens/s beside nanoGPT: {result['size']} ({result['model']}), fp32, "
@@ -289,11 +303,7 @@ def main() -> None:
     scratch = pathlib.Path(tmp)
     prepare_nanogpt_data(pathlib.Path(args.data), scratch / "data" / "shakespeare_char")
     measured = measure(args, size, scratch)
-    steps = args.warmup + args.window * args.windows
-    commands = {"nanoGPT (cwd " + str(pathlib.Path(args.nanogpt_dir).resolve()) + ")":
-                shlex.join(nanogpt_command(args, size, steps, scratch)),
-                f"treadle (cwd {REPO})": shlex.join(treadle_command(
-                    args, size, steps, scratch / "treadle_round0", scratch))}
+    commands = _shell_commands(args, size, scratch)
   result = {"date": started, "size": args.size, "model": size.label(), "machine": _cpu_name(),
             "cpus": os.cpu_count(), "cores": args.cores or "all (unpinned)",
             "jax": _jax_version(), "torch": _torch_info(args),

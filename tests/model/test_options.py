@@ -223,3 +223,19 @@ def test_bad_combinations_are_one_line_errors(change, message):
   with pytest.raises(ValueError, match=message) as e:
     dataclasses.replace(BASE, **change)
   assert "\n" not in str(e.value)
+
+
+def test_dropout_mask_rate_independence_and_determinism():
+  from model import layers
+  x = jnp.ones((32, 128, 96))
+  y = np.asarray(layers.dropout(x, 0.2, jax.random.key(0)))
+  kept = y != 0
+  assert abs(kept.mean() - 0.8) < 5 * np.sqrt(0.16 / kept.size)  # 5 sigma
+  np.testing.assert_allclose(y[kept], 1.25)  # inverted dropout: kept values scaled up
+  flat = kept.reshape(-1).astype(float)
+  assert abs(np.corrcoef(flat[:-1], flat[1:])[0, 1]) < 0.02  # neighbours independent
+  again = np.asarray(layers.dropout(x, 0.2, jax.random.key(0)))
+  other = np.asarray(layers.dropout(x, 0.2, jax.random.key(1))) != 0
+  np.testing.assert_array_equal(again, y)
+  assert abs((other == kept).mean() - (0.8**2 + 0.2**2)) < 0.01  # another key: independent
+  assert np.asarray(layers.dropout(x, 0.2, None) == x).all()
