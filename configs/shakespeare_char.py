@@ -3,7 +3,7 @@
 Command:
   treadle-train --config configs/shakespeare_char.py --workdir runs/char \
       --config.data.path=../shared/data/tinyshakespeare/input.txt
-Measured: not run to completion on the 2-core CPU (5000 steps at ~10 s/step);
+Measured: not run to completion on the 2-core CPU (5000 steps at ~13 s/step);
 see experiments/bench for its step time.
 """
 import ml_collections
