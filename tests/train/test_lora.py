@@ -47,8 +47,9 @@ def test_merged_sampling_equals_adapter_sampling(runs):
   for a, m in zip(adapter.generate(prompts, **args), merged.generate(prompts, **args)):
     assert a.token_ids == m.token_ids
   base = sampler_lib.Sampler.from_workdir(runs[0])
-  assert [c.token_ids for c in base.generate(prompts, **args)] != \
-      [c.token_ids for c in adapter.generate(prompts, **args)]  # the adapters change the model
+  q_base = np.asarray(base.params["blocks"][0]["attn"]["q"]["w"])
+  q_merged = np.asarray(merged.params["blocks"][0]["attn"]["q"]["w"])
+  assert np.abs(q_merged - q_base).max() > 1e-4  # the merge really folded trained adapters in
   cli = run_cli("infer.cli", "--workdir", tuned, "--prompt", "ROMEO:", "--max_new_tokens", "8",
                 "--merge_lora", "--temperature", "0")
   assert cli.stdout.strip()
