@@ -79,10 +79,10 @@ def prepare(cfg: config_lib.RunConfig, workdir) -> Run:
   mesh = mesh_lib.make_mesh(cfg.mesh.shape)
   rules = mesh_lib.rules(cfg.mesh.rules)
   _check_batch(cfg.train, mesh)
-  graphdef, _, specs = state_lib.model_graph(cfg.model)
+  graphdef, abstract_params, specs = state_lib.model_graph(cfg.model)
   tx = optimizer.build(cfg.optimizer, cfg.train.num_steps, specs)
   if cfg.finetune.lora_rank:
-    tx = finetune.freeze_base(tx, state_lib.model_graph(cfg.model)[1])
+    tx = finetune.freeze_base(tx, abstract_params)
   shardings = state_lib.shardings(cfg.model, tx, mesh, rules)
   batch_sharding = mesh_lib.batch_sharding(mesh)
   train_step, eval_step = step_lib.compile_steps(

@@ -56,10 +56,17 @@ def _is_dims(x) -> bool:
   return x is None or isinstance(x, contrib.MuonDimensionNumbers)
 
 
+def _all_dims(param_specs: Any) -> Any:
+  return jax.tree.map(muon_dims, param_specs, is_leaf=_is_spec)
+
+
+def _labels(dims: Any) -> Any:
+  return jax.tree.map(lambda d: "adamw" if d is None else "muon", dims, is_leaf=_is_dims)
+
+
 def muon_labels(param_specs: Any) -> Any:
   """'muon' or 'adamw' for every param, from the logical specs tree of the params."""
-  dims = jax.tree.map(muon_dims, param_specs, is_leaf=_is_spec)
-  return jax.tree.map(lambda d: "adamw" if d is None else "muon", dims, is_leaf=_is_dims)
+  return _labels(_all_dims(param_specs))
 
 
 def _adamw(cfg: config_lib.OptimizerConfig, lr: optax.Schedule) -> optax.GradientTransformation:
@@ -73,12 +80,12 @@ def _muon(cfg: config_lib.OptimizerConfig, lr: optax.Schedule,
   if param_specs is None:
     raise ValueError("optimizer.name='muon' needs the params' logical axis specs "
                      "(build(..., param_specs=state.model_graph(model_cfg)[2]))")
-  labels = muon_labels(param_specs)
+  dims = _all_dims(param_specs)
+  labels = _labels(dims)
   if "muon" not in jax.tree.leaves(labels):  # e.g. the CNN: it would silently be AdamW
     raise ValueError("optimizer.name='muon': no parameter has named input and output dims "
                      "(see optimizer.muon_dims); use adamw")
   ratio = cfg.muon_learning_rate / cfg.learning_rate
-  dims = jax.tree.map(muon_dims, param_specs, is_leaf=_is_spec)
   # contrib.muon sees only its partition: AdamW params are MaskedNodes there, so its own
   # Adam fallback (unmasked weight decay, Nesterov) receives nothing
   masked = jax.tree.map(lambda d: optax.MaskedNode() if d is None else d, dims, is_leaf=_is_dims)

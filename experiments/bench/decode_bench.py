@@ -17,7 +17,6 @@ import dataclasses
 import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import time
@@ -26,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.bench import machine
 from model import decode
 from model import gpt
 from train import state as state_lib
@@ -173,19 +173,11 @@ def ratios(samples: dict[Case, list[float]], batch_size: int) -> dict[str, float
           for name, (num, den) in pairs.items() if num in by_key and den in by_key}
 
 
-def _cpu_name() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-  except (OSError, StopIteration):
-    return platform.machine()
-
-
 def report(args: argparse.Namespace, samples: dict[Case, list[float]], load: tuple) -> dict:
   cases_out = [{"key": c.key, "name": c.name, "batch_size": c.batch_size,
                 "new_tokens": c.new_tokens, "tokens_per_second": statistics.median(rates),
                 "samples": rates} for c, rates in samples.items()]
-  return {"date": datetime.date.today().isoformat(), "machine": _cpu_name(),
+  return {"date": datetime.date.today().isoformat(), "machine": machine.cpu_name(),
           "cpus": os.cpu_count(), "cores_used": args.cores, "load_average_before_after": load,
           "jax": jax.__version__, "repeats": args.repeats, "cases": cases_out,
           "ratios": ratios(samples, args.batch_size)}

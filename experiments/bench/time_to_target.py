@@ -1,6 +1,6 @@
 """Wall time to a validation loss on tinyshakespeare: treadle's fast config beside nanoGPT.
 
-  .venv/bin/python experiments/bench/time_to_target.py --rounds 2 \
+  .venv/bin/python -m experiments.bench.time_to_target --rounds 2 \
       --nanogpt_dir ../peers/nanoGPT --torch_python ../peers/torchvenv/bin/python
 
 nanoGPT runs its README's CPU command (4L/4H/128d, context 64, batch 12, 2000 iterations,

@@ -1,6 +1,6 @@
 """Training tokens/second beside nanoGPT's train.py: same model size, data, batch and dropout.
 
-  .venv/bin/python experiments/bench/train_vs_nanogpt.py --size cpu_recipe --rounds 3 \
+  .venv/bin/python -m experiments.bench.train_vs_nanogpt --size cpu_recipe --rounds 3 \
       --nanogpt_dir ../peers/nanoGPT --torch_python ../peers/torchvenv/bin/python
 
 Each round runs nanoGPT's own train.py and treadle's own trainer (`python -m train.main`, the
@@ -27,7 +27,6 @@ import json
 import os
 import pathlib
 import pickle
-import platform
 import re
 import shlex
 import statistics
@@ -36,6 +35,8 @@ import sys
 import tempfile
 
 import numpy as np
+
+from experiments.bench import machine
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 _ITER_LINE = re.compile(r"^iter (\d+): loss \S+, time ([\d.]+)ms", re.MULTILINE)
@@ -211,14 +212,6 @@ def summarize(size: Size, windows_ms: dict) -> dict:
           "goal_met": ratio >= size.goal}
 
 
-def _cpu_name() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-  except (OSError, StopIteration):
-    return platform.machine()
-
-
 def _torch_info(args: argparse.Namespace) -> str:
   code = "import torch; print(torch.__version__, torch.get_num_threads())"
   version, threads = _run([args.torch_python, "-c", code], REPO, _torch_env(args)).stdout.split()
@@ -304,7 +297,7 @@ def main() -> None:
     prepare_nanogpt_data(pathlib.Path(args.data), scratch / "data" / "shakespeare_char")
     measured = measure(args, size, scratch)
     commands = _shell_commands(args, size, scratch)
-  result = {"date": started, "size": args.size, "model": size.label(), "machine": _cpu_name(),
+  result = {"date": started, "size": args.size, "model": size.label(), "machine": machine.cpu_name(),
             "cpus": os.cpu_count(), "cores": args.cores or "all (unpinned)",
             "jax": _jax_version(), "torch": _torch_info(args),
             "treadle_devices": measured["treadle_devices"], "rounds": args.rounds,

@@ -157,16 +157,14 @@ def test_gqa_with_repeated_kv_heads_equals_multi_head():
   gqa = dataclasses.replace(BASE, num_kv_heads=2, position="rope")
   mha = dataclasses.replace(gqa, num_kv_heads=4)
   _, p = _params(gqa)
-  attn = p["blocks"][0]["attn"]
-  q_w, kv_w = attn["q"]["w"], attn["kv"]["w"]            # [D, H, K], [D, 2, G, K]
-  kv_rep = jnp.repeat(kv_w, 2, axis=2)                    # each kv head serves 2 query heads
-  qkv = jnp.concatenate([q_w[:, None], kv_rep], axis=1)   # [D, 3, H, K]
-  p_mha = jax.tree.map(lambda x: x, p)
+  p_mha = dict(p, blocks={})
   for i in range(gqa.num_layers):
-    a = p["blocks"][i]["attn"]
-    qkv_i = jnp.concatenate([a["q"]["w"][:, None], jnp.repeat(a["kv"]["w"], 2, axis=2)], axis=1)
-    p_mha["blocks"][i]["attn"] = {"qkv": {"w": qkv_i}, "out": a["out"]}
-  assert qkv.shape == p_mha["blocks"][0]["attn"]["qkv"]["w"].shape
+    attn = p["blocks"][i]["attn"]
+    kv_rep = jnp.repeat(attn["kv"]["w"], 2, axis=2)    # each kv head serves 2 query heads
+    qkv = jnp.concatenate([attn["q"]["w"][:, None], kv_rep], axis=1)  # [D, 3, H, K]
+    p_mha["blocks"][i] = {**p["blocks"][i], "attn": {"qkv": {"w": qkv}, "out": attn["out"]}}
+  mha_shape = state_lib.model_graph(mha)[1]["blocks"][0]["attn"]["qkv"]["w"].shape
+  assert p_mha["blocks"][0]["attn"]["qkv"]["w"].shape == mha_shape
   tokens = jnp.asarray(np.random.default_rng(3).integers(0, BASE.vocab_size, (2, 20)))
   np.testing.assert_allclose(_forward(state_lib.model_graph(mha)[0], p_mha, tokens),
                              _forward(state_lib.model_graph(gqa)[0], p, tokens),
