@@ -238,7 +238,7 @@ class Decoder(nnx.Module):
   def init_cache(self, batch_size: int, cache_len: int) -> Any:
     """Zeroed KV cache: a list of per-layer LayerCache, or one stacked LayerCache if scanned."""
     cfg = self.cfg
-    shape = (batch_size, cfg.kv_heads, cache_len, cfg.head_dim)
+    shape = (batch_size, cfg.kv_heads, cfg.head_dim, cache_len)
     if cfg.scan_layers:
       shape = (cfg.num_layers, *shape)
       return LayerCache(jnp.zeros(shape, cfg.dtype), jnp.zeros(shape, cfg.dtype))
@@ -249,7 +249,7 @@ class Decoder(nnx.Module):
 def cache_len(cache: Any) -> int:
   """Number of slots of a cache made by Decoder.init_cache."""
   first = cache if isinstance(cache, LayerCache) else cache[0]
-  return first.k_BGSK.shape[-2]
+  return first.k_BGKS.shape[-1]
 
 
 def cross_entropy(logits_BTV: jax.Array, targets_BT: jax.Array) -> jax.Array:

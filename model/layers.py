@@ -18,8 +18,9 @@ from model import axes
 
 class LayerCache(NamedTuple):
   """Keys and values of one layer (or of all layers, stacked, when layers are scanned)."""
-  k_BGSK: jax.Array  # [B, kv heads, slots, head dim]: the layout the attention dots read
-  v_BGSK: jax.Array
+  k_BGKS: jax.Array  # [B, kv heads, head dim, slots]: slots minor; with [B, G, S, K]
+                     # XLA:CPU transposed the whole cache for every decoded token
+  v_BGKS: jax.Array
 
 
 class DecodeState(NamedTuple):
@@ -190,31 +191,54 @@ class Attention(nnx.Module):
     G = k_BTGK.shape[2]
     q_BTGRK = q_BTHK.reshape(B, T, G, H // G, K)  # query heads grouped by their kv head
     if cache is None:
-      keys, values, kv = k_BTGK, v_BTGK, "bsgk"
       full = jnp.ones((T, T), bool)
       mask_BTS = (jnp.tril(full) if self.causal else full)[None]
+      probs = self._probs(self._scores(q_BTGRK, k_BTGK, "bsgk"), mask_BTS, key)
+      y_BTGRK = jnp.einsum("bgtrs,bsgk->btgrk", probs, v_BTGK.astype(cfg.dtype))
     else:
-      cache, mask_BTS = _write_cache(cache, decode, k_BTGK, v_BTGK)
-      keys, values, kv = cache.k_BGSK, cache.v_BGSK, "bgsk"
-    # scores and softmax in fp32: bf16 exp overflows and loses probability mass
-    scores = jnp.einsum(f"btgrk,{kv}->bgtrs", q_BTGRK, keys.astype(cfg.dtype),
-                        preferred_element_type=jnp.float32) / math.sqrt(K)
-    scores = jnp.where(mask_BTS[:, None, :, None], scores, jnp.finfo(jnp.float32).min)
-    probs = dropout(jax.nn.softmax(scores, axis=-1), cfg.dropout, key).astype(cfg.dtype)
-    y_BTGRK = jnp.einsum(f"bgtrs,{kv}->btgrk", probs, values.astype(cfg.dtype))
+      y_BTGRK = self._attend_cached(q_BTGRK, k_BTGK, v_BTGK, cache, decode, key)
+      # A zero that depends on the output: every read of the old cache comes before the
+      # write, so XLA updates the cache in place rather than copying it every token.
+      y0 = y_BTGRK.reshape(-1)[0]
+      after = jnp.where(jnp.isfinite(y0), y0 * 0, 0).astype(k_BTGK.dtype)
+      cache = _write_cache(cache, decode.write_index, k_BTGK + after, v_BTGK + after)
     return self.out(y_BTGRK.reshape(B, T, H, K)), cache
 
+  def _scores(self, q_BTGRK, keys, kv: str):
+    # scores and softmax in fp32: bf16 exp overflows and loses probability mass
+    return jnp.einsum(f"btgrk,{kv}->bgtrs", q_BTGRK, keys.astype(self.cfg.dtype),
+                      preferred_element_type=jnp.float32) / math.sqrt(q_BTGRK.shape[-1])
 
-def _write_cache(cache: LayerCache, decode: DecodeState, k_BTGK, v_BTGK):
-  """Writes new keys/values at decode.write_index; returns the cache and the [B, T, S] mask."""
-  start = decode.write_index
-  new_k = k_BTGK.transpose(0, 2, 1, 3).astype(cache.k_BGSK.dtype)
-  new_v = v_BTGK.transpose(0, 2, 1, 3).astype(cache.v_BGSK.dtype)
-  cache = LayerCache(jax.lax.dynamic_update_slice_in_dim(cache.k_BGSK, new_k, start, axis=2),
-                     jax.lax.dynamic_update_slice_in_dim(cache.v_BGSK, new_v, start, axis=2))
-  S, T = cache.k_BGSK.shape[2], k_BTGK.shape[1]
-  causal_TS = jnp.arange(S)[None, :] <= (start + jnp.arange(T))[:, None]
-  return cache, causal_TS[None] & decode.valid_BS[:, None, :]
+  def _probs(self, scores, mask_BTS, key):
+    scores = jnp.where(mask_BTS[:, None, :, None], scores, jnp.finfo(jnp.float32).min)
+    return dropout(jax.nn.softmax(scores, axis=-1), self.cfg.dropout, key).astype(self.cfg.dtype)
+
+  def _attend_cached(self, q_BTGRK, k_BTGK, v_BTGK, cache: LayerCache, decode: DecodeState,
+                     key):
+    """The new tokens attend to the cached slots before decode.write_index and, causally,
+    to each other. Reading the cache as it was before this step's write: from the updated
+    cache, XLA:CPU fused the update into the dots' operand as well as the loop state and
+    copied the whole cache every token."""
+    S, T = cache.k_BGKS.shape[-1], q_BTGRK.shape[1]
+    start = decode.write_index
+    old_BTS = jnp.broadcast_to((jnp.arange(S) < start)[None, None, :] & decode.valid_BS[:, None],
+                               (decode.valid_BS.shape[0], T, S))
+    new_valid_BT = jax.lax.dynamic_slice_in_dim(decode.valid_BS, start, T, axis=1)
+    new_BTT = jnp.tril(jnp.ones((T, T), bool))[None] & new_valid_BT[:, None, :]
+    scores = jnp.concatenate([self._scores(q_BTGRK, cache.k_BGKS, "bgks"),
+                              self._scores(q_BTGRK, k_BTGK, "bsgk")], axis=-1)
+    probs = self._probs(scores, jnp.concatenate([old_BTS, new_BTT], axis=-1), key)
+    dtype = self.cfg.dtype
+    return (jnp.einsum("bgtrs,bgks->btgrk", probs[..., :S], cache.v_BGKS.astype(dtype))
+            + jnp.einsum("bgtrs,bsgk->btgrk", probs[..., S:], v_BTGK.astype(dtype)))
+
+
+def _write_cache(cache: LayerCache, start, k_BTGK, v_BTGK) -> LayerCache:
+  """Writes new keys/values at slots start.. (slots are the minor axis)."""
+  new_k = k_BTGK.transpose(0, 2, 3, 1).astype(cache.k_BGKS.dtype)
+  new_v = v_BTGK.transpose(0, 2, 3, 1).astype(cache.v_BGKS.dtype)
+  return LayerCache(jax.lax.dynamic_update_slice_in_dim(cache.k_BGKS, new_k, start, axis=3),
+                    jax.lax.dynamic_update_slice_in_dim(cache.v_BGKS, new_v, start, axis=3))
 
 
 class Mlp(nnx.Module):
