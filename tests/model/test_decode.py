@@ -1,5 +1,6 @@
 """Decoding: KV cache == full recomputation, sampling filters, reproducibility, sharding."""
 import collections
+import re
 import functools
 
 import jax
@@ -149,3 +150,38 @@ def test_same_seed_same_samples_other_seed_differs():
   c = _generate(graphdef, params, 15, sampling=sampling, seed=6)
   np.testing.assert_array_equal(a, b)
   assert not np.array_equal(a, c)
+
+
+def _cache_sized_copies(hlo: str, cache_elements: int) -> list[str]:
+  """Instructions in optimised HLO, outside the slide, that copy or transpose an array the
+  size of a layer's K or V cache (layout may drop the batch-1 axis: sizes are compared)."""
+  found = []
+  for line in hlo.splitlines():
+    m = re.match(r"\s*(?:ROOT )?%(\S+) = f32\[([\d,]*)\]\S* (\w[\w-]*)\(", line)
+    if not m or m.group(3) == "parameter" or "/cond/" in line:
+      continue  # the slide (a lax.cond once per W/2 tokens) builds a fresh cache: allowed
+    name, dims, op = m.groups()
+    size = int(np.prod([int(d) for d in dims.split(",") if d]))
+    copies = op in ("copy", "transpose") or name.startswith(("copy", "transpose"))
+    if size == cache_elements and copies and "dynamic-update-slice" not in name:
+      found.append(line.strip()[:120])  # (a fusion that updates the cache in place is fine)
+  return found
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_decode_loop_updates_the_cache_in_place(batch):
+  """Each decoded token writes one slot: the loop must not copy or transpose whole caches
+  (XLA:CPU did both, per token and layer, before the cache layout and read order fixes)."""
+  # sizes chosen so that no other array in the program has a cache's element count
+  cfg = gpt.ModelConfig(vocab_size=65, max_seq_len=40, num_layers=2, num_heads=2, embed_dim=48)
+  graphdef, params = nnx.split(gpt.Decoder(cfg, nnx.Rngs(0)))
+  tokens, pad = decode.left_pad([[1]] * batch, 96, 16)
+
+  def loop(params, carry):
+    return decode.decode_steps(nnx.merge(graphdef, params), carry, jnp.int32(8), GREEDY)
+
+  carry = jax.jit(lambda p, t, n: decode.prefill(nnx.merge(graphdef, p), t, n, 16,
+                                                 jax.random.key(0), GREEDY))(params, tokens, pad)
+  hlo = jax.jit(loop, donate_argnums=1).lower(params, carry).compile().as_text()
+  cache_elements = batch * cfg.kv_heads * cfg.head_dim * cfg.max_seq_len
+  assert _cache_sized_copies(hlo, cache_elements) == []
