@@ -1,7 +1,7 @@
 """Decoding: KV cache == full recomputation, sampling filters, reproducibility, sharding."""
 import collections
-import re
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
