@@ -30,6 +30,13 @@ def init_params(model_cfg, seed: int) -> Any:
   return nnx.to_pure_dict(nnx.state(model_cfg.make(nnx.Rngs(seed))))
 
 
+def random_params(model_cfg, seed: int) -> Any:
+  """Fresh parameters on the default device, compiled as one program: run eagerly, every
+  initialiser compiles on its own (~19 s for a 2-layer LoRA model on this CPU, vs ~4 s)."""
+  return jax.jit(lambda: init_params(model_cfg, seed),
+                 compiler_options=_init_compiler_options())()
+
+
 def shardings(model_cfg, tx: optax.GradientTransformation,
               mesh: jax.sharding.Mesh, rules) -> TrainState:
   """NamedShardings of every state leaf; raises a one-line error on indivisible dims."""
@@ -84,7 +91,16 @@ def create(model_cfg, tx: optax.GradientTransformation, seed: int,
       params = lora.with_adapters(base, params)
     return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params),
                       jax.random.key_data(jax.random.key(seed)))
+  options = _init_compiler_options()
   if params is None:
-    return jax.jit(lambda: init(None), out_shardings=state_shardings)()
+    return jax.jit(lambda: init(None), out_shardings=state_shardings,
+                   compiler_options=options)()
   return jax.jit(init, in_shardings=(lora.base_params(state_shardings.params),),
-                 out_shardings=state_shardings)(params)
+                 out_shardings=state_shardings, compiler_options=options)(params)
+
+
+def _init_compiler_options() -> dict:
+  """LLVM -O2 for the one-off init program on CPU: its unrolled threefry code took LLVM's
+  default -O3 ~10 s to compile (2-layer model; ~2.5 s at -O2, same values to 1 ulp, and the
+  10M-parameter model still initialises in under half a second)."""
+  return {"xla_backend_optimization_level": 2} if jax.default_backend() == "cpu" else {}
