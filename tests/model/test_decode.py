@@ -21,7 +21,7 @@ GREEDY = decode.SamplingParams(jnp.float32(0), jnp.int32(0), jnp.float32(1))
 
 
 def _params(seed=0):
-  return nnx.split(gpt.Decoder(CFG, nnx.Rngs(seed)))
+  return state_lib.model_graph(CFG)[0], state_lib.random_params(CFG, seed)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -63,7 +63,7 @@ def _shard(params, rules="fsdp_tp"):
   """Params split over an 8-device (data=2, fsdp=2, tensor=2) mesh."""
   mesh = mesh_lib.make_mesh((2, 2, 2))
   _, _, specs = state_lib.model_graph(CFG)
-  sharded = jax.device_put(nnx.to_pure_dict(params),
+  sharded = jax.device_put(params,
                            mesh_lib.param_shardings(specs, mesh, mesh_lib.rules(rules)))
   qkv = sharded["blocks"][0]["attn"]["qkv"]["w"]
   assert qkv.sharding.shard_shape(qkv.shape) != qkv.shape  # really split
@@ -174,7 +174,7 @@ def test_decode_loop_updates_the_cache_in_place(batch):
   (XLA:CPU did both, per token and layer, before the cache layout and read order fixes)."""
   # sizes chosen so that no other array in the program has a cache's element count
   cfg = gpt.ModelConfig(vocab_size=65, max_seq_len=40, num_layers=2, num_heads=2, embed_dim=48)
-  graphdef, params = nnx.split(gpt.Decoder(cfg, nnx.Rngs(0)))
+  graphdef, params = state_lib.model_graph(cfg)[0], state_lib.random_params(cfg, 0)
   tokens, pad = decode.left_pad([[1]] * batch, 96, 16)
 
   def loop(params, carry):
@@ -183,5 +183,6 @@ def test_decode_loop_updates_the_cache_in_place(batch):
   carry = jax.jit(lambda p, t, n: decode.prefill(nnx.merge(graphdef, p), t, n, 16,
                                                  jax.random.key(0), GREEDY))(params, tokens, pad)
   hlo = jax.jit(loop, donate_argnums=1).lower(params, carry).compile().as_text()
+  assert "while" in hlo and "dynamic-update-slice" in hlo  # the real loop's program was read
   cache_elements = batch * cfg.kv_heads * cfg.head_dim * cfg.max_seq_len
   assert _cache_sized_copies(hlo, cache_elements) == []

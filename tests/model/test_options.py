@@ -33,13 +33,11 @@ GREEDY = decode.SamplingParams(jnp.float32(0), jnp.int32(0), jnp.float32(1))
 
 def _params(cfg, seed=0):
   """Random parameters; LoRA's zero-initialised B is perturbed so adapters matter."""
-  graphdef, state = nnx.split(cfg.make(nnx.Rngs(seed)))
-  params = nnx.to_pure_dict(state)
-  key = jax.random.key(seed + 100)
-  mask = lora.trainable_mask(params)
-  params = jax.tree.map(lambda p, t: p + 0.05 * jax.random.normal(key, p.shape) if t else p,
-                        params, mask)
-  return graphdef, params
+  params = state_lib.random_params(cfg, seed)
+  rng = np.random.default_rng(seed + 100)  # on the host: a jitted jax.random costs a compile
+  params = jax.tree.map(lambda p, t: p + 0.05 * rng.standard_normal(p.shape, np.float32)
+                        if t else p, params, lora.trainable_mask(params))
+  return state_lib.model_graph(cfg)[0], params
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -192,7 +190,7 @@ def test_lora_merge_equals_adapters_and_zero_init_is_identity():
   base = lora.base_params(params)
   base_logits = _forward(state_lib.model_graph(merged_cfg)[0], base, tokens)
   assert not np.allclose(base_logits, with_adapters, atol=1e-3)  # adapters change the model
-  fresh = nnx.to_pure_dict(nnx.state(cfg.make(nnx.Rngs(0))))  # B = 0: adapters start as no-ops
+  fresh = state_lib.random_params(cfg, 0)  # B = 0: adapters start as no-ops
   np.testing.assert_allclose(_forward(graphdef, lora.with_adapters(base, fresh), tokens),
                              base_logits, rtol=1e-6, atol=1e-6)
 
