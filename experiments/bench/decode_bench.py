@@ -77,7 +77,7 @@ class TreadleDecoder:
 
   def __init__(self, seed: int):
     self.graphdef, _, _ = state_lib.model_graph(MODEL)
-    self.params = jax.jit(lambda: state_lib.init_params(MODEL, seed))()
+    self.params = state_lib.random_params(MODEL, seed)
     self.seed = seed
     self.sampling = decode.SamplingParams(jnp.float32(TEMPERATURE), jnp.int32(TOP_K),
                                           jnp.float32(1.0))
