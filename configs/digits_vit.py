@@ -8,7 +8,7 @@ better on images this small (configs/digits_cnn.py).
 """
 import ml_collections
 
-from configs import digits_cnn
+from treadle.configs import digits_cnn
 
 
 def get_config() -> ml_collections.ConfigDict:

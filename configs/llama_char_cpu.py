@@ -14,7 +14,7 @@ Measured against the GPT-2 preset: experiments/llama_vs_gpt2/README.md.
 """
 import ml_collections
 
-from configs import shakespeare_char_cpu
+from treadle.configs import shakespeare_char_cpu
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -15,7 +15,7 @@ per character, against 1.933 (val) for the character model of the same size
 """
 import ml_collections
 
-from configs import shakespeare_char_cpu
+from treadle.configs import shakespeare_char_cpu
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -8,7 +8,7 @@ see experiments/bench for its step time.
 """
 import ml_collections
 
-from configs import shakespeare_char_cpu
+from treadle.configs import shakespeare_char_cpu
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -12,7 +12,7 @@ Measured: experiments/bench/README.md ("Wall time to val loss 1.89").
 """
 import ml_collections
 
-from configs import llama_char_cpu
+from treadle.configs import llama_char_cpu
 
 
 def get_config() -> ml_collections.ConfigDict:

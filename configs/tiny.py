@@ -7,7 +7,7 @@ val loss 4.03 and test loss 4.03 at step 20 (it only checks that everything runs
 """
 import ml_collections
 
-from configs import shakespeare_char_cpu
+from treadle.configs import shakespeare_char_cpu
 
 
 def get_config() -> ml_collections.ConfigDict:

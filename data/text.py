@@ -7,8 +7,8 @@ import pathlib
 import grain
 import numpy as np
 
-from data import shakespeare
-from data import tokenizers
+from treadle.data import shakespeare
+from treadle.data import tokenizers
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,7 +11,7 @@ import time
 
 from absl import flags
 
-from train import entry
+from treadle.train import entry
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by treadle-train.")
 _PROMPT = flags.DEFINE_multi_string("prompt", None, "Prompt text (repeatable). Default: newline.")
@@ -74,8 +74,8 @@ def main(argv) -> None:
     entry.fail("--workdir is required")
   if _NUM_SAMPLES.value < 1:
     entry.fail(f"--num_samples={_NUM_SAMPLES.value} must be positive")
-  from infer import sampler as sampler_lib  # after flag parsing: a bad flag never starts jax
-  from train import logs
+  from treadle.infer import sampler as sampler_lib  # after flag parsing: a bad flag never starts jax
+  from treadle.train import logs
   logs.setup()
   try:
     shape = tuple(int(x) for x in _MESH.value.split(","))

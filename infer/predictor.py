@@ -13,10 +13,10 @@ class Predictor:
   @classmethod
   def from_workdir(cls, workdir, step: int | str | None = None) -> "Predictor":
     import jax
-    from data import images
-    from train import checkpoint
-    from train import config as config_lib
-    from train import state as state_lib
+    from treadle.data import images
+    from treadle.train import checkpoint
+    from treadle.train import config as config_lib
+    from treadle.train import state as state_lib
     workdir = pathlib.Path(workdir)
     if not (workdir / "config.json").exists():
       raise FileNotFoundError(f"{str(workdir)!r} is not a treadle run directory (no config.json)")
@@ -37,7 +37,7 @@ class Predictor:
 
   def predict(self, raw_NHW: np.ndarray) -> list[dict]:
     """Raw pixels [N, H, W] -> [{label, probability, probabilities}] per image."""
-    from train import image_task
+    from treadle.train import image_task
     shape = self.preprocess.image_shape
     if raw_NHW.ndim != 3 or raw_NHW.shape[1:] != tuple(shape):
       raise ValueError(f"expected images of shape {tuple(shape)}, got {raw_NHW.shape[1:]}")

@@ -8,13 +8,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from data import tokenizers
-from model import decode
-from model import lora
-from train import checkpoint
-from train import config as config_lib
-from train import mesh as mesh_lib
-from train import state as state_lib
+from treadle.data import tokenizers
+from treadle.model import decode
+from treadle.model import lora
+from treadle.train import checkpoint
+from treadle.train import config as config_lib
+from treadle.train import mesh as mesh_lib
+from treadle.train import state as state_lib
 
 _BUCKET = 64  # prompt and output lengths round up to this: few compilations, any length
 

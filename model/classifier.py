@@ -6,9 +6,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from model import axes
-from model import gpt
-from model import layers
+from treadle.model import axes
+from treadle.model import gpt
+from treadle.model import layers
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from model import gpt
+from treadle.model import gpt
 
 
 class Carry(NamedTuple):

@@ -11,9 +11,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from model import axes
-from model import layers
-from model.layers import DecodeState, LayerCache  # noqa: F401  (the cache types, re-exported)
+from treadle.model import axes
+from treadle.model import layers
+from treadle.model.layers import DecodeState, LayerCache  # noqa: F401  (the cache types, re-exported)
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _CHOICES = {"position": ("learned", "rope"), "norm": ("layernorm", "rmsnorm"),

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from model import axes
+from treadle.model import axes
 
 
 class LayerCache(NamedTuple):

@@ -10,7 +10,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from model import gpt
+from treadle.model import gpt
 
 ADAPTER_KEY = "lora"
 

@@ -17,11 +17,11 @@ import sys
 
 from absl import flags
 
-from sweep import report
-from sweep import runner
-from sweep import slurm
-from sweep import spec
-from train import entry
+from treadle.sweep import report
+from treadle.sweep import runner
+from treadle.sweep import slurm
+from treadle.sweep import spec
+from treadle.train import entry
 
 _PARALLEL = flags.DEFINE_integer("parallel", 1, "Trials trained at once.", lower_bound=1)
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the trials and their commands only.")

@@ -12,7 +12,7 @@ from absl import app
 from absl import flags
 from matplotlib import figure
 
-from sweep import runner
+from treadle.sweep import runner
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by treadle-train.")
 _OUT = flags.DEFINE_string("out", None, "PNG to write (default WORKDIR/loss_curves.png).")

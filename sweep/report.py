@@ -11,9 +11,9 @@ from typing import Any
 
 from matplotlib import figure
 
-from sweep import plots
-from sweep import runner
-from sweep import spec
+from treadle.sweep import plots
+from treadle.sweep import runner
+from treadle.sweep import spec
 
 COLUMNS = ("status", "steps", "final_val_loss", "best_val_loss", "test_loss", "wall_time_s",
            "tokens_per_second", "error")

@@ -20,8 +20,8 @@ import sys
 import time
 from typing import Any, Callable
 
-from sweep import spec
-from train import metrics
+from treadle.sweep import spec
+from treadle.train import metrics
 
 INTERRUPTED_EXIT_CODE = 75  # treadle-train's: checkpoint written, rerun the command to resume
 POLL_SECONDS = 0.2
@@ -47,7 +47,7 @@ class Layout:
 
 def command(sweep: spec.Sweep, trial: spec.Trial, layout: Layout) -> list[str]:
   """The trial's treadle-train command; rerunning it resumes the trial."""
-  return [sys.executable, "-m", "train.main", "--config", sweep.base_config,
+  return [sys.executable, "-m", "treadle.train.main", "--config", sweep.base_config,
           "--workdir", str(layout.workdir(trial.name)),
           *(f"--config.{k}={spec.format_value(v)}" for k, v in trial.overrides.items())]
 

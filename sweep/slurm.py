@@ -3,8 +3,8 @@ import os
 import pathlib
 import shlex
 
-from sweep import runner
-from sweep import spec
+from treadle.sweep import runner
+from treadle.sweep import spec
 
 
 def script(sweep: spec.Sweep, trials: list[spec.Trial], layout: runner.Layout,

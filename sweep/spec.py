@@ -2,7 +2,7 @@
 
 A sweep file is Python with `get_sweep() -> spec.Sweep`:
 
-  from sweep import spec
+  from treadle.sweep import spec
 
   def get_sweep() -> spec.Sweep:
     return spec.Sweep(

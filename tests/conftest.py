@@ -48,7 +48,7 @@ def run_cli(module: str, *args, timeout: int = 300, env: dict | None = None,
   """Runs a treadle entry point in a fresh process (its own device count and jax state)."""
   # the child picks its own device layout unless `env` sets XLA_FLAGS
   full_env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  full_env.update({"PYTHONPATH": str(REPO), **(env or {})})
+  full_env.update(env or {})
   proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO,
                         capture_output=True, text=True, timeout=timeout, env=full_env)
   if check and proc.returncode != 0:

@@ -41,7 +41,6 @@ def _ensure_kernelspec() -> None:
 
 def _env(drop_xla_flags: bool = False) -> dict[str, str]:
   env = {k: v for k, v in os.environ.items() if not (drop_xla_flags and k == "XLA_FLAGS")}
-  env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
   return env
 
 
@@ -49,7 +48,7 @@ def _train_tiny_run(tmp_path: pathlib.Path) -> pathlib.Path:
   text = SHAKESPEARE if SHAKESPEARE.exists() else _synthetic_text(tmp_path / "input.txt")
   workdir = tmp_path / "run"
   result = subprocess.run(
-      [sys.executable, "-m", "train.main", "--config", "configs/tiny.py",
+      [sys.executable, "-m", "treadle.train.main", "--config", "configs/tiny.py",
        "--workdir", str(workdir), "--config.data.path", str(text),
        "--config.data.cache_dir", str(tmp_path / "cache")],
       # the trainer picks its own device layout (one per core), as the README's run does
@@ -84,7 +83,6 @@ def test_sampling_notebook_runs_on_a_fresh_run(tmp_path, monkeypatch):
 
   # The kernel inherits this process's environment.
   monkeypatch.setenv("TREADLE_WORKDIR", str(workdir))
-  monkeypatch.setenv("PYTHONPATH", _env()["PYTHONPATH"])
   client = nbclient.NotebookClient(nb, timeout=300, kernel_name=KERNEL,
                                    resources={"metadata": {"path": str(REPO_ROOT)}})
   client.execute()  # raises CellExecutionError on the first failing cell

@@ -6,7 +6,7 @@ from typing import Any
 import grain
 import orbax.checkpoint as ocp
 
-from train import state as state_lib
+from treadle.train import state as state_lib
 
 SUBDIR = "checkpoints"
 

@@ -5,8 +5,8 @@ from typing import Any
 
 import ml_collections
 
-from data import text
-from model import gpt
+from treadle.data import text
+from treadle.model import gpt
 
 # Keys whose change makes an existing run directory incompatible (shapes, data, tokens,
 # optimizer state layout).
@@ -122,8 +122,8 @@ def _section_types(task: str):
   if task == "lm":
     return gpt.ModelConfig, text.DataConfig
   if task == "classify":
-    from data import images  # local: only image runs need the image stack
-    from model import classifier
+    from treadle.data import images  # local: only image runs need the image stack
+    from treadle.model import classifier
     return classifier.ClassifierConfig, images.DataConfig
   raise ValueError(f"task={task!r} is not one of ['classify', 'lm']")
 

@@ -11,11 +11,11 @@ import logging
 import jax
 import optax
 
-from model import lora
-from train import checkpoint
-from train import config as config_lib
-from train import mesh as mesh_lib
-from train import state as state_lib
+from treadle.model import lora
+from treadle.train import checkpoint
+from treadle.train import config as config_lib
+from treadle.train import mesh as mesh_lib
+from treadle.train import state as state_lib
 
 log = logging.getLogger("treadle")
 # model fields a fine-tuning run may change: regularisation, memory layout, its own adapters

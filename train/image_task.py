@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from data import images
-from train import tasks
+from treadle.data import images
+from treadle.train import tasks
 
 
 class ImageClassification:
@@ -48,7 +48,7 @@ class ImageClassification:
 
   def flops_per_unit(self, cfg) -> float:
     """3x the forward FLOPs per image, as XLA counts them."""
-    from train import state as state_lib
+    from treadle.train import state as state_lib
     graphdef, abstract, _ = state_lib.model_graph(cfg.model)
     x = jax.ShapeDtypeStruct((1, cfg.model.image_height, cfg.model.image_width), jnp.float32)
     cost = jax.jit(lambda p, x: nnx.merge(graphdef, p)(x)).lower(abstract, x).compile()
@@ -74,7 +74,7 @@ def predict_labels(model_cfg, params, images_NHW: np.ndarray) -> np.ndarray:
 @functools.cache
 def _probabilities_fn(model_cfg):
   """One jitted forward per model config (frozen, hashable): repeated predictions reuse it."""
-  from train import state as state_lib
+  from treadle.train import state as state_lib
   graphdef, _, _ = state_lib.model_graph(model_cfg)
   return jax.jit(lambda p, x: jax.nn.softmax(nnx.merge(graphdef, p)(x).astype(jnp.float32)))
 

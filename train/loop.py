@@ -12,17 +12,17 @@ import jax
 import numpy as np
 import tqdm
 
-from model import lora
-from train import checkpoint
-from train import config as config_lib
-from train import finetune
-from train import mesh as mesh_lib
-from train import metrics as metrics_lib
-from train import optimizer
-from train import perf
-from train import state as state_lib
-from train import step as step_lib
-from train import tasks
+from treadle.model import lora
+from treadle.train import checkpoint
+from treadle.train import config as config_lib
+from treadle.train import finetune
+from treadle.train import mesh as mesh_lib
+from treadle.train import metrics as metrics_lib
+from treadle.train import optimizer
+from treadle.train import perf
+from treadle.train import state as state_lib
+from treadle.train import step as step_lib
+from treadle.train import tasks
 
 log = logging.getLogger("treadle")
 INTERRUPTED_EXIT_CODE = 75  # EX_TEMPFAIL: checkpoint written, rerun the command to resume

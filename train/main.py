@@ -12,7 +12,7 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from train import entry
+from treadle.train import entry
 
 # Nothing here imports jax at module level: the CPU device count must be chosen from the
 # config before jax initialises its backends.
@@ -33,12 +33,12 @@ def main(argv) -> None:
   del argv
   if _CONFIG.value is None or not _WORKDIR.value:
     entry.fail("both --config and --workdir are required")
-  from train import hosts  # noqa: E402  (after flags: sets device counts before jax starts)
+  from treadle.train import hosts  # noqa: E402  (after flags: sets device counts before jax starts)
   hosts.configure(_CONFIG.value.mesh.cpu_devices, _CONFIG.value.train.matmul_precision,
                   _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _MULTIHOST.value)
-  from train import config as config_lib
-  from train import logs
-  from train import loop
+  from treadle.train import config as config_lib
+  from treadle.train import logs
+  from treadle.train import loop
   logs.setup()
   try:
     cfg = config_lib.split(_CONFIG.value)

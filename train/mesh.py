@@ -5,7 +5,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from model import axes
+from treadle.model import axes
 
 AXES = ("data", "fsdp", "tensor")
 _BATCH = ("data", "fsdp")  # every preset splits the batch over data and fsdp

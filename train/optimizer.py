@@ -6,8 +6,8 @@ import optax
 from jax.sharding import PartitionSpec
 from optax import contrib
 
-from model import axes
-from train import config as config_lib
+from treadle.model import axes
+from treadle.train import config as config_lib
 
 # Muon sees a weight as a map from its input (contracted) dims to its output dims. Logical
 # names in one space describe one activation, so a weight's leading run of one space is its

@@ -1,5 +1,5 @@
 """Model FLOPs per token and the peak-FLOPs table behind MFU."""
-from model import gpt
+from treadle.model import gpt
 
 # Dense peak FLOP/s per device. "cpu" entries are *measured* large-matmul throughput of
 # this project's 2-core AVX-512 dev machine (not a vendor figure); override with

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from model import lora
-from train import mesh as mesh_lib
+from treadle.model import lora
+from treadle.train import mesh as mesh_lib
 
 
 class TrainState(NamedTuple):

@@ -7,11 +7,11 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from model import axes
-from model import lora
-from train import mesh as mesh_lib
-from train import state as state_lib
-from train import tasks
+from treadle.model import axes
+from treadle.model import lora
+from treadle.train import mesh as mesh_lib
+from treadle.train import state as state_lib
+from treadle.train import tasks
 
 Batch = dict[str, jax.Array]
 

@@ -11,10 +11,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from data import text
-from data import tokenizers
-from model import gpt
-from train import perf
+from treadle.data import text
+from treadle.data import tokenizers
+from treadle.model import gpt
+from treadle.train import perf
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +80,7 @@ def _inherited_tokenizer(cfg, workdir: pathlib.Path, init_from_dir: pathlib.Path
 
 def get(name: str):
   """The task object for config key `task`."""
-  from train import image_task  # local: the image task pulls in its own data and models
+  from treadle.train import image_task  # local: the image task pulls in its own data and models
   registry = {"lm": LanguageModeling, "classify": image_task.ImageClassification}
   if name not in registry:
     raise ValueError(f"task={name!r} is not one of {sorted(registry)}")

@@ -26,9 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.bench import machine
-from model import decode
-from model import gpt
-from train import state as state_lib
+from treadle.model import decode
+from treadle.model import gpt
+from treadle.train import state as state_lib
 
 MODEL = gpt.ModelConfig(vocab_size=65, max_seq_len=256, num_layers=6, num_heads=6, embed_dim=384)
 TEMPERATURE, TOP_K = 0.8, 200
@@ -40,7 +40,7 @@ _NANOGPT_DRIVER = """
 import sys, time
 sys.path.insert(0, sys.argv[1])
 import torch
-from model import GPT, GPTConfig
+from treadle.model import GPT, GPTConfig
 new_tokens, threads, seed = map(int, sys.argv[2:5])
 torch.set_num_threads(threads)
 torch.manual_seed(seed)

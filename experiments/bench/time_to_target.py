@@ -58,7 +58,7 @@ def nanogpt_time(args, scratch: pathlib.Path) -> dict:
 
 def treadle_time(args, scratch: pathlib.Path, name: str) -> dict:
   workdir = scratch / name
-  cmd = [sys.executable, "-m", "train.main", f"--config={_CONFIG}", f"--workdir={workdir}",
+  cmd = [sys.executable, "-m", "treadle.train.main", f"--config={_CONFIG}", f"--workdir={workdir}",
          f"--config.data.path={pathlib.Path(args.data).resolve()}",
          f"--config.train.target_val_loss={args.target}"]
   start = time.perf_counter()

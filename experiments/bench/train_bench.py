@@ -30,7 +30,7 @@ _JSON = flags.DEFINE_bool("json", False, "Print JSON instead of a table.")
 def _time_steps(run, state, data_iter, steps: int, on_step=None):
   """Seconds for `steps` train steps, ending when the device has finished them."""
   import jax
-  from train import loop
+  from treadle.train import loop
   start = time.perf_counter()
   for i in range(steps):
     state, metrics = run.train_step(state, loop._global_batch(run, next(data_iter)))
@@ -43,7 +43,7 @@ def _time_steps(run, state, data_iter, steps: int, on_step=None):
 def _pipeline_rate(run, data_iter, batches: int) -> float:
   """Batches per second the input pipeline alone delivers (host batch to device array)."""
   import jax
-  from train import loop
+  from treadle.train import loop
   start = time.perf_counter()
   for _ in range(batches):
     jax.block_until_ready(loop._global_batch(run, next(data_iter)))
@@ -52,10 +52,10 @@ def _pipeline_rate(run, data_iter, batches: int) -> float:
 
 def measure(cfg) -> dict:
   import jax
-  from train import checkpoint
-  from train import loop
-  from train import perf
-  from train import state as state_lib
+  from treadle.train import checkpoint
+  from treadle.train import loop
+  from treadle.train import perf
+  from treadle.train import state as state_lib
 
   run = loop.prepare(cfg, tempfile.mkdtemp())
   cfg = run.cfg  # resolved: vocabulary size and context filled in
@@ -105,9 +105,9 @@ def measure(cfg) -> dict:
 
 def main(argv) -> None:
   del argv
-  from train import config as config_lib
-  from train import hosts
-  from train import logs
+  from treadle.train import config as config_lib
+  from treadle.train import hosts
+  from treadle.train import logs
   hosts.configure(_CONFIG.value.mesh.cpu_devices, _CONFIG.value.train.matmul_precision)
   logs.setup()
   result = measure(config_lib.split(_CONFIG.value))

@@ -3,7 +3,7 @@
   .venv/bin/python -m experiments.bench.train_vs_nanogpt --size cpu_recipe --rounds 3 \
       --nanogpt_dir ../peers/nanoGPT --torch_python ../peers/torchvenv/bin/python
 
-Each round runs nanoGPT's own train.py and treadle's own trainer (`python -m train.main`, the
+Each round runs nanoGPT's own train.py and treadle's own trainer (`python -m treadle.train.main`, the
 treadle-train CLI) in fresh subprocesses, one after the other, alternating which goes first.
 Both log their own per-step wall clock: nanoGPT prints every iteration (--log_interval=1),
 treadle writes tokens/second every `--window` steps to metrics.jsonl (compilation excluded:
@@ -117,7 +117,7 @@ def nanogpt_command(args: argparse.Namespace, size: Size, steps: int, scratch: p
 def treadle_command(args: argparse.Namespace, size: Size, steps: int, workdir: pathlib.Path,
                     scratch: pathlib.Path) -> list[str]:
   """The shipped config; overrides only shorten the run and keep eval/saves out of the window."""
-  return [sys.executable, "-m", "train.main", f"--config={size.treadle_config}",
+  return [sys.executable, "-m", "treadle.train.main", f"--config={size.treadle_config}",
           f"--workdir={workdir}", f"--config.data.path={pathlib.Path(args.data).resolve()}",
           f"--config.data.cache_dir={scratch / 'treadle_cache'}",
           f"--config.train.num_steps={steps}", f"--config.train.log_every={args.window}",

@@ -3,7 +3,7 @@
 Command (from the repository root; 13 minutes measured on 2 CPU cores shared with other jobs):
   treadle-sweep experiments/lr_width/sweep.py
 """
-from sweep import spec
+from treadle.sweep import spec
 
 
 def get_sweep() -> spec.Sweep:

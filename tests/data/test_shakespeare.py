@@ -9,7 +9,7 @@ import tarfile
 
 import pytest
 
-from data import shakespeare
+from treadle.data import shakespeare
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from data import text
-from data import tokenizers
+from treadle.data import text
+from treadle.data import tokenizers
 
 
 def _cfg(path, **kw):

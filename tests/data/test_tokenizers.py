@@ -5,8 +5,8 @@ import random
 import numpy as np
 import pytest
 
-from data import text
-from data import tokenizers
+from treadle.data import text
+from treadle.data import tokenizers
 from tests.conftest import run_cli
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\nAll: Speak, speak!"
@@ -158,17 +158,17 @@ def test_bpe_learns_from_the_train_split_only(tmp_path):
 
 def test_bpe_trains_and_samples_end_to_end(tmp_path, text_file):
   workdir = tmp_path / "run"
-  run_cli("train.main", "--config", "configs/tiny.py", "--workdir", workdir,
+  run_cli("treadle.train.main", "--config", "configs/tiny.py", "--workdir", workdir,
           f"--config.data.path={text_file}", "--config.data.tokenizer=bpe",
           "--config.data.vocab_size=300", "--config.train.num_steps=4",
           "--config.train.eval_every=4", "--config.train.checkpoint_every=4")
   config = json.loads((workdir / "config.json").read_text())
   assert config["data"]["vocab_size"] == 300 and config["model"]["vocab_size"] == 300
   assert tokenizers.load(workdir).kind == "bpe"
-  proc = run_cli("infer.cli", "--workdir", workdir, "--prompt", "ROMEO: café",
+  proc = run_cli("treadle.infer.cli", "--workdir", workdir, "--prompt", "ROMEO: café",
                  "--max_new_tokens", "40", "--seed", "3")
   assert proc.stdout.startswith("ROMEO: café") and len(proc.stdout) > 40
-  from infer import sampler as sampler_lib  # local: the other tests here need no jax
+  from treadle.infer import sampler as sampler_lib  # local: the other tests here need no jax
   sampler = sampler_lib.Sampler.from_workdir(workdir)
   for seed in range(2):
     # hot, nearly untrained: many multi-byte characters split across tokens and pieces

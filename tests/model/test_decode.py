@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from model import decode
-from model import gpt
-from train import mesh as mesh_lib
-from train import state as state_lib
+from treadle.model import decode
+from treadle.model import gpt
+from treadle.train import mesh as mesh_lib
+from treadle.train import state as state_lib
 
 CFG = gpt.ModelConfig(vocab_size=61, max_seq_len=32, num_layers=2, num_heads=4, embed_dim=32)
 PROMPTS = [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11, 12, 13, 14, 15, 16, 17]]

@@ -8,7 +8,7 @@ import optax
 import pytest
 from flax import nnx
 
-from model import gpt
+from treadle.model import gpt
 
 CFG = gpt.ModelConfig(vocab_size=61, max_seq_len=16, num_layers=2, num_heads=4, embed_dim=32)
 

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from model import decode
-from model import gpt
-from model import lora
+from treadle.model import decode
+from treadle.model import gpt
+from treadle.model import lora
 from tests import numerics
-from train import mesh as mesh_lib
-from train import state as state_lib
+from treadle.train import mesh as mesh_lib
+from treadle.train import state as state_lib
 
 BASE = gpt.ModelConfig(vocab_size=61, max_seq_len=32, num_layers=2, num_heads=4, embed_dim=32)
 LLAMA = dataclasses.replace(BASE, position="rope", norm="rmsnorm", mlp="swiglu",
@@ -222,7 +222,7 @@ def test_bad_combinations_are_one_line_errors(change, message):
 
 
 def test_dropout_mask_rate_independence_and_determinism():
-  from model import layers
+  from treadle.model import layers
   x = jnp.ones((32, 128, 96))
   y = np.asarray(layers.dropout(x, 0.2, jax.random.key(0)))
   kept = y != 0

@@ -7,10 +7,10 @@ import subprocess
 
 import pytest
 
-from sweep import plots
-from sweep import report
-from sweep import runner
-from sweep import spec
+from treadle.sweep import plots
+from treadle.sweep import report
+from treadle.sweep import runner
+from treadle.sweep import spec
 from tests.conftest import REPO, run_cli
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -144,10 +144,10 @@ def test_treadle_plot_writes_a_png_or_fails_in_one_line(tmp_path):
   (tmp_path / "run").mkdir()
   (tmp_path / "run" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n"
                                                           for r in FINISHED_ROWS))
-  proc = run_cli("sweep.plots", "--workdir", tmp_path / "run")
+  proc = run_cli("treadle.sweep.plots", "--workdir", tmp_path / "run")
   assert proc.stdout.strip() == str(tmp_path / "run" / "loss_curves.png")
   assert (tmp_path / "run" / "loss_curves.png").read_bytes().startswith(PNG_MAGIC)
-  run_cli("sweep.plots", "--workdir", tmp_path / "run", "--out", tmp_path / "x" / "a.png")
+  run_cli("treadle.sweep.plots", "--workdir", tmp_path / "run", "--out", tmp_path / "x" / "a.png")
   assert (tmp_path / "x" / "a.png").read_bytes().startswith(PNG_MAGIC)
-  bad = run_cli("sweep.plots", "--workdir", tmp_path / "empty", check=False)
+  bad = run_cli("treadle.sweep.plots", "--workdir", tmp_path / "empty", check=False)
   assert bad.returncode == 2 and bad.stderr.startswith("error:") and "no losses" in bad.stderr

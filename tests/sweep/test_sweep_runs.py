@@ -9,15 +9,15 @@ import subprocess
 import sys
 import time
 
-from sweep import runner
-from sweep import spec
+from treadle.sweep import runner
+from treadle.sweep import spec
 from tests.conftest import REPO, run_cli
 
 
 def _sweep_file(tmp_path, text_file, axes: str = "[]", seeds: str = "()", **fixed):
   fixed = {"data.path": str(text_file), "train.num_steps": 10, **fixed}
   path = tmp_path / "sweep.py"
-  path.write_text("from sweep import spec\n\ndef get_sweep():\n"
+  path.write_text("from treadle.sweep import spec\n\ndef get_sweep():\n"
                   f"  return spec.Sweep(name='s', base_config='configs/tiny.py', fixed={fixed!r},"
                   f" axes={axes}, seeds={seeds})\n")
   return path
@@ -26,11 +26,11 @@ def _sweep_file(tmp_path, text_file, axes: str = "[]", seeds: str = "()", **fixe
 def _env(**extra) -> dict:
   """As run_cli: the trainings choose their own device count."""
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  return {**env, "PYTHONPATH": str(REPO), **extra}
+  return {**env, **extra}
 
 
 def _popen(*args) -> subprocess.Popen:
-  return subprocess.Popen([sys.executable, "-m", "sweep.cli", *map(str, args)], cwd=REPO,
+  return subprocess.Popen([sys.executable, "-m", "treadle.sweep.cli", *map(str, args)], cwd=REPO,
                           env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -39,7 +39,7 @@ def test_a_failing_trial_is_recorded_the_rest_run_and_a_rerun_skips_finished(tmp
   path = _sweep_file(tmp_path, text_file, "[spec.Grid({'model.num_heads': [5, 4]})]")
   root = tmp_path / "root"
   layout = runner.Layout(root)
-  first = run_cli("sweep.cli", path, "--root", root, check=False)
+  first = run_cli("treadle.sweep.cli", path, "--root", root, check=False)
   assert first.returncode == 1, first.stderr
   bad, good = runner.read_status(layout, "num_heads5"), runner.read_status(layout, "num_heads4")
   assert bad["state"] == "failed"
@@ -52,7 +52,7 @@ def test_a_failing_trial_is_recorded_the_rest_run_and_a_rerun_skips_finished(tmp
   assert "| **num_heads4** | 4 | finished | 10 |" in md and "| num_heads5 | 5 | failed |" in md
   assert (root / "curves.png").exists() and (root / "metric_vs_model.num_heads.png").exists()
 
-  second = run_cli("sweep.cli", path, "--root", root, check=False)
+  second = run_cli("treadle.sweep.cli", path, "--root", root, check=False)
   assert second.returncode == 1
   assert "num_heads4: already finished, skipped" in second.stdout
   assert (layout.workdir("num_heads4") / "metrics.jsonl").read_text() == metrics
@@ -76,7 +76,7 @@ def test_sigterm_interrupts_the_sweep_and_a_rerun_resumes_the_trial(tmp_path, te
   saved = [int(p.name) for p in (layout.workdir("base") / "checkpoints").iterdir()]
   assert len(saved) == 1 and 0 < saved[0] < 400  # checkpointed where it stopped
 
-  run_cli("sweep.cli", path, "--root", layout.root)
+  run_cli("treadle.sweep.cli", path, "--root", layout.root)
   assert f"resumed from step {saved[0]}" in layout.log("base").read_text()
   rows = runner.read_metrics(layout.workdir("base"))
   assert rows[-1]["step"] == 400 and "test_loss" in rows[-1]
@@ -90,7 +90,7 @@ def test_a_trial_locked_by_another_process_is_left_alone(tmp_path, text_file):
   fd = runner.try_lock(layout.lock("seed3"))
   assert fd is not None
   try:
-    proc = run_cli("sweep.cli", path, "--root", layout.root)
+    proc = run_cli("treadle.sweep.cli", path, "--root", layout.root)
   finally:
     os.close(fd)
   assert "seed3: locked, skipped" in proc.stdout
@@ -110,7 +110,7 @@ def test_a_training_outliving_its_killed_sweep_process_keeps_the_lock(tmp_path, 
     sweep_proc.kill()  # SIGKILL: the sweep process dies, its training goes on
     sweep_proc.communicate()
     assert runner.pid_alive(orphan)
-    other = run_cli("sweep.cli", path, "--root", layout.root)
+    other = run_cli("treadle.sweep.cli", path, "--root", layout.root)
     assert "seed5: locked, skipped" in other.stdout
     assert "| seed5 | 5 | running |" in (layout.root / "report.md").read_text()
   finally:
@@ -120,7 +120,7 @@ def test_a_training_outliving_its_killed_sweep_process_keeps_the_lock(tmp_path, 
       time.sleep(0.1)
     if runner.pid_alive(orphan):
       os.kill(orphan, signal.SIGKILL)
-  report = run_cli("sweep.cli", path, "--root", layout.root, "--report").stdout
+  report = run_cli("treadle.sweep.cli", path, "--root", layout.root, "--report").stdout
   assert "| seed5 | 5 | interrupted |" in report  # stale 'running' record, nobody alive
 
 
@@ -143,7 +143,7 @@ def test_slurm_array_script_runs_each_trial_exactly_once(tmp_path, text_file):
   path = _sweep_file(tmp_path, text_file, "[spec.Grid({'optimizer.learning_rate': [1e-3, 2e-3]})]",
                      seeds="[0, 1]")
   layout = runner.Layout(tmp_path / "root")
-  out = run_cli("sweep.cli", path, "--root", layout.root, "--emit", "slurm",
+  out = run_cli("treadle.sweep.cli", path, "--root", layout.root, "--emit", "slurm",
                 "--sbatch=--time=1:00:00").stdout
   script = layout.root / "sweep.sbatch"
   assert out.strip() == str(script)
@@ -164,7 +164,7 @@ def test_slurm_array_script_runs_each_trial_exactly_once(tmp_path, text_file):
   beyond = subprocess.run(["bash", script], env=_env(SLURM_ARRAY_TASK_ID="4"),
                           capture_output=True, text=True)
   assert beyond.returncode == 2 and "no trial for array task 4" in beyond.stderr
-  run_cli("sweep.cli", path, "--root", layout.root, "--report")
+  run_cli("treadle.sweep.cli", path, "--root", layout.root, "--report")
   with open(layout.root / "report.csv") as f:
     statuses = [row["status"] for row in csv.DictReader(f)]
   assert statuses == ["pending", "pending", "finished", "pending"]

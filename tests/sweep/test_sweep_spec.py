@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from sweep import spec
+from treadle.sweep import spec
 from tests.conftest import REPO, run_cli
 
 TINY = str(REPO / "configs" / "tiny.py")
@@ -116,7 +116,7 @@ def test_names_read_like_the_overrides_and_stay_filesystem_safe():
 
 
 def test_experiment_sweeps_expand_and_every_trial_config_splits():
-  from train import config as config_lib  # imports jax: only this test needs it
+  from treadle.train import config as config_lib  # imports jax: only this test needs it
   files = sorted((REPO / "experiments").glob("*/sweep.py"))
   assert files
   for path in files:
@@ -133,7 +133,7 @@ def test_experiment_sweeps_expand_and_every_trial_config_splits():
 
 def _write(tmp_path: pathlib.Path, body: str) -> pathlib.Path:
   path = tmp_path / "sweep.py"
-  path.write_text("from sweep import spec\n\ndef get_sweep():\n  return " + body + "\n")
+  path.write_text("from treadle.sweep import spec\n\ndef get_sweep():\n  return " + body + "\n")
   return path
 
 
@@ -142,13 +142,13 @@ def test_cli_dry_run_lists_each_trial_command_and_writes_nothing(tmp_path, text_
                 f"fixed={{'data.path': {str(text_file)!r}}}, "
                 "axes=[spec.Grid({'optimizer.learning_rate': [1e-3, 2e-3]})], seeds=[4])")
   root = tmp_path / "root"
-  out = run_cli("sweep.cli", path, "--dry_run", "--root", root).stdout.splitlines()
+  out = run_cli("treadle.sweep.cli", path, "--dry_run", "--root", root).stdout.splitlines()
   assert out[0] == f"d: 2 trials under {root}"
   assert [line.split("\t")[1] for line in out[1:]] == ["lr0.001_seed4", "lr0.002_seed4"]
   assert all(line.split("\t")[2] == "to run" for line in out[1:])
   assert (f"--workdir {root}/trials/lr0.002_seed4 --config.data.path={text_file} "
           "--config.optimizer.learning_rate=0.002 --config.train.seed=4") in out[2]
-  only = run_cli("sweep.cli", path, "--dry_run", "--root", root, "--only", "0.002").stdout
+  only = run_cli("treadle.sweep.cli", path, "--dry_run", "--root", root, "--only", "0.002").stdout
   assert "lr0.002_seed4" in only and "lr0.001" not in only
   assert not root.exists()
 
@@ -163,7 +163,7 @@ def test_cli_dry_run_lists_each_trial_command_and_writes_nothing(tmp_path, text_
 ])
 def test_cli_bad_input_is_one_line_exit_2(tmp_path, body, args, match):
   root = tmp_path / "root"
-  proc = run_cli("sweep.cli", _write(tmp_path, body), "--root", root, *args, check=False)
+  proc = run_cli("treadle.sweep.cli", _write(tmp_path, body), "--root", root, *args, check=False)
   assert proc.returncode == 2, proc.stderr
   errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
   assert len(errors) == 1 and match in errors[0], proc.stderr

@@ -23,6 +23,6 @@ async def _slow_finalize(self, *args, **kwargs):
 atomicity.AtomicRenameTemporaryPath.finalize = _slow_finalize
 
 if __name__ == "__main__":
-  from train import main
+  from treadle.train import main
   sys.argv[0] = "treadle-train"
   main.run()

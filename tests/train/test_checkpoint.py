@@ -3,16 +3,16 @@ import jax
 import numpy as np
 import pytest
 
-from data import text
-from infer import sampler as sampler_lib
-from model import gpt
+from treadle.data import text
+from treadle.infer import sampler as sampler_lib
+from treadle.model import gpt
 from tests.conftest import run_cli
-from train import checkpoint
-from train import config as config_lib
-from train import mesh as mesh_lib
-from train import optimizer
-from train import state as state_lib
-from train import step as step_lib
+from treadle.train import checkpoint
+from treadle.train import config as config_lib
+from treadle.train import mesh as mesh_lib
+from treadle.train import optimizer
+from treadle.train import state as state_lib
+from treadle.train import step as step_lib
 
 MODEL = gpt.ModelConfig(vocab_size=61, max_seq_len=16, num_layers=2, num_heads=4, embed_dim=32)
 
@@ -85,7 +85,7 @@ def test_keeps_latest_k_plus_best(tmp_path):
 
 def test_fsdp_tp_checkpoint_samples_identically_on_other_meshes(tmp_path, text_file):
   workdir = tmp_path / "run"
-  run_cli("train.main", "--config", "configs/tiny.py", "--workdir", workdir,
+  run_cli("treadle.train.main", "--config", "configs/tiny.py", "--workdir", workdir,
           f"--config.data.path={text_file}", "--config.train.num_steps=10",
           "--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2",
           "--config.mesh.rules=fsdp_tp", env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})

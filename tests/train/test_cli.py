@@ -9,7 +9,7 @@ TINY = "configs/tiny.py"
 
 
 def _train(workdir, text_file, *overrides, check=True, **kw):
-  return run_cli("train.main", "--config", TINY, "--workdir", workdir,
+  return run_cli("treadle.train.main", "--config", TINY, "--workdir", workdir,
                  f"--config.data.path={text_file}", *overrides, check=check, **kw)
 
 
@@ -61,15 +61,15 @@ def test_train_writes_config_metrics_tensorboard_checkpoints(trained):
 def test_sample_in_another_process_is_reproducible(trained):
   args = ["--workdir", trained, "--prompt", "ROMEO:", "--max_new_tokens", "40",
           "--num_samples", "2", "--seed", "7", "--temperature", "0.9", "--top_k", "10"]
-  first = run_cli("infer.cli", *args)
-  again = run_cli("infer.cli", *args)
+  first = run_cli("treadle.infer.cli", *args)
+  again = run_cli("treadle.infer.cli", *args)
   assert first.stdout == again.stdout and first.stdout.count("ROMEO:") == 2
-  other = run_cli("infer.cli", *args[:-6], "--seed", "8", "--temperature", "0.9", "--top_k", "10")
+  other = run_cli("treadle.infer.cli", *args[:-6], "--seed", "8", "--temperature", "0.9", "--top_k", "10")
   assert other.stdout != first.stdout
 
 
 def test_sample_json_output(trained):
-  proc = run_cli("infer.cli", "--workdir", trained, "--prompt", "a", "--prompt", "bc",
+  proc = run_cli("treadle.infer.cli", "--workdir", trained, "--prompt", "a", "--prompt", "bc",
                  "--max_new_tokens", "30", "--json", "--top_p", "0.9")
   out = json.loads(proc.stdout)
   assert out["new_tokens"] == 60 and out["tokens_per_second"] > 0
@@ -87,13 +87,13 @@ def test_sample_json_output(trained):
     (["--step", "999"], "no checkpoint step 999"),
 ])
 def test_sample_bad_input_exit_2(trained, args, match):
-  proc = run_cli("infer.cli", "--workdir", trained, *args, check=False)
+  proc = run_cli("treadle.infer.cli", "--workdir", trained, *args, check=False)
   assert proc.returncode == 2, proc.stderr
   assert match in proc.stderr.strip().splitlines()[-1]
 
 
 def test_sample_without_checkpoint(tmp_path):
-  proc = run_cli("infer.cli", "--workdir", tmp_path, check=False)
+  proc = run_cli("treadle.infer.cli", "--workdir", tmp_path, check=False)
   assert proc.returncode == 2 and "error:" in proc.stderr
 
 
@@ -110,7 +110,7 @@ def test_incompatible_workdir_is_refused_naming_keys(trained, text_file):
 def test_llama_preset_trains_sharded_fsdp_tp_and_samples(tmp_path, text_file):
   """configs/llama_char_cpu.py on 8 simulated devices (data 2 x fsdp 2 x tensor 2)."""
   workdir = tmp_path / "llama"
-  run_cli("train.main", "--config", "configs/llama_char_cpu.py", "--workdir", workdir,
+  run_cli("treadle.train.main", "--config", "configs/llama_char_cpu.py", "--workdir", workdir,
           f"--config.data.path={text_file}", "--config.mesh.cpu_devices=8",
           "--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2",
           "--config.mesh.rules=fsdp_tp", "--config.train.num_steps=6",
@@ -120,7 +120,7 @@ def test_llama_preset_trains_sharded_fsdp_tp_and_samples(tmp_path, text_file):
   assert "tensor" in json.dumps(layout) and "fsdp" in json.dumps(layout)
   rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert "test_loss" in rows[-1]
-  sample = run_cli("infer.cli", "--workdir", workdir, "--prompt", "ROMEO:", "--max_new_tokens",
+  sample = run_cli("treadle.infer.cli", "--workdir", workdir, "--prompt", "ROMEO:", "--max_new_tokens",
                    "20", "--json", "--mesh_shape", "1,1,2", "--rules", "fsdp_tp",
                    env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
   out = json.loads(sample.stdout)

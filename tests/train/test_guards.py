@@ -5,13 +5,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from model import gpt
+from treadle.model import gpt
 from tests.conftest import run_cli
-from train import config as config_lib
-from train import mesh as mesh_lib
-from train import optimizer
-from train import state as state_lib
-from train import step as step_lib
+from treadle.train import config as config_lib
+from treadle.train import mesh as mesh_lib
+from treadle.train import optimizer
+from treadle.train import state as state_lib
+from treadle.train import step as step_lib
 
 
 def _rows(workdir):
@@ -19,7 +19,7 @@ def _rows(workdir):
 
 
 def _train(workdir, text_file, *overrides, check=True):
-  return run_cli("train.main", "--config", "configs/tiny.py", "--workdir", workdir,
+  return run_cli("treadle.train.main", "--config", "configs/tiny.py", "--workdir", workdir,
                  f"--config.data.path={text_file}", *overrides, check=check)
 
 
@@ -100,7 +100,7 @@ def test_init_from_loads_params_and_checks_shapes(tmp_path, text_file):
   other_text = tmp_path / "other.txt"
   other_text.write_text(text_file.read_text()[-200_000:])
   tuned = tmp_path / "tuned"
-  run_cli("train.main", "--config", "configs/tiny.py", "--workdir", tuned,
+  run_cli("treadle.train.main", "--config", "configs/tiny.py", "--workdir", tuned,
           f"--config.data.path={other_text}", f"--config.train.init_from={source}",
           "--config.train.num_steps=5", "--config.train.log_every=1")
   first_source = [r["train_loss"] for r in _rows(source) if "train_loss" in r][0]
@@ -108,12 +108,12 @@ def test_init_from_loads_params_and_checks_shapes(tmp_path, text_file):
   assert first_tuned < first_source - 0.3  # starts from trained weights, not from scratch
   assert (tuned / "tokenizer.json").read_text() == (source / "tokenizer.json").read_text()
 
-  bad = run_cli("train.main", "--config", "configs/tiny.py", "--workdir", tmp_path / "bad",
+  bad = run_cli("treadle.train.main", "--config", "configs/tiny.py", "--workdir", tmp_path / "bad",
                 f"--config.data.path={other_text}", f"--config.train.init_from={source}",
                 "--config.model.embed_dim=64", check=False)
   assert bad.returncode == 2 and "embed_dim" in bad.stderr.strip().splitlines()[-1]
   assert not (tmp_path / "bad").exists()  # refused before anything was written
-  bad = run_cli("train.main", "--config", "configs/tiny.py", "--workdir", tmp_path / "bad2",
+  bad = run_cli("treadle.train.main", "--config", "configs/tiny.py", "--workdir", tmp_path / "bad2",
                 f"--config.data.path={other_text}", f"--config.train.init_from={source}",
                 "--config.data.tokenizer=byte", check=False)
   assert bad.returncode == 2 and "tokenizer" in bad.stderr.strip().splitlines()[-1]

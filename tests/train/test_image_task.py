@@ -5,17 +5,17 @@ import jax
 import numpy as np
 import pytest
 
-from data import images
-from infer import predictor
-from model import classifier
+from treadle.data import images
+from treadle.infer import predictor
+from treadle.model import classifier
 from tests import numerics
 from tests.conftest import run_cli
-from train import config as config_lib
-from train import image_task
-from train import mesh as mesh_lib
-from train import optimizer
-from train import state as state_lib
-from train import step as step_lib
+from treadle.train import config as config_lib
+from treadle.train import image_task
+from treadle.train import mesh as mesh_lib
+from treadle.train import optimizer
+from treadle.train import state as state_lib
+from treadle.train import step as step_lib
 
 OPT = config_lib.OptimizerConfig(warmup_steps=1)
 
@@ -86,7 +86,7 @@ def _rows(workdir):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("digits") / "run"
-  run_cli("train.main", *COMMON, "--workdir", workdir, "--config.train.num_steps=20")
+  run_cli("treadle.train.main", *COMMON, "--workdir", workdir, "--config.train.num_steps=20")
   return workdir
 
 
@@ -100,8 +100,8 @@ def test_run_writes_accuracy_and_confusion_matrix(trained):
 
 def test_resume_is_bitwise_identical(trained, tmp_path):
   resumed = tmp_path / "run"
-  run_cli("train.main", *COMMON, "--workdir", resumed, "--config.train.num_steps=10")
-  run_cli("train.main", *COMMON, "--workdir", resumed, "--config.train.num_steps=20")
+  run_cli("treadle.train.main", *COMMON, "--workdir", resumed, "--config.train.num_steps=10")
+  run_cli("treadle.train.main", *COMMON, "--workdir", resumed, "--config.train.num_steps=20")
   losses = lambda w: {r["step"]: r["train_loss"] for r in _rows(w) if "train_loss" in r}
   a, b = losses(trained), losses(resumed)
   assert [a[s] for s in range(11, 21)] == [b[s] for s in range(11, 21)]
@@ -114,7 +114,7 @@ def test_predict_in_another_process_matches_the_library(trained, digits, tmp_pat
   from sklearn import datasets
   raw = datasets.load_digits().images[:6].astype(np.float32)
   np.save(tmp_path / "six.npy", raw)
-  proc = run_cli("infer.predict", "--workdir", trained, "--input", tmp_path / "six.npy", "--json")
+  proc = run_cli("treadle.infer.predict", "--workdir", trained, "--input", tmp_path / "six.npy", "--json")
   cli = [json.loads(line) for line in proc.stdout.splitlines()]
   library = predictor.Predictor.from_workdir(trained).predict(raw)
   assert [c["label"] for c in cli] == [r["label"] for r in library]
@@ -130,22 +130,22 @@ def test_predict_in_another_process_matches_the_library(trained, digits, tmp_pat
 def test_bad_input_is_a_one_line_error(trained, tmp_path, make, match):
   make(tmp_path)
   name = "bad.npy" if "7, 7" in match or "is not" in match else "bad.png"
-  proc = run_cli("infer.predict", "--workdir", trained, "--input", tmp_path / name, check=False)
+  proc = run_cli("treadle.infer.predict", "--workdir", trained, "--input", tmp_path / name, check=False)
   assert proc.returncode == 2
   assert match in proc.stderr.strip().splitlines()[-1]
 
 
 def test_predict_refuses_a_language_model_run(tmp_path, text_file):
   lm = tmp_path / "lm"
-  run_cli("train.main", "--config", "configs/tiny.py", "--workdir", lm,
+  run_cli("treadle.train.main", "--config", "configs/tiny.py", "--workdir", lm,
           f"--config.data.path={text_file}", "--config.train.num_steps=2")
-  proc = run_cli("infer.predict", "--workdir", lm, "--input", text_file, check=False)
+  proc = run_cli("treadle.infer.predict", "--workdir", lm, "--input", text_file, check=False)
   assert proc.returncode == 2 and "not an image classifier" in proc.stderr
 
 
 def test_predict_bad_step_is_a_one_line_error(trained, tmp_path):
   np.save(tmp_path / "one.npy", np.zeros((8, 8)))
-  proc = run_cli("infer.predict", "--workdir", trained, "--input", tmp_path / "one.npy",
+  proc = run_cli("treadle.infer.predict", "--workdir", trained, "--input", tmp_path / "one.npy",
                  "--step", "abc", check=False)
   assert proc.returncode == 2
   assert "--step='abc' must be a number" in proc.stderr.strip().splitlines()[-1]

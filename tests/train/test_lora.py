@@ -3,13 +3,13 @@ import jax
 import numpy as np
 import pytest
 
-from infer import sampler as sampler_lib
-from model import lora
+from treadle.infer import sampler as sampler_lib
+from treadle.model import lora
 from tests.conftest import run_cli
 
 
 def _train(workdir, text_file, *overrides, check=True):
-  return run_cli("train.main", "--config", "configs/tiny.py", "--workdir", workdir,
+  return run_cli("treadle.train.main", "--config", "configs/tiny.py", "--workdir", workdir,
                  f"--config.data.path={text_file}", *overrides, check=check)
 
 
@@ -50,7 +50,7 @@ def test_merged_sampling_equals_adapter_sampling(runs):
   q_base = np.asarray(base.params["blocks"][0]["attn"]["q"]["w"])
   q_merged = np.asarray(merged.params["blocks"][0]["attn"]["q"]["w"])
   assert np.abs(q_merged - q_base).max() > 1e-4  # the merge really folded trained adapters in
-  cli = run_cli("infer.cli", "--workdir", tuned, "--prompt", "ROMEO:", "--max_new_tokens", "8",
+  cli = run_cli("treadle.infer.cli", "--workdir", tuned, "--prompt", "ROMEO:", "--max_new_tokens", "8",
                 "--merge_lora", "--temperature", "0")
   assert cli.stdout.strip()
 

@@ -28,14 +28,13 @@ def _losses(workdir):
 
 def test_two_processes_match_one_process(tmp_path, text_file):
   single = tmp_path / "single"
-  run_cli("train.main", *ARGS, "--workdir", single, f"--config.data.path={text_file}",
+  run_cli("treadle.train.main", *ARGS, "--workdir", single, f"--config.data.path={text_file}",
           "--config.mesh.cpu_devices=8")
   multi = tmp_path / "multi"
   port = _free_port()
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  env["PYTHONPATH"] = str(REPO)
   procs = [subprocess.Popen(
-      [sys.executable, "-m", "train.main", *ARGS, "--workdir", str(multi),
+      [sys.executable, "-m", "treadle.train.main", *ARGS, "--workdir", str(multi),
        f"--config.data.path={text_file}", "--config.mesh.cpu_devices=4",
        f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
       cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

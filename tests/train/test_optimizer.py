@@ -9,13 +9,13 @@ import pytest
 from jax.sharding import PartitionSpec as P
 from optax import contrib
 
-from configs import shakespeare_char_cpu
-from model import gpt
+from treadle.configs import shakespeare_char_cpu
+from treadle.model import gpt
 from tests import numerics
-from train import config as config_lib
-from train import mesh as mesh_lib
-from train import optimizer
-from train import state as state_lib
+from treadle.train import config as config_lib
+from treadle.train import mesh as mesh_lib
+from treadle.train import optimizer
+from treadle.train import state as state_lib
 
 NAMES = config_lib.OPTIMIZERS
 D, F, H, K, V = 8, 16, 2, 4, 24

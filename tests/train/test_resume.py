@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from infer import sampler as sampler_lib
+from treadle.infer import sampler as sampler_lib
 from tests.conftest import REPO, run_cli
 
 N = 10
@@ -21,7 +21,7 @@ COMMON = ["--config", "configs/tiny.py", "--config.train.log_every=1",
 
 
 def _train(workdir, text_file, steps, **kw):
-  return run_cli("train.main", *COMMON, "--workdir", workdir, f"--config.data.path={text_file}",
+  return run_cli("treadle.train.main", *COMMON, "--workdir", workdir, f"--config.data.path={text_file}",
                  f"--config.train.num_steps={steps}", **kw)
 
 
@@ -60,11 +60,11 @@ def test_resume_in_a_new_process_is_bitwise_identical(straight, tmp_path, text_f
   _assert_same_run(straight, resumed)
 
 
-def _launch(workdir, text_file, steps, launcher=("-m", "train.main"), env=None):
+def _launch(workdir, text_file, steps, launcher=("-m", "treadle.train.main"), env=None):
   cmd = [sys.executable, *launcher, *COMMON, "--workdir", str(workdir),
          f"--config.data.path={text_file}", f"--config.train.num_steps={steps}"]
   full_env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  full_env.update({"PYTHONPATH": str(REPO), **(env or {})})
+  full_env.update(env or {})
   return subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
 

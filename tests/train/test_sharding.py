@@ -5,13 +5,13 @@ import jax
 import numpy as np
 import pytest
 
-from model import gpt
+from treadle.model import gpt
 from tests import numerics
-from train import config as config_lib
-from train import mesh as mesh_lib
-from train import optimizer
-from train import state as state_lib
-from train import step as step_lib
+from treadle.train import config as config_lib
+from treadle.train import mesh as mesh_lib
+from treadle.train import optimizer
+from treadle.train import state as state_lib
+from treadle.train import step as step_lib
 
 MODEL = gpt.ModelConfig(vocab_size=61, max_seq_len=16, num_layers=2, num_heads=4, embed_dim=32,
                         dropout=0.1)
