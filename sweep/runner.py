@@ -7,7 +7,6 @@ Under the sweep root (default runs/sweeps/NAME):
   locks/TRIAL.lock    flock'd while a process trains the trial
 """
 import dataclasses
-import fcntl
 import json
 import os
 import pathlib
@@ -21,6 +20,7 @@ import time
 from typing import Any, Callable
 
 from treadle.sweep import spec
+from treadle.train import fileio
 from treadle.train import metrics
 
 INTERRUPTED_EXIT_CODE = 75  # treadle-train's: checkpoint written, rerun the command to resume
@@ -76,18 +76,6 @@ def is_finished(rows: list[dict], status: dict | None, argv: list[str]) -> bool:
   if not rows or "test_loss" not in rows[-1]:
     return False
   return status is None or (status["state"] == "finished" and status["argv"][1:] == argv[1:])
-
-
-def try_lock(path: pathlib.Path) -> int | None:
-  """A non-blocking exclusive flock on `path`: its fd, or None when another process holds it."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-  try:
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-  except BlockingIOError:
-    os.close(fd)
-    return None
-  return fd
 
 
 def wall_time(status: dict | None) -> float:
@@ -208,7 +196,7 @@ def _describe(status: dict) -> str:
 
 def _start(sweep: spec.Sweep, trial: spec.Trial, layout: Layout) -> _Active | str:
   """Locks and launches the trial, or says why not."""
-  lock_fd = try_lock(layout.lock(trial.name))
+  lock_fd = fileio.try_lock(layout.lock(trial.name))
   if lock_fd is None:
     return "locked"
   argv = command(sweep, trial, layout)
