@@ -40,7 +40,7 @@ _NANOGPT_DRIVER = """
 import sys, time
 sys.path.insert(0, sys.argv[1])
 import torch
-from treadle.model import GPT, GPTConfig
+from model import GPT, GPTConfig
 new_tokens, threads, seed = map(int, sys.argv[2:5])
 torch.set_num_threads(threads)
 torch.manual_seed(seed)
