@@ -37,7 +37,7 @@ class Predictor:
 
   def predict(self, raw_NHW: np.ndarray) -> list[dict]:
     """Raw pixels [N, H, W] -> [{label, probability, probabilities}] per image."""
-    from treadle.train import image_task
+    from treadle.train.tasks import image as image_task
     shape = self.preprocess.image_shape
     if raw_NHW.ndim != 3 or raw_NHW.shape[1:] != tuple(shape):
       raise ValueError(f"expected images of shape {tuple(shape)}, got {raw_NHW.shape[1:]}")

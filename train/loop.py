@@ -45,7 +45,7 @@ class Run:
   """Everything built once at start: config, data, mesh, compiled steps."""
   cfg: config_lib.RunConfig
   workdir: pathlib.Path
-  task: Any
+  task: tasks.Task
   splits: tasks.Splits
   mesh: jax.sharding.Mesh
   state_shardings: state_lib.TrainState
@@ -86,9 +86,8 @@ def prepare(cfg: config_lib.RunConfig, workdir) -> Run:
   shardings = state_lib.shardings(cfg.model, tx, mesh, rules)
   batch_sharding = mesh_lib.batch_sharding(mesh)
   train_step, eval_step = step_lib.compile_steps(
-      graphdef, tx, optimizer.schedule(cfg.optimizer, cfg.train.num_steps),
-      cfg.train.grad_accum_steps, cfg.model.dropout > 0, rules, shardings, batch_sharding,
-      task)
+      task, graphdef, tx, optimizer.schedule(cfg.optimizer, cfg.train.num_steps),
+      cfg.train.grad_accum_steps, cfg.model.dropout > 0, rules, shardings, batch_sharding)
   return Run(cfg, workdir, task, splits, mesh, shardings, batch_sharding, tx,
              train_step, eval_step, jax.process_index() == 0)
 
@@ -152,7 +151,7 @@ def init_or_restore(run: Run, mgr, data_iter) -> tuple[state_lib.TrainState, Pro
 def eval_set(run: Run, batches: list[dict]) -> dict:
   """Fixed evaluation batches as global arrays stacked on a leading axis."""
   sharding = mesh_lib.stacked_batch_sharding(run.mesh)
-  stacked = tasks.numpy_stack(batches)
+  stacked = tasks.base.numpy_stack(batches)
   return {k: jax.make_array_from_process_local_data(
       sharding, v, (v.shape[0], run.cfg.train.batch_size, *v.shape[2:]))
       for k, v in stacked.items()}

@@ -13,6 +13,7 @@ from treadle.train import mesh as mesh_lib
 from treadle.train import optimizer
 from treadle.train import state as state_lib
 from treadle.train import step as step_lib
+from treadle.train.tasks import lm
 
 MODEL = gpt.ModelConfig(vocab_size=61, max_seq_len=16, num_layers=2, num_heads=4, embed_dim=32)
 
@@ -26,7 +27,7 @@ def _setup(shape, rules, devices=None):
 def _trained_state(tx, shardings, mesh, seed):
   state = state_lib.create(MODEL, tx, seed, shardings)
   graphdef, _, _ = state_lib.model_graph(MODEL)
-  train, _ = step_lib.compile_steps(graphdef, tx, optimizer.schedule(
+  train, _ = step_lib.compile_steps(lm.LanguageModeling(), graphdef, tx, optimizer.schedule(
       config_lib.OptimizerConfig(), 10), 1, False, mesh_lib.rules("fsdp_tp"), shardings,
       mesh_lib.batch_sharding(mesh))
   tokens = np.random.default_rng(0).integers(0, 61, (8, 17), dtype=np.int32)

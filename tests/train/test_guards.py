@@ -12,6 +12,7 @@ from treadle.train import mesh as mesh_lib
 from treadle.train import optimizer
 from treadle.train import state as state_lib
 from treadle.train import step as step_lib
+from treadle.train.tasks import lm
 
 
 def _rows(workdir):
@@ -33,9 +34,9 @@ def test_non_finite_step_is_not_applied():
   poisoned = state._replace(params={**state.params, "ln_f": {"scale": jnp.full((16,), jnp.nan)}})
   before = jax.device_get(poisoned)
   graphdef, _, _ = state_lib.model_graph(model)
-  train, _ = step_lib.compile_steps(graphdef, tx, optimizer.schedule(opt, 10), 1, False,
-                                    mesh_lib.rules("dp"), shardings,
-                                    mesh_lib.batch_sharding(mesh))
+  train, _ = step_lib.compile_steps(lm.LanguageModeling(), graphdef, tx,
+                                    optimizer.schedule(opt, 10), 1, False,
+                                    mesh_lib.rules("dp"), shardings, mesh_lib.batch_sharding(mesh))
   batch = {"inputs": np.zeros((8, 8), np.int32), "targets": np.ones((8, 8), np.int32)}
   after, metrics = train(poisoned, batch)
   assert not bool(metrics["finite"]) and int(after.step) == 1

@@ -11,11 +11,11 @@ from treadle.model import classifier
 from tests import numerics
 from tests.conftest import run_cli
 from treadle.train import config as config_lib
-from treadle.train import image_task
 from treadle.train import mesh as mesh_lib
 from treadle.train import optimizer
 from treadle.train import state as state_lib
 from treadle.train import step as step_lib
+from treadle.train.tasks import image as image_task
 
 OPT = config_lib.OptimizerConfig(warmup_steps=1)
 
@@ -32,8 +32,8 @@ def _steps(model_cfg, shape, devices, digits, n=3):
   state = state_lib.create(model_cfg, tx, 0, shardings)
   graphdef, _, _ = state_lib.model_graph(model_cfg)
   train, evaluate = step_lib.compile_steps(
-      graphdef, tx, optimizer.schedule(OPT, 10), 1, model_cfg.dropout > 0, mesh_lib.rules("dp"),
-      shardings, mesh_lib.batch_sharding(mesh), image_task.ImageClassification())
+      image_task.ImageClassification(), graphdef, tx, optimizer.schedule(OPT, 10), 1,
+      model_cfg.dropout > 0, mesh_lib.rules("dp"), shardings, mesh_lib.batch_sharding(mesh))
   it = images.train_iterator(digits[0], 16, seed=0, max_shift=1)
   losses = []
   with jax.default_matmul_precision("highest"):
