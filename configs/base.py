@@ -18,12 +18,12 @@ def get_config(task: str = "lm") -> ml_collections.ConfigDict:
     raise ValueError(f"task={task!r} is not one of {list(TASKS)}")
   c = ml_collections.ConfigDict()
   c.task = task                   # lm (language modelling) | classify (images)
-  c.model = lm_model() if task == "lm" else image_model()
-  c.data = text_data() if task == "lm" else image_data()
-  c.optimizer = optimizer()
-  c.train = train()
-  c.mesh = mesh()
-  c.finetune = finetune()
+  c.model = lm_model() if task == "lm" else image_model()  # the network (typed per task)
+  c.data = text_data() if task == "lm" else image_data()   # source, split, pipeline (per task)
+  c.optimizer = optimizer()       # update rule and learning-rate schedule
+  c.train = train()               # steps, batch, evaluation, checkpoints, logging
+  c.mesh = mesh()                 # device mesh and sharding rules
+  c.finetune = finetune()         # LoRA adapters (with train.init_from)
   return c
 
 

@@ -13,12 +13,12 @@ FILENAME = "preprocess.json"
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-  """Which images, how they are split, normalised and augmented."""
-  dataset: str = "digits"     # digits: scikit-learn's 1,797 8x8 handwritten digits
-  val_fraction: float = 0.1
-  test_fraction: float = 0.1
-  split_seed: int = 0         # the images are shuffled once, with this seed, before splitting
-  max_shift: int = 1          # augmentation: random shifts of up to this many pixels; 0 = off
+  """data.* of an image dataset: keys, base values and meanings in configs/base.py."""
+  dataset: str
+  val_fraction: float
+  test_fraction: float
+  split_seed: int
+  max_shift: int
 
   def __post_init__(self):
     if self.dataset != "digits":

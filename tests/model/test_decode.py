@@ -10,11 +10,12 @@ import pytest
 from flax import nnx
 
 from treadle.model import decode
-from treadle.model import gpt
 from treadle.train import mesh as mesh_lib
 from treadle.train import state as state_lib
+from treadle.train import config as config_lib
 
-CFG = gpt.ModelConfig(vocab_size=61, max_seq_len=32, num_layers=2, num_heads=4, embed_dim=32)
+CFG = config_lib.section(
+    "model", vocab_size=61, max_seq_len=32, num_layers=2, num_heads=4, embed_dim=32)
 PROMPTS = [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11, 12, 13, 14, 15, 16, 17]]
 PROMPT_LEN, TOTAL = 16, 48
 GREEDY = decode.SamplingParams(jnp.float32(0), jnp.int32(0), jnp.float32(1))
@@ -173,7 +174,8 @@ def test_decode_loop_updates_the_cache_in_place(batch):
   """Each decoded token writes one slot: the loop must not copy or transpose whole caches
   (XLA:CPU did both, per token and layer, before the cache layout and read order fixes)."""
   # sizes chosen so that no other array in the program has a cache's element count
-  cfg = gpt.ModelConfig(vocab_size=65, max_seq_len=40, num_layers=2, num_heads=2, embed_dim=48)
+  cfg = config_lib.section(
+      "model", vocab_size=65, max_seq_len=40, num_layers=2, num_heads=2, embed_dim=48)
   graphdef, params = state_lib.model_graph(cfg)[0], state_lib.random_params(cfg, 0)
   tokens, pad = decode.left_pad([[1]] * batch, 96, 16)
 

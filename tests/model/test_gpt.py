@@ -9,8 +9,10 @@ import pytest
 from flax import nnx
 
 from treadle.model import gpt
+from treadle.train import config as config_lib
 
-CFG = gpt.ModelConfig(vocab_size=61, max_seq_len=16, num_layers=2, num_heads=4, embed_dim=32)
+CFG = config_lib.section(
+    "model", vocab_size=61, max_seq_len=16, num_layers=2, num_heads=4, embed_dim=32)
 
 
 def _tokens(seed=0, shape=(3, 16)):

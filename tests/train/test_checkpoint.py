@@ -5,7 +5,6 @@ import pytest
 
 from treadle.data import text
 from treadle.infer import sampler as sampler_lib
-from treadle.model import gpt
 from tests.conftest import run_cli
 from treadle.train import checkpoint
 from treadle.train import config as config_lib
@@ -15,12 +14,13 @@ from treadle.train import state as state_lib
 from treadle.train import step as step_lib
 from treadle.train.tasks import lm
 
-MODEL = gpt.ModelConfig(vocab_size=61, max_seq_len=16, num_layers=2, num_heads=4, embed_dim=32)
+MODEL = config_lib.section(
+    "model", vocab_size=61, max_seq_len=16, num_layers=2, num_heads=4, embed_dim=32)
 
 
 def _setup(shape, rules, devices=None):
   mesh = mesh_lib.make_mesh(shape, devices)
-  tx = optimizer.build(config_lib.OptimizerConfig(warmup_steps=0), 10)
+  tx = optimizer.build(config_lib.section("optimizer", warmup_steps=0), 10)
   return tx, state_lib.shardings(MODEL, tx, mesh, mesh_lib.rules(rules)), mesh
 
 
@@ -28,7 +28,7 @@ def _trained_state(tx, shardings, mesh, seed):
   state = state_lib.create(MODEL, tx, seed, shardings)
   graphdef, _, _ = state_lib.model_graph(MODEL)
   train, _ = step_lib.compile_steps(lm.LanguageModeling(), graphdef, tx, optimizer.schedule(
-      config_lib.OptimizerConfig(), 10), 1, False, mesh_lib.rules("fsdp_tp"), shardings,
+      config_lib.section("optimizer"), 10), 1, False, mesh_lib.rules("fsdp_tp"), shardings,
       mesh_lib.batch_sharding(mesh))
   tokens = np.random.default_rng(0).integers(0, 61, (8, 17), dtype=np.int32)
   batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}

@@ -5,7 +5,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from treadle.model import gpt
 from tests.conftest import run_cli
 from treadle.train import config as config_lib
 from treadle.train import mesh as mesh_lib
@@ -25,9 +24,10 @@ def _train(workdir, text_file, *overrides, check=True):
 
 
 def test_non_finite_step_is_not_applied():
-  model = gpt.ModelConfig(vocab_size=61, max_seq_len=8, num_layers=1, num_heads=2, embed_dim=16)
+  model = config_lib.section(
+      "model", vocab_size=61, max_seq_len=8, num_layers=1, num_heads=2, embed_dim=16)
   mesh = mesh_lib.make_mesh((8, 1, 1))
-  opt = config_lib.OptimizerConfig()
+  opt = config_lib.section("optimizer")
   tx = optimizer.build(opt, 10)
   shardings = state_lib.shardings(model, tx, mesh, mesh_lib.rules("dp"))
   state = state_lib.create(model, tx, 0, shardings)

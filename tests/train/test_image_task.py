@@ -7,7 +7,6 @@ import pytest
 
 from treadle.data import images
 from treadle.infer import predictor
-from treadle.model import classifier
 from tests import numerics
 from tests.conftest import run_cli
 from treadle.train import config as config_lib
@@ -17,12 +16,12 @@ from treadle.train import state as state_lib
 from treadle.train import step as step_lib
 from treadle.train.tasks import image as image_task
 
-OPT = config_lib.OptimizerConfig(warmup_steps=1)
+OPT = config_lib.section("optimizer", warmup_steps=1)
 
 
 @pytest.fixture(scope="module")
 def digits():
-  return images.load(images.DataConfig())
+  return images.load(config_lib.section("data", "classify"))
 
 
 def _steps(model_cfg, shape, devices, digits, n=3):
@@ -48,8 +47,9 @@ def _steps(model_cfg, shape, devices, digits, n=3):
 
 @pytest.mark.parametrize("kind", ["cnn", "vit"])
 def test_dp_on_8_devices_equals_one_device(digits, kind):
-  cfg = classifier.ClassifierConfig(kind=kind, width=8, embed_dim=16, num_heads=2, dropout=0.1,
-                                    num_classes=10, image_height=8, image_width=8)
+  cfg = config_lib.section(
+      "model", "classify", kind=kind, width=8, embed_dim=16, num_heads=2, dropout=0.1,
+      num_classes=10, image_height=8, image_width=8)
   one = _steps(cfg, (1, 1, 1), jax.devices()[:1], digits)
   eight = _steps(cfg, (8, 1, 1), jax.devices(), digits)
   assert one[0][0] != one[0][-1]

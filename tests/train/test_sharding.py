@@ -5,7 +5,6 @@ import jax
 import numpy as np
 import pytest
 
-from treadle.model import gpt
 from tests import numerics
 from treadle.train import config as config_lib
 from treadle.train import mesh as mesh_lib
@@ -14,9 +13,10 @@ from treadle.train import state as state_lib
 from treadle.train import step as step_lib
 from treadle.train.tasks import lm
 
-MODEL = gpt.ModelConfig(vocab_size=61, max_seq_len=16, num_layers=2, num_heads=4, embed_dim=32,
-                        dropout=0.1)
-OPT = config_lib.OptimizerConfig(warmup_steps=1)
+MODEL = config_lib.section(
+    "model", vocab_size=61, max_seq_len=16, num_layers=2, num_heads=4, embed_dim=32,
+    dropout=0.1)
+OPT = config_lib.section("optimizer", warmup_steps=1)
 BATCH = 16
 
 
