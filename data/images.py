@@ -2,11 +2,12 @@
 import dataclasses
 import functools
 import json
-import os
 import pathlib
 
 import grain
 import numpy as np
+
+from treadle.train import fileio
 
 FILENAME = "preprocess.json"
 
@@ -43,10 +44,7 @@ class Preprocess:
     return ((raw / self.pixel_max - self.mean) / self.std).astype(np.float32)
 
   def save(self, workdir) -> None:
-    path = pathlib.Path(workdir) / FILENAME
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(dataclasses.asdict(self)))
-    os.replace(tmp, path)
+    fileio.atomic_write(pathlib.Path(workdir) / FILENAME, json.dumps(dataclasses.asdict(self)))
 
   @classmethod
   def load(cls, workdir) -> "Preprocess":

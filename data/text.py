@@ -1,7 +1,6 @@
 """Text corpora: load, tokenize, split contiguously, and stream seeded windows through Grain."""
 import dataclasses
 import functools
-import os
 import pathlib
 
 import grain

@@ -1,6 +1,5 @@
 """Sampler: a trained run's frozen parameters + tokenizer, generating text with a KV cache."""
 import dataclasses
-import functools
 import pathlib
 from typing import Iterator, Sequence
 
@@ -72,16 +71,13 @@ class Sampler:
       raise FileNotFoundError(f"{str(workdir)!r} is not a treadle run directory (no config.json)")
     cfg = config_lib.from_json(workdir / "config.json")
     tokenizer = tokenizers.load(workdir)
-    reader = checkpoint.reader(workdir)
-    step = checkpoint.resolve_step(reader, step)
     mesh = mesh_lib.make_mesh(mesh_shape, devices)
-    _, abstract, specs = state_lib.model_graph(cfg.model)
-    shardings = mesh_lib.param_shardings(specs, mesh, mesh_lib.rules(rules))
-    mesh_lib.check_divisible(abstract, shardings)
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          abstract, shardings)
-    params = checkpoint.restore_params(reader, step, target)
-    reader.close()
+
+    def shardings(abstract, specs):
+      out = mesh_lib.param_shardings(specs, mesh, mesh_lib.rules(rules))
+      mesh_lib.check_divisible(abstract, out)
+      return out
+    params, step = checkpoint.load_params(workdir, step, cfg.model, shardings)
     if merge_lora and cfg.model.lora_rank:
       merged_cfg = dataclasses.replace(cfg.model, lora_rank=0)
       merged_shardings = mesh_lib.param_shardings(state_lib.model_graph(merged_cfg)[2], mesh,

@@ -206,7 +206,7 @@ def _model(model_type, values: dict, finetune: FinetuneConfig, task: str, train:
       "lora_targets": finetune.lora_targets})
 
 
-def section(name: str, task: str = "lm", **overrides):
+def section(name: str, task: str = "lm", /, **overrides):
   """One typed section (model, data, optimizer, train, mesh, finetune) from configs/base.py
   with `overrides`: the pieces tests, benchmarks and notebooks build without a whole run."""
   cfg = base.get_config(task).to_dict()

@@ -101,3 +101,29 @@ def test_fsdp_tp_checkpoint_samples_identically_on_other_meshes(tmp_path, text_f
   reference = on_train_mesh.generate(["KING", "the"], **args)
   assert one.generate(["KING", "the"], **args) == reference
   assert four.generate(["KING", "the"], **args) == reference
+
+
+class _Reader:
+  """Stands in for Orbax's read-only manager: one step, records whether it was closed."""
+  directory, closed = "ckpt", False
+
+  def all_steps(self):
+    return [5]
+
+  def close(self):
+    self.closed = True
+
+
+@pytest.mark.parametrize("step,error", [(None, OSError), (7, FileNotFoundError)])
+def test_load_params_closes_the_reader_when_the_restore_fails(monkeypatch, step, error):
+  opened = _Reader()
+  monkeypatch.setattr(checkpoint, "reader", lambda workdir: opened)
+
+  def broken_restore(mgr, step, target):
+    raise OSError("truncated array file")
+  monkeypatch.setattr(checkpoint, "restore_params", broken_restore)
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  with pytest.raises(error):
+    checkpoint.load_params("run", step, MODEL,
+                           lambda abstract, _: jax.tree.map(lambda _: device, abstract))
+  assert opened.closed
