@@ -65,6 +65,7 @@ def test_skips_up_to_the_configured_count(tmp_path, text_file):
                 "--config.optimizer.warmup_steps=0", "--config.train.max_nonfinite_steps=3",
                 "--config.train.log_every=1", check=False)
   assert proc.returncode == 2
+  assert "non-finite loss or gradient at step" in proc.stderr.strip().splitlines()[-1]
   assert len([r for r in _rows(workdir) if r.get("nonfinite")]) == 4
 
 

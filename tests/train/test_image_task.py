@@ -140,7 +140,9 @@ def test_predict_refuses_a_language_model_run(tmp_path, text_file):
   run_cli("treadle.train.main", "--config", "configs/tiny.py", "--workdir", lm,
           f"--config.data.path={text_file}", "--config.train.num_steps=2")
   proc = run_cli("treadle.infer.predict", "--workdir", lm, "--input", text_file, check=False)
-  assert proc.returncode == 2 and "not an image classifier" in proc.stderr
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines()[-1] == (
+      f"error: {str(lm)!r} is a 'lm' run, not an image classifier")
 
 
 def test_predict_bad_step_is_a_one_line_error(trained, tmp_path):
