@@ -26,6 +26,7 @@ signal.signal(signal.SIGINT, _exit_interrupted)
 import errno  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
+import pathlib  # noqa: E402
 
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
@@ -52,6 +53,11 @@ def main(argv) -> None:
   if _CONFIG.value is None or not _WORKDIR.value:
     entry.fail("both --config and --workdir are required")
   config = entry.config_file(_CONFIG, ("mesh", "train"))
+  from treadle.train import workdir as workdir_lib  # light: no jax
+  try:
+    workdir_lib.check_usable(pathlib.Path(_WORKDIR.value))  # early: before jax starts (seconds)
+  except ValueError as e:
+    entry.fail(str(e))
   from treadle.train import hosts  # noqa: E402  (after flags: sets device counts before jax starts)
   hosts.configure(config.mesh.cpu_devices, config.train.matmul_precision,
                   _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _MULTIHOST.value)

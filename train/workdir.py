@@ -170,8 +170,8 @@ def check_artifacts(workdir: pathlib.Path, role: str = "workdir") -> None:
   for name in ARTIFACT_FILENAMES:
     path = workdir / name
     if name in saved and path.exists() and _file_digest(path) != saved[name]:
-      raise WorkdirError(f"{role} {str(workdir)!r}: {name} was changed after the run wrote it "
-                         f"(its sha256 differs from {FINGERPRINTS_FILENAME})")
+      raise WorkdirError(f"{role}: {str(path)!r} was changed after the run wrote it (its "
+                         f"sha256 differs from the one in {FINGERPRINTS_FILENAME})")
 
 
 def check_data(workdir: pathlib.Path, splits, source: str) -> None:
