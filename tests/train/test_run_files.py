@@ -129,3 +129,19 @@ def test_resume_allows_only_the_listed_keys():
 def test_floats_must_be_finite_and_in_range(key, value, match):
   with pytest.raises(ValueError, match=match.replace("(", r"\(")):
     _split(**{key: value})
+
+
+def test_sweep_report_and_plot_read_a_legacy_file_with_each_step_once(tmp_path):
+  from treadle.sweep import plots
+  from treadle.sweep import runner
+  # written by a version that kept the rows a SIGKILLed process logged past checkpoint 10
+  killed = [_row(s, train_loss=5.0 - s / 10, tokens_per_second=100.0) for s in (5, 10, 15)]
+  killed.append(_row(15, val_loss=3.5))
+  resumed = [_row(15, train_loss=3.5, tokens_per_second=200.0), _row(15, val_loss=3.5),
+             _row(20, train_loss=3.0, tokens_per_second=200.0)]
+  (tmp_path / metrics.FILENAME).write_text(
+      "".join(json.dumps(r) + "\n" for r in killed + resumed))
+  read = runner.read_metrics(tmp_path)
+  assert read == killed[:2] + resumed
+  train, val = plots.curves(read)
+  assert [s for s, _ in train] == [5, 10, 15, 20] and val == [(15, 3.5)]
