@@ -168,4 +168,8 @@ def load(workdir: str | os.PathLike) -> Tokenizer:
   path = pathlib.Path(workdir) / FILENAME
   if not path.exists():
     raise FileNotFoundError(f"no tokenizer at {path}")
-  return from_json(json.loads(path.read_text()))
+  try:
+    return from_json(json.loads(path.read_text(encoding="utf-8")))
+  except Exception as e:  # JSON, missing fields, or HF's own parse error (a plain Exception)
+    reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise ValueError(f"{str(path)!r} is not a valid tokenizer file: {reason}") from None

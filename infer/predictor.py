@@ -33,6 +33,9 @@ class Predictor:
     shape = self.preprocess.image_shape
     if raw_NHW.ndim != 3 or raw_NHW.shape[1:] != tuple(shape):
       raise ValueError(f"expected images of shape {tuple(shape)}, got {raw_NHW.shape[1:]}")
+    bad = [i for i, image in enumerate(raw_NHW) if not np.isfinite(image).all()]
+    if bad:  # a NaN pixel makes every probability NaN: no label to report
+      raise ValueError(f"image(s) {bad[:10]} hold non-finite pixel values (NaN or inf)")
     probs = image_task.predict_probabilities(self.cfg.model, self.params,
                                              self.preprocess.normalize(raw_NHW))
     labels = self.preprocess.labels
@@ -46,7 +49,11 @@ def load_input(path: str, preprocess) -> np.ndarray:
   if not file.is_file():
     raise FileNotFoundError(f"--input: no such file {path!r}")
   if file.suffix == ".npy":
-    array = np.load(file).astype(np.float32)
+    try:
+      array = np.load(file).astype(np.float32)
+    except (OSError, ValueError, TypeError, EOFError) as e:  # not .npy, truncated, pickled, ...
+      raise ValueError(f"--input {path!r}: not a readable .npy array of numbers "
+                       f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     array = array[None] if array.ndim == 2 else array
     if array.ndim != 3 or array.shape[1:] != tuple(preprocess.image_shape):
       raise ValueError(f"--input {path!r}: shape {array.shape} is not "

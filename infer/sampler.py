@@ -1,5 +1,6 @@
 """Sampler: a trained run's frozen parameters + tokenizer, generating text with a KV cache."""
 import dataclasses
+import math
 import pathlib
 from typing import Iterator, Sequence
 
@@ -14,6 +15,7 @@ from treadle.train import checkpoint
 from treadle.train import config as config_lib
 from treadle.train import mesh as mesh_lib
 from treadle.train import state as state_lib
+from treadle.train import workdir as workdir_lib
 
 _BUCKET = 64  # prompt and output lengths round up to this: few compilations, any length
 
@@ -27,8 +29,8 @@ class Completion:
 
 def check_sampling_args(temperature: float, top_k: int, top_p: float, max_new_tokens: int):
   """One-line ValueErrors for arguments outside their domain."""
-  if temperature < 0:
-    raise ValueError(f"temperature={temperature} must be >= 0 (0 = greedy)")
+  if not math.isfinite(temperature) or temperature < 0:  # nan < 0 is False: test finiteness
+    raise ValueError(f"temperature={temperature} must be a finite number >= 0 (0 = greedy)")
   if top_k < 0:
     raise ValueError(f"top_k={top_k} must be >= 0 (0 = off)")
   if not 0 < top_p <= 1:
@@ -70,7 +72,9 @@ class Sampler:
     if not (workdir / "config.json").exists():
       raise FileNotFoundError(f"{str(workdir)!r} is not a treadle run directory (no config.json)")
     cfg = config_lib.from_json(workdir / "config.json")
+    workdir_lib.check_artifacts(workdir)  # tokenizer.json as training wrote it
     tokenizer = tokenizers.load(workdir)
+    workdir_lib.check_vocab(workdir, tokenizer, cfg.model.vocab_size)
     mesh = mesh_lib.make_mesh(mesh_shape, devices)
 
     def shardings(abstract, specs):

@@ -14,12 +14,18 @@ from treadle.data import images
 from treadle.data import text
 from treadle.model import classifier
 from treadle.model import gpt
+from treadle.train import values
 
-# Keys whose change makes an existing run directory incompatible (shapes, data, tokens,
-# optimizer state layout).
-INCOMPATIBLE_PREFIXES = ("task", "model.", "data.", "optimizer.name")
-# Keys safe to change on resume (more steps, logging/eval/checkpoint cadence, ...).
-SAFE_KEYS = {"data.cache_dir"}
+# The only keys a resumed run may change: how long it trains, how often it logs, evaluates
+# and checkpoints, what it keeps and when it stops, and where it runs (mesh: checkpoints
+# restore onto any mesh). Any other change (seed, batch size, data, model, optimizer,
+# fine-tuning, ...) would make a different experiment under the same name: refused.
+RESUMABLE_KEYS = frozenset({
+    "train.num_steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
+    "train.keep_checkpoints", "train.keep_best", "train.early_stopping_patience",
+    "train.early_stopping_min_delta", "train.target_val_loss", "train.max_nonfinite_steps",
+    "data.cache_dir", "mesh.data", "mesh.fsdp", "mesh.tensor", "mesh.rules",
+    "mesh.cpu_devices"})
 OPTIMIZERS = ("adamw", "lion", "muon")
 
 
@@ -181,7 +187,7 @@ def split(cfg: ml_collections.ConfigDict | dict) -> RunConfig:
   model_type, data_type = _SECTION_TYPES[d["task"]]
   finetune = _build(FinetuneConfig, "finetune", d["finetune"])
   train = _build(TrainConfig, "train", d["train"])
-  return RunConfig(
+  run = RunConfig(
       task=d["task"],
       model=_model(model_type, d["model"], finetune, d["task"], train),
       data=_build(data_type, "data", d["data"]),
@@ -190,6 +196,8 @@ def split(cfg: ml_collections.ConfigDict | dict) -> RunConfig:
       mesh=_build(MeshConfig, "mesh", d["mesh"]),
       finetune=finetune,
   )
+  values.check(run)
+  return run
 
 
 def _model(model_type, values: dict, finetune: FinetuneConfig, task: str, train: TrainConfig):
@@ -215,18 +223,25 @@ def section(name: str, task: str = "lm", /, **overrides):
 
 
 def from_json(path) -> RunConfig:
-  """The config a run directory was written with. Keys added to configs/base.py after the
-  run was written take their base value (the behaviour before they existed)."""
-  with open(path) as f:
-    saved = json.load(f)
-  base_cfg = base.get_config(saved.get("task")).to_dict() if saved.get("task") in base.TASKS \
-      else {}
-  for name in _DERIVED_MODEL_FIELDS:  # written into the model section before 2026-12
-    saved.get("model", {}).pop(name, None)
-  for name, values in base_cfg.items():
-    if isinstance(values, dict):
-      saved[name] = {**values, **saved.get(name, {})}
-  return split(saved)
+  """The config a run directory was written with; a damaged one is a one-line error naming
+  the file. Keys added to configs/base.py after the run was written take their base value
+  (the behaviour before they existed)."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      saved = json.load(f)
+    if not isinstance(saved, dict):
+      raise ValueError("not a JSON object")
+    base_cfg = (base.get_config(saved.get("task")).to_dict() if saved.get("task") in base.TASKS
+                else {})
+    for name in _DERIVED_MODEL_FIELDS:  # written into the model section before 2026-12
+      saved.get("model", {}).pop(name, None)
+    for name, section_values in base_cfg.items():
+      if isinstance(section_values, dict):
+        saved[name] = {**section_values, **saved.get(name, {})}
+    return split(saved)
+  except (ValueError, TypeError, KeyError, AttributeError) as e:  # JSONDecodeError is a ValueError
+    raise ValueError(f"{str(path)!r} is not a valid treadle config.json: "
+                     f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -240,8 +255,8 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def differences(old: RunConfig, new: RunConfig) -> tuple[list[str], list[str]]:
-  """(incompatible keys, safe keys) that differ between a saved run and a new invocation."""
+  """(refused keys, allowed keys) that differ between a saved run and a new invocation."""
   a, b = _flatten(old.to_dict()), _flatten(new.to_dict())
   changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
-  bad = [k for k in changed if k.startswith(INCOMPATIBLE_PREFIXES) and k not in SAFE_KEYS]
-  return bad, [k for k in changed if k not in bad]
+  return ([k for k in changed if k not in RESUMABLE_KEYS],
+          [k for k in changed if k in RESUMABLE_KEYS])

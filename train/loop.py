@@ -23,6 +23,7 @@ from treadle.train import perf
 from treadle.train import state as state_lib
 from treadle.train import step as step_lib
 from treadle.train import tasks
+from treadle.train import workdir as workdir_lib
 
 log = logging.getLogger("treadle")
 INTERRUPTED_EXIT_CODE = 75  # EX_TEMPFAIL: checkpoint written, rerun the command to resume
@@ -61,8 +62,12 @@ def prepare(cfg: config_lib.RunConfig, workdir) -> Run:
   workdir = pathlib.Path(workdir)
   task = tasks.get(cfg.task)
   init_dir = checkpoint.locate(cfg.train.init_from)[0] if cfg.train.init_from else None
+  if init_dir is not None:
+    workdir_lib.check_artifacts(init_dir, "train.init_from")
+  workdir_lib.check_artifacts(workdir)  # before the task reads the workdir's tokenizer
   splits, cfg = task.load(cfg, workdir, init_dir)
   _check_saved_config(cfg, workdir)
+  workdir_lib.check_data(workdir, splits, _data_source(cfg))
   finetune.check_source(cfg)
   mesh = mesh_lib.make_mesh(cfg.mesh.shape)
   rules = mesh_lib.rules(cfg.mesh.rules)
@@ -80,6 +85,12 @@ def prepare(cfg: config_lib.RunConfig, workdir) -> Run:
              train_step, eval_step, jax.process_index() == 0)
 
 
+def _data_source(cfg: config_lib.RunConfig) -> str:
+  names = [f"data.{k}={getattr(cfg.data, k)!r}" for k in ("path", "dataset")
+           if hasattr(cfg.data, k)]
+  return ", ".join(names) or "data"
+
+
 def _check_batch(train_cfg: config_lib.TrainConfig, mesh) -> None:
   parallel = mesh_lib.batch_parallelism(mesh)
   micro = train_cfg.batch_size // train_cfg.grad_accum_steps
@@ -92,12 +103,12 @@ def _check_saved_config(cfg: config_lib.RunConfig, workdir: pathlib.Path) -> Non
   path = workdir / "config.json"
   if not path.exists():
     return
-  bad, safe = config_lib.differences(config_lib.from_json(path), cfg)
-  if bad:
-    raise TrainingError(f"workdir {str(workdir)!r} holds an incompatible run; differing keys: "
-                        f"{', '.join(bad)}")
-  if safe:
-    log.info("config changes on resume (safe): %s", ", ".join(safe))
+  refused, allowed = config_lib.differences(config_lib.from_json(path), cfg)
+  if refused:
+    raise TrainingError(f"workdir {str(workdir)!r} holds another experiment; resume may not "
+                        f"change: {', '.join(refused)} (use a new workdir)")
+  if allowed:
+    log.info("config changes on resume (allowed): %s", ", ".join(allowed))
 
 
 def _write_run_files(run: Run) -> None:
@@ -106,6 +117,7 @@ def _write_run_files(run: Run) -> None:
   run.workdir.mkdir(parents=True, exist_ok=True)
   run.task.save_artifact(run.splits, run.workdir)
   _write_json(run.workdir / "config.json", run.cfg.to_dict())
+  workdir_lib.record(run.workdir, run.splits)
 
 
 def _write_json(path: pathlib.Path, value) -> None:
@@ -119,13 +131,16 @@ def _global_batch(run: Run, local: dict) -> dict:
 
 
 def init_or_restore(run: Run, mgr, data_iter) -> tuple[state_lib.TrainState, Progress]:
-  latest = mgr.latest_step()
-  if latest is not None:
-    abstract = state_lib.abstract_state(run.cfg.model, run.tx, run.state_shardings)
-    state = checkpoint.restore(mgr, latest, abstract, data_iter)
-    progress = Progress(**checkpoint.restore_extra(mgr, latest))
-    log.info("resumed from step %d", latest)
-    return state, progress
+  """The newest checkpoint that restores (damaged newer ones are moved aside), else a fresh
+  state. metrics.jsonl then loses the rows past that step: the steps replayed are logged once."""
+  abstract = state_lib.abstract_state(run.cfg.model, run.tx, run.state_shardings)
+  restored = checkpoint.restore_newest_intact(mgr, abstract, data_iter, log, run.is_main)
+  if run.is_main:
+    metrics_lib.drop_after(run.workdir, restored[0] if restored else 0)
+  if restored is not None:
+    step, state, extra = restored
+    log.info("resumed from step %d", step)
+    return state, Progress(**extra)
   params = None
   if run.cfg.train.init_from:
     params = finetune.source_params(run.cfg, run.mesh, mesh_lib.rules(run.cfg.mesh.rules),
@@ -182,7 +197,8 @@ class _Throughput:
     return out
 
 
-def _log_step(run: Run, writer, throughput: _Throughput, step: int, m: dict, progress: Progress):
+def _log_step(run: Run, mgr, writer, throughput: _Throughput, step: int, m: dict,
+              progress: Progress):
   """Host-side handling of step `step`'s metrics (pulled one step late)."""
   if not bool(m["finite"]):
     progress.nonfinite_steps += 1
@@ -190,8 +206,9 @@ def _log_step(run: Run, writer, throughput: _Throughput, step: int, m: dict, pro
                 step, progress.nonfinite_steps)
     writer.write(step, nonfinite=True, train_loss=str(m["train_loss"]))
     if progress.nonfinite_steps > run.cfg.train.max_nonfinite_steps:
-      raise TrainingError(f"non-finite loss or gradient at step {step}; stopping (the last "
-                          "checkpoint is intact)")
+      last = mgr.latest_step()
+      kept = "no checkpoint was written" if last is None else f"checkpoint {last} is intact"
+      raise TrainingError(f"non-finite loss or gradient at step {step}; stopping ({kept})")
   if step % run.cfg.train.log_every == 0:
     extra = {k: float(v) for k, v in m.items() if k.startswith("train_") and k != "train_loss"}
     writer.write(step, train_loss=float(m["train_loss"]), learning_rate=float(m["learning_rate"]),
@@ -232,7 +249,7 @@ def train_steps(run: Run, mgr, state, data_iter, progress: Progress, val_batches
   def flush():
     nonlocal pending
     if pending is not None:
-      _log_step(run, writer, throughput, pending[0], jax.device_get(pending[1]), progress)
+      _log_step(run, mgr, writer, throughput, pending[0], jax.device_get(pending[1]), progress)
       pending = None
 
   for done in range(start + 1, cfg.num_steps + 1):
@@ -295,15 +312,23 @@ def _log_layout(run: Run, state) -> None:
 
 
 def train(cfg: config_lib.RunConfig, workdir) -> dict:
-  """Trains (or resumes) the run in `workdir`; returns a summary of the outcome."""
+  """Trains (or resumes) the run in `workdir`, holding its lock throughout; returns a summary
+  of the outcome."""
+  workdir = pathlib.Path(workdir)
+  with workdir_lib.claim(workdir, enabled=jax.process_index() == 0):
+    return _train_owned(cfg, workdir)
+
+
+def _train_owned(cfg: config_lib.RunConfig, workdir: pathlib.Path) -> dict:
   run = prepare(cfg, workdir)
   _write_run_files(run)
   data_iter = run.task.train_iterator(run.splits.train, cfg, jax.process_index(),
                                       jax.process_count())
   mgr = checkpoint.manager(run.workdir, cfg.train.keep_checkpoints, cfg.train.keep_best)
-  writer = metrics_lib.MetricsWriter(run.workdir, run.is_main)
+  writer = None
   try:
     state, progress = init_or_restore(run, mgr, data_iter)
+    writer = metrics_lib.MetricsWriter(run.workdir, run.is_main)  # after drop_after's rewrite
     _log_layout(run, state)
     val_batches = eval_set(run, run.task.eval_batches(run.splits.val, cfg, jax.process_index(),
                                                       jax.process_count()))
@@ -326,4 +351,5 @@ def train(cfg: config_lib.RunConfig, workdir) -> dict:
   finally:
     mgr.wait_until_finished()
     mgr.close()
-    writer.close()
+    if writer is not None:
+      writer.close()

@@ -151,3 +151,16 @@ def test_predict_bad_step_is_a_one_line_error(trained, tmp_path):
                  "--step", "abc", check=False)
   assert proc.returncode == 2
   assert "--step='abc' must be a number" in proc.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("write,match", [
+    (lambda path: np.save(path, np.full((8, 8), np.nan)), "non-finite pixel values"),
+    (lambda path: path.write_bytes(b"\x93NUMPY\x01\x00garbage"), "not a readable .npy array"),
+])
+def test_an_all_nan_or_unreadable_npy_is_named(trained, tmp_path, write, match):
+  write(tmp_path / "bad.npy")
+  proc = run_cli("treadle.infer.predict", "--workdir", trained, "--input", tmp_path / "bad.npy",
+                 check=False)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  line = proc.stderr.strip().splitlines()[-1]
+  assert line.startswith("error: --input ") and str(tmp_path / "bad.npy") in line and match in line
