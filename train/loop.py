@@ -3,12 +3,10 @@ import dataclasses
 import json
 import logging
 import pathlib
-import sys
 import time
 from typing import Any
 
 import jax
-import tqdm
 
 from treadle.model import lora
 from treadle.train import checkpoint
@@ -20,6 +18,7 @@ from treadle.train import mesh as mesh_lib
 from treadle.train import metrics as metrics_lib
 from treadle.train import optimizer
 from treadle.train import perf
+from treadle.train import reporting
 from treadle.train import state as state_lib
 from treadle.train import step as step_lib
 from treadle.train import tasks
@@ -72,6 +71,7 @@ def prepare(cfg: config_lib.RunConfig, workdir) -> Run:
   mesh = mesh_lib.make_mesh(cfg.mesh.shape)
   rules = mesh_lib.rules(cfg.mesh.rules)
   _check_batch(cfg.train, mesh)
+  metrics_lib.check_wandb(cfg.train.wandb_project)
   graphdef, abstract_params, specs = state_lib.model_graph(cfg.model)
   tx = optimizer.build(cfg.optimizer, cfg.train.num_steps, specs)
   if cfg.finetune.lora_rank:
@@ -198,7 +198,7 @@ class _Throughput:
 
 
 def _log_step(run: Run, mgr, writer, throughput: _Throughput, step: int, m: dict,
-              progress: Progress):
+              progress: Progress, display: reporting.Display):
   """Host-side handling of step `step`'s metrics (pulled one step late)."""
   if not bool(m["finite"]):
     progress.nonfinite_steps += 1
@@ -211,8 +211,10 @@ def _log_step(run: Run, mgr, writer, throughput: _Throughput, step: int, m: dict
       raise TrainingError(f"non-finite loss or gradient at step {step}; stopping ({kept})")
   if step % run.cfg.train.log_every == 0:
     extra = {k: float(v) for k, v in m.items() if k.startswith("train_") and k != "train_loss"}
+    rates = throughput.measure(step)
     writer.write(step, train_loss=float(m["train_loss"]), learning_rate=float(m["learning_rate"]),
-                 grad_norm=float(m["grad_norm"]), **extra, **throughput.measure(step))
+                 grad_norm=float(m["grad_norm"]), **extra, **rates)
+    display.train_line(step, float(m["train_loss"]), float(m["learning_rate"]), rates)
 
 
 def _wants_eval(cfg: config_lib.TrainConfig, done: int) -> bool:
@@ -242,24 +244,27 @@ def train_steps(run: Run, mgr, state, data_iter, progress: Progress, val_batches
   start = int(jax.device_get(state.step))
   throughput = _Throughput(run)
   throughput.reset(start)
-  bar = tqdm.tqdm(total=cfg.num_steps, initial=start, disable=not (run.is_main and
-                  sys.stderr.isatty()), dynamic_ncols=True)
-  pending = None
+  display = reporting.Display(cfg.num_steps, start, run.is_main)
+  profile = reporting.ProfileWindow(cfg.profile_window, run.workdir / "profile")
+  pending, outcome = None, None
 
   def flush():
     nonlocal pending
     if pending is not None:
-      _log_step(run, mgr, writer, throughput, pending[0], jax.device_get(pending[1]), progress)
+      _log_step(run, mgr, writer, throughput, pending[0], jax.device_get(pending[1]), progress,
+                display)
       pending = None
 
   for done in range(start + 1, cfg.num_steps + 1):
+    profile.before_step(done)
     state, step_metrics = run.train_step(state, _global_batch(run, next(data_iter)))
+    profile.after_step(done, step_metrics)
     flush()  # the previous step's metrics: the device is already busy with this one
     pending = (done, step_metrics)
     if done == start + 1:
       jax.block_until_ready(step_metrics)
       throughput.reset(done)  # the first step includes compilation: not throughput
-    bar.update(1)
+    display.advance()
     val_loss, improved, outcome = None, False, None
     if _wants_eval(cfg, done):
       flush()
@@ -267,7 +272,7 @@ def train_steps(run: Run, mgr, state, data_iter, progress: Progress, val_batches
       val_loss = val["loss"]
       improved = _after_eval(run, progress, val_loss)
       writer.write(done, **{f"val_{k}": v for k, v in val.items()})
-      bar.set_postfix(val_loss=f"{val_loss:.4f}")
+      display.eval_line(done, val, progress.best_val_loss)
       if cfg.early_stopping_patience and progress.evals_since_best >= cfg.early_stopping_patience:
         outcome = "early_stopped"
       if cfg.target_val_loss and val_loss <= cfg.target_val_loss:
@@ -281,11 +286,11 @@ def train_steps(run: Run, mgr, state, data_iter, progress: Progress, val_batches
     if val_loss is not None or done % cfg.checkpoint_every == 0:
       throughput.reset(done)  # tokens/second measures training only, not eval or saves
     if outcome:
-      bar.close()
-      return state, outcome
+      break
   flush()
-  bar.close()
-  return state, "completed"
+  profile.stop(state)  # a run that ended inside the window still writes its trace
+  display.close()
+  return state, outcome or "completed"
 
 
 def test_metrics(run: Run, mgr, state) -> tuple[dict, int, Any]:
@@ -328,7 +333,9 @@ def _train_owned(cfg: config_lib.RunConfig, workdir: pathlib.Path) -> dict:
   writer = None
   try:
     state, progress = init_or_restore(run, mgr, data_iter)
-    writer = metrics_lib.MetricsWriter(run.workdir, run.is_main)  # after drop_after's rewrite
+    # after drop_after's rewrite of metrics.jsonl
+    writer = metrics_lib.MetricsWriter(run.workdir, run.is_main, cfg.train.wandb_project,
+                                       run.cfg.to_dict())
     _log_layout(run, state)
     val_batches = eval_set(run, run.task.eval_batches(run.splits.val, cfg, jax.process_index(),
                                                       jax.process_count()))
