@@ -48,7 +48,8 @@ def _print_samples(sampler, prompts, args) -> None:
   if _STREAM.value and not _JSON.value:
     for i, prompt in enumerate(prompts):
       print(prompt, end="", flush=True)
-      for piece in sampler.stream(prompt, seed=_SEED.value + i, **args):
+      # row i: the key the batch path gives sample i, so --stream prints the same text
+      for piece in sampler.stream(prompt, seed=_SEED.value, row=i, **args):
         print(piece, end="", flush=True)
       print("\n---------------", flush=True)
     return

@@ -1,9 +1,10 @@
 """Orbax checkpoints: train state + Grain iterator state + resolved config in one step."""
 import logging
 import pathlib
-from typing import Any
+from typing import Any, Callable
 
 import grain
+import jax
 import orbax.checkpoint as ocp
 
 from treadle.train import state as state_lib
@@ -121,6 +122,23 @@ def restore_extra(mgr: ocp.CheckpointManager, step: int) -> dict:
 
 def saved_config(mgr: ocp.CheckpointManager, step: int) -> dict:
   return mgr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+
+
+def load_params(workdir, step: int | str | None, model_cfg,
+                shardings: Callable[[Any, Any], Any]) -> tuple[Any, int]:
+  """A run's parameters only (sampling, prediction, fine-tuning) -> (params, step).
+
+  `step`: None = latest, "best", or a number. `shardings(abstract_params, logical_specs)`
+  gives each parameter's sharding. The reader is closed whatever happens."""
+  _, abstract, specs = state_lib.model_graph(model_cfg)
+  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract, shardings(abstract, specs))
+  mgr = reader(workdir)
+  try:
+    step = resolve_step(mgr, step)
+    return restore_params(mgr, step, target), step
+  finally:
+    mgr.close()
 
 
 DAMAGED_SUBDIR = "damaged_checkpoints"

@@ -3,19 +3,19 @@ import dataclasses
 import json
 import logging
 import pathlib
-import signal
 import sys
 import time
 from typing import Any
 
 import jax
-import numpy as np
 import tqdm
 
 from treadle.model import lora
 from treadle.train import checkpoint
 from treadle.train import config as config_lib
+from treadle.train import fileio
 from treadle.train import finetune
+from treadle.train import interrupts
 from treadle.train import mesh as mesh_lib
 from treadle.train import metrics as metrics_lib
 from treadle.train import optimizer
@@ -46,7 +46,7 @@ class Run:
   """Everything built once at start: config, data, mesh, compiled steps."""
   cfg: config_lib.RunConfig
   workdir: pathlib.Path
-  task: Any
+  task: tasks.Task
   splits: tasks.Splits
   mesh: jax.sharding.Mesh
   state_shardings: state_lib.TrainState
@@ -55,18 +55,6 @@ class Run:
   train_step: Any
   eval_step: Any
   is_main: bool
-
-
-class _StopSignal:
-  """SIGTERM/SIGINT finish the current step, then checkpoint and exit."""
-
-  def __init__(self):
-    self.received = None
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      signal.signal(sig, self._handle)
-
-  def _handle(self, signum, frame):
-    self.received = signal.Signals(signum).name
 
 
 def prepare(cfg: config_lib.RunConfig, workdir) -> Run:
@@ -91,9 +79,8 @@ def prepare(cfg: config_lib.RunConfig, workdir) -> Run:
   shardings = state_lib.shardings(cfg.model, tx, mesh, rules)
   batch_sharding = mesh_lib.batch_sharding(mesh)
   train_step, eval_step = step_lib.compile_steps(
-      graphdef, tx, optimizer.schedule(cfg.optimizer, cfg.train.num_steps),
-      cfg.train.grad_accum_steps, cfg.model.dropout > 0, rules, shardings, batch_sharding,
-      task)
+      task, graphdef, tx, optimizer.schedule(cfg.optimizer, cfg.train.num_steps),
+      cfg.train.grad_accum_steps, cfg.model.dropout > 0, rules, shardings, batch_sharding)
   return Run(cfg, workdir, task, splits, mesh, shardings, batch_sharding, tx,
              train_step, eval_step, jax.process_index() == 0)
 
@@ -134,9 +121,7 @@ def _write_run_files(run: Run) -> None:
 
 
 def _write_json(path: pathlib.Path, value) -> None:
-  tmp = path.with_suffix(".tmp")
-  tmp.write_text(json.dumps(value, indent=2))
-  tmp.replace(path)  # atomic: readers never see half a file
+  fileio.atomic_write(path, json.dumps(value, indent=2))  # readers never see half a file
 
 
 def _global_batch(run: Run, local: dict) -> dict:
@@ -167,7 +152,7 @@ def init_or_restore(run: Run, mgr, data_iter) -> tuple[state_lib.TrainState, Pro
 def eval_set(run: Run, batches: list[dict]) -> dict:
   """Fixed evaluation batches as global arrays stacked on a leading axis."""
   sharding = mesh_lib.stacked_batch_sharding(run.mesh)
-  stacked = tasks.numpy_stack(batches)
+  stacked = tasks.base.numpy_stack(batches)
   return {k: jax.make_array_from_process_local_data(
       sharding, v, (v.shape[0], run.cfg.train.batch_size, *v.shape[2:]))
       for k, v in stacked.items()}
@@ -250,7 +235,7 @@ def _after_eval(run: Run, progress: Progress, val_loss: float) -> bool:
 
 
 def train_steps(run: Run, mgr, state, data_iter, progress: Progress, val_batches, writer,
-                stop: _StopSignal) -> tuple[state_lib.TrainState, str]:
+                stop: interrupts.StopSignal) -> tuple[state_lib.TrainState, str]:
   """Runs to train.num_steps; returns (state, outcome) with outcome in
   {"completed", "early_stopped", "reached_target", "interrupted"}."""
   cfg = run.cfg.train
@@ -347,8 +332,9 @@ def _train_owned(cfg: config_lib.RunConfig, workdir: pathlib.Path) -> dict:
     _log_layout(run, state)
     val_batches = eval_set(run, run.task.eval_batches(run.splits.val, cfg, jax.process_index(),
                                                       jax.process_count()))
-    state, outcome = train_steps(run, mgr, state, data_iter, progress, val_batches, writer,
-                                 _StopSignal())
+    with interrupts.StopSignal() as stop:  # SIGTERM/SIGINT: finish the step, checkpoint, exit
+      state, outcome = train_steps(run, mgr, state, data_iter, progress, val_batches, writer,
+                                   stop)
     mgr.wait_until_finished()
     summary = {"outcome": outcome, "step": int(jax.device_get(state.step)),
                "best_val_loss": progress.best_val_loss}
