@@ -2,6 +2,7 @@
 on bad input: one line, exit 2 (75 for a signal), nothing already saved harmed."""
 import json
 import os
+import pathlib
 import shutil
 import signal
 import subprocess
@@ -176,6 +177,11 @@ def test_two_trainers_on_one_workdir(tmp_path, data):
     first.wait()
 
 
+def _proc_status(pid: int) -> dict[str, str]:
+  lines = pathlib.Path(f"/proc/{pid}/status").read_text().splitlines()
+  return dict(line.split(":\t", 1) for line in lines if ":\t" in line)
+
+
 def test_sigterm_during_start_up_exits_75(tmp_path, data):
   workdir = tmp_path / "run"
   cmd = [sys.executable, "-m", "treadle.train.main", "--config", TINY, "--workdir", str(workdir),
@@ -183,7 +189,11 @@ def test_sigterm_during_start_up_exits_75(tmp_path, data):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True)
-  time.sleep(1.0)  # importing jax and the libraries takes longer than this
+  # as soon as the handler is installed (SigCgt bit 15 in /proc), while jax is still importing
+  deadline = time.time() + 60
+  while not int(_proc_status(proc.pid).get("SigCgt", "0"), 16) & (1 << (signal.SIGTERM - 1)):
+    assert proc.poll() is None and time.time() < deadline
+    time.sleep(0.01)
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == 75, err[-2000:]
