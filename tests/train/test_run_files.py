@@ -112,8 +112,7 @@ def test_resume_allows_only_the_listed_keys():
       "train.seed": 1, "train.batch_size": 16, "train.grad_accum_steps": 2,
       "train.eval_batches": 3, "data.path": "x.txt", "optimizer.learning_rate": 0.1,
       "finetune.lora_alpha": 8.0}))
-  assert refused == ["data.path", "finetune.lora_alpha", "model.lora_alpha",
-                     "optimizer.learning_rate",
+  assert refused == ["data.path", "finetune.lora_alpha", "optimizer.learning_rate",
                      "train.batch_size", "train.eval_batches", "train.grad_accum_steps",
                      "train.seed"]
 
