@@ -12,14 +12,14 @@ import sys
 
 def _exit_interrupted(signum, frame) -> None:
   del frame
-  # before the loop's own handler: nothing trained in this process yet, so nothing to save
-  print(f"{signal.Signals(signum).name} during start-up: stopped before the first step "
-        "(rerun to resume)", file=sys.stderr)
+  # outside the loop's own handler: nothing trained since the last checkpoint, nothing to save
+  print(f"{signal.Signals(signum).name} during start-up or the final evaluation: nothing to "
+        "save (rerun to resume)", file=sys.stderr)
   sys.exit(75)  # loop.INTERRUPTED_EXIT_CODE (the loop module imports jax: not yet)
 
 
 # First thing: a signal during imports, restore or compilation exits 75 as one during training
-# does (not 143); the training loop replaces this handler when steps run.
+# does (not 143); the training loop's handler takes over while steps run.
 signal.signal(signal.SIGTERM, _exit_interrupted)
 signal.signal(signal.SIGINT, _exit_interrupted)
 
