@@ -27,6 +27,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.norm = "layernorm"      # layernorm | rmsnorm
   c.model.position = "learned"    # learned (absolute, max_seq_len of them) | rope (rotary)
   c.model.rope_base = 10000.0     # rotary base frequency (position=rope)
+  c.model.rope_scaling = "none"   # none | llama3 (Llama 3.1 stretch of the low frequencies)
+  c.model.rope_scaling_factor = 8.0   # llama3: low frequencies divided by this
+  c.model.rope_low_freq_factor = 1.0  # llama3: wavelengths above original_len / this scaled
+  c.model.rope_high_freq_factor = 4.0 # llama3: wavelengths below original_len / this kept
+  c.model.rope_original_max_len = 8192  # llama3: the pre-training context length
+  c.model.attn_head_dim = 0       # per-head width; 0 = embed_dim / num_heads
+  c.model.norm_eps = 0.0          # norm epsilon; 0 = 1e-5 (layernorm) or 1e-6 (rmsnorm)
+  c.model.qkv_bias = False        # biases on q/k/v only, even with use_bias off (Qwen2)
   c.model.qk_norm = False         # RMS-normalise queries and keys per head before attention
   c.model.logit_softcap = 0.0     # output logits = cap * tanh(logits / cap); 0 = off
   c.model.tie_embeddings = True   # output layer shares the token embedding; False = own lm_head
