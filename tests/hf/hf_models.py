@@ -4,22 +4,8 @@ import pathlib
 
 import numpy as np
 import pytest
-import tokenizers as hf
-from tokenizers import decoders, models, pre_tokenizers, trainers
 
-VOCAB = 301  # not a multiple of 8: treadle pads its vocabulary axis and masks the padding
-CHAT_TEMPLATE = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
-
-
-def train_tokenizer(text: str) -> hf.Tokenizer:
-  tok = hf.Tokenizer(models.BPE())
-  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-  tok.decoder = decoders.ByteLevel()
-  trainer = trainers.BpeTrainer(vocab_size=VOCAB - 2, show_progress=False,
-                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                special_tokens=["<|bos|>", "<|eos|>"])
-  tok.train_from_iterator([text[:200_000]], trainer)
-  return tok
+from tests.hf.synthetic import CHAT_TEMPLATE, VOCAB, train_tokenizer
 
 
 def configs(transformers) -> dict:
