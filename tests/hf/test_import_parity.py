@@ -101,3 +101,22 @@ def test_cli_import_keeps_tokenizer_and_chat_template(tmp_path, text_file):
   sample = run_cli("treadle.infer.cli", "--workdir", tmp_path / "run", "--prompt", "ROMEO:",
                    "--max_new_tokens", "8", "--temperature", "0")
   assert sample.stdout.startswith("ROMEO:")
+
+
+def test_export_of_the_import_is_the_same_hf_model(imported, text_file, tmp_path):
+  """Exported again, transformers loads the same architecture, logits and tokenizer."""
+  from treadle.hf import exporter
+  kind, model, tokenizer, run = imported
+  exporter.export(run, tmp_path / "out")
+  back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out",
+                                                           dtype=torch.float32).eval()
+  assert type(back).__name__ == type(model).__name__
+  if kind == "llama3":
+    assert back.config.rope_parameters["rope_type"] == "llama3"
+  _, ids = _prompt(tokenizer, text_file)
+  np.testing.assert_allclose(hf_models.hf_logits(back, ids), hf_models.hf_logits(model, ids),
+                             atol=1e-4, rtol=0)
+  back_tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
+  text = text_file.read_text()[:300]
+  assert back_tokenizer(text)["input_ids"] == tokenizer(text)["input_ids"]
+  assert back_tokenizer.chat_template == tokenizer.chat_template
