@@ -20,7 +20,6 @@ from treadle.hf.safetensors_io import HfFormatError
 from treadle.model import lora
 from treadle.train import checkpoint
 from treadle.train import config as config_lib
-from treadle.train import mesh as mesh_lib
 from treadle.train import state as state_lib
 
 log = logging.getLogger("treadle")

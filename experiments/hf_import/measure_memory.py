@@ -38,10 +38,17 @@ def build(hf_dir: pathlib.Path) -> int:
 def main() -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument("--keep", help="directory to keep the model and run in")
+  parser.add_argument("--build", help=argparse.SUPPRESS)  # internal: build the model here
   args = parser.parse_args()
+  if args.build:
+    print(build(pathlib.Path(args.build)))
+    return
   root = pathlib.Path(args.keep or tempfile.mkdtemp(prefix="treadle-hf-import-"))
   root.mkdir(parents=True, exist_ok=True)
-  fp32_bytes = build(root / "hf")
+  # torch is loaded in a child, never here: a child forked from a large parent would count
+  # the parent's pages in its own peak RSS
+  fp32_bytes = int(subprocess.run([sys.executable, __file__, f"--build={root / 'hf'}"],
+                                  check=True, capture_output=True, text=True).stdout.split()[-1])
   floor, _ = _peak_rss([sys.executable, "-c", "import treadle.hf.importer"])
   peak, seconds = _peak_rss([sys.executable, "-m", "treadle.hf.import_cli",
                              f"--hf_dir={root / 'hf'}", f"--workdir={root / 'run'}"])
