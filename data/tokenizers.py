@@ -132,7 +132,41 @@ class BpeTokenizer:
     return {"kind": self.kind, "hf": json.loads(self._hf.to_str())}
 
 
-KINDS = ("bpe", "byte", "char")
+class HfTokenizer:
+  """A Hugging Face `tokenizer.json` brought in with an imported model (treadle-import-hf),
+  with its special tokens and chat template. Text encodes without added special tokens
+  (no BOS), as training windows do; `vocab_size` is the model's embedding rows, which may
+  exceed the tokenizer's own vocabulary (ids it never produces)."""
+  kind = "hf"
+
+  def __init__(self, hf_tokenizer: hf.Tokenizer, vocab_size: int,
+               tokenizer_config: dict | None = None, chat_template: str | None = None,
+               token_ids: dict | None = None):
+    self._hf = hf_tokenizer
+    self.vocab_size = vocab_size
+    self.tokenizer_config = tokenizer_config or {}  # HF's tokenizer_config.json, as found
+    self.chat_template = chat_template
+    self.token_ids = dict(token_ids or {})  # bos/eos/pad_token_id of the model's config.json
+
+  @property
+  def hf_tokenizer(self) -> hf.Tokenizer:
+    return self._hf
+
+  def encode(self, text: str) -> np.ndarray:
+    return np.asarray(self._hf.encode(text, add_special_tokens=False).ids, dtype=np.int32)
+
+  def decode(self, ids) -> str:
+    ids = np.asarray(ids).reshape(-1)
+    return self._hf.decode(ids[(ids >= 0) & (ids < self.vocab_size)].tolist(),
+                           skip_special_tokens=False)
+
+  def to_json(self) -> dict:
+    return {"kind": self.kind, "hf": json.loads(self._hf.to_str()), "vocab_size": self.vocab_size,
+            "tokenizer_config": self.tokenizer_config, "chat_template": self.chat_template,
+            "token_ids": self.token_ids}
+
+
+KINDS = ("bpe", "byte", "char", "hf")
 
 
 def fit(kind: str, train_text: str, vocab_size: int = 0) -> Tokenizer:
@@ -144,6 +178,9 @@ def fit(kind: str, train_text: str, vocab_size: int = 0) -> Tokenizer:
     return ByteTokenizer()
   if kind == "bpe":
     return BpeTokenizer.fit(train_text, vocab_size)
+  if kind == "hf":
+    raise ValueError("data.tokenizer='hf' is an imported model's tokenizer (treadle-import-hf): "
+                     "it comes with train.init_from, it cannot be fitted")
   raise ValueError(f"data.tokenizer={kind!r} is not one of {list(KINDS)}")
 
 
@@ -154,6 +191,10 @@ def from_json(spec: dict) -> Tokenizer:
     return ByteTokenizer()
   if spec.get("kind") == "bpe":
     return BpeTokenizer(hf.Tokenizer.from_str(json.dumps(spec["hf"])))
+  if spec.get("kind") == "hf":
+    return HfTokenizer(hf.Tokenizer.from_str(json.dumps(spec["hf"])), spec["vocab_size"],
+                       spec.get("tokenizer_config"), spec.get("chat_template"),
+                       spec.get("token_ids"))
   raise ValueError(f"unknown tokenizer kind {spec.get('kind')!r}")
 
 

@@ -17,7 +17,8 @@ from treadle.model.layers import DecodeState, LayerCache  # noqa: F401  (the cac
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _CHOICES = {"position": ("learned", "rope"), "norm": ("layernorm", "rmsnorm"),
-            "mlp": ("gelu", "swiglu"), "remat": ("none", "full", "dots", "dots_no_batch")}
+            "mlp": ("gelu", "swiglu"), "remat": ("none", "full", "dots", "dots_no_batch"),
+            "rope_scaling": ("none", "llama3")}
 _REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.checkpoint_dots,
                    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 # LoRA targets: weight names, or groups of them
@@ -44,6 +45,14 @@ class ModelConfig:
   norm: str
   position: str
   rope_base: float
+  rope_scaling: str
+  rope_scaling_factor: float
+  rope_low_freq_factor: float
+  rope_high_freq_factor: float
+  rope_original_max_len: int
+  attn_head_dim: int
+  norm_eps: float
+  qkv_bias: bool
   qk_norm: bool
   logit_softcap: float
   tie_embeddings: bool
@@ -67,10 +76,11 @@ class ModelConfig:
     for name in ("num_layers", "num_heads", "mlp_ratio", "vocab_multiple"):
       if getattr(self, name) < 1:
         raise ValueError(f"model.{name}={getattr(self, name)} must be positive")
-    for name in ("vocab_size", "max_seq_len", "num_kv_heads", "mlp_hidden_dim", "lora_rank"):
+    for name in ("vocab_size", "max_seq_len", "num_kv_heads", "mlp_hidden_dim", "lora_rank",
+                 "attn_head_dim", "norm_eps"):
       if getattr(self, name) < 0:
         raise ValueError(f"model.{name}={getattr(self, name)} must be >= 0")
-    if self.embed_dim % self.num_heads:
+    if not self.attn_head_dim and self.embed_dim % self.num_heads:
       raise ValueError(f"model.embed_dim={self.embed_dim} is not divisible by "
                        f"model.num_heads={self.num_heads}")
     if self.num_heads % self.kv_heads:
@@ -79,6 +89,12 @@ class ModelConfig:
     if self.position == "rope" and (self.head_dim % 2 or self.rope_base <= 0):
       raise ValueError(f"model.position=rope needs an even head dim (embed_dim/num_heads="
                        f"{self.head_dim}) and model.rope_base > 0 (got {self.rope_base})")
+    if self.rope_scaling == "llama3" and not (
+        self.rope_scaling_factor > 0 and self.rope_original_max_len > 0
+        and 0 < self.rope_low_freq_factor < self.rope_high_freq_factor):
+      raise ValueError("model.rope_scaling=llama3 needs rope_scaling_factor > 0, "
+                       "rope_original_max_len > 0 and 0 < rope_low_freq_factor < "
+                       "rope_high_freq_factor")
     if not 0.0 <= self.dropout < 1.0:
       raise ValueError(f"model.dropout={self.dropout} must be in [0, 1)")
     if self.logit_softcap < 0:
@@ -116,7 +132,11 @@ class ModelConfig:
 
   @property
   def head_dim(self) -> int:
-    return self.embed_dim // self.num_heads
+    return self.attn_head_dim or self.embed_dim // self.num_heads
+
+  @property
+  def norm_epsilon(self) -> float:
+    return self.norm_eps or (1e-6 if self.norm == "rmsnorm" else 1e-5)
 
   @property
   def kv_heads(self) -> int:

@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from treadle.model import axes
@@ -87,8 +88,9 @@ class Projection(nnx.Module):
     self.n_in = n_in
     self.dtype = cfg.dtype
     self.w = axes.param(nnx.initializers.normal(std), rngs.params(), shape, names)
+    has_bias = cfg.use_bias or (cfg.qkv_bias and name in ("qkv", "q", "kv"))
     self.bias = (axes.param(nnx.initializers.zeros, rngs.params(), shape[n_in:], names[n_in:])
-                 if cfg.use_bias else None)
+                 if has_bias else None)
     self.lora = (LoraAdapter(shape, names, n_in, cfg.lora_rank, cfg.lora_alpha, rngs)
                  if name in cfg.lora_weights else None)
 
@@ -102,7 +104,8 @@ class Projection(nnx.Module):
 
 
 class LayerNorm(nnx.Module):
-  def __init__(self, dim: int, use_bias: bool, name: str = axes.EMBED):
+  def __init__(self, dim: int, use_bias: bool, name: str = axes.EMBED, eps: float = 1e-5):
+    self.eps = eps
     self.scale = nnx.Param(jnp.ones((dim,), jnp.float32), out_sharding=(name,),
                            eager_sharding=False)
     self.bias = (nnx.Param(jnp.zeros((dim,), jnp.float32), out_sharding=(name,),
@@ -113,7 +116,7 @@ class LayerNorm(nnx.Module):
     x32 = x.astype(jnp.float32)
     mean = x32.mean(-1, keepdims=True)
     var = jnp.square(x32 - mean).mean(-1, keepdims=True)
-    y = (x32 - mean) * jax.lax.rsqrt(var + 1e-5) * self.scale[...]
+    y = (x32 - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...]
     if self.bias is not None:
       y = y + self.bias[...]
     return y.astype(x.dtype)
@@ -122,27 +125,49 @@ class LayerNorm(nnx.Module):
 class RMSNorm(nnx.Module):
   """Scale-only norm by the root mean square (no centring, no bias)."""
 
-  def __init__(self, dim: int, name: str = axes.EMBED):
+  def __init__(self, dim: int, name: str = axes.EMBED, eps: float = 1e-6):
+    self.eps = eps
     self.scale = nnx.Param(jnp.ones((dim,), jnp.float32), out_sharding=(name,),
                            eager_sharding=False)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x32 = x.astype(jnp.float32)
-    y = x32 * jax.lax.rsqrt(jnp.square(x32).mean(-1, keepdims=True) + 1e-6) * self.scale[...]
+    y = x32 * jax.lax.rsqrt(jnp.square(x32).mean(-1, keepdims=True) + self.eps) * self.scale[...]
     return y.astype(x.dtype)
 
 
 def norm(cfg, dim: int, name: str = axes.EMBED) -> LayerNorm | RMSNorm:
   if cfg.norm == "rmsnorm":
-    return RMSNorm(dim, name)
-  return LayerNorm(dim, cfg.use_bias, name)
+    return RMSNorm(dim, name, cfg.norm_epsilon)
+  return LayerNorm(dim, cfg.use_bias, name, cfg.norm_epsilon)
 
 
-def rope(x_BTNK: jax.Array, positions_BT: jax.Array, base: float) -> jax.Array:
-  """Rotary embedding (rotate-half form): pairs (i, i + K/2) turn by position * base^(-2i/K)."""
-  half = x_BTNK.shape[-1] // 2
-  inv_freq = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
-  angle_BTF = positions_BT.astype(jnp.float32)[..., None] * inv_freq
+def rope_frequencies(cfg) -> np.ndarray:
+  """Rotary angular frequencies [head_dim / 2] in fp32, computed as Hugging Face does
+  (1 / base^(2i/K)), so imported models turn by the same angles to the last bit."""
+  K = cfg.head_dim
+  exponent = np.arange(0, K, 2, dtype=np.float32) / np.float32(K)
+  inv_freq = (np.float32(1.0) / np.power(np.float32(cfg.rope_base), exponent)).astype(np.float32)
+  if cfg.rope_scaling == "llama3":
+    inv_freq = _llama3_scaled(inv_freq, cfg)
+  return inv_freq
+
+
+def _llama3_scaled(inv_freq: np.ndarray, cfg) -> np.ndarray:
+  """Llama 3.1: long wavelengths slowed by `factor`, short ones kept, a smooth ramp between."""
+  factor, old_len = np.float32(cfg.rope_scaling_factor), np.float32(cfg.rope_original_max_len)
+  low, high = np.float32(cfg.rope_low_freq_factor), np.float32(cfg.rope_high_freq_factor)
+  wavelen = np.float32(2 * math.pi) / inv_freq
+  scaled = np.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+  smooth = (old_len / wavelen - low) / (high - low)
+  smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+  medium = ~(wavelen < old_len / high) & ~(wavelen > old_len / low)
+  return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def rope(x_BTNK: jax.Array, positions_BT: jax.Array, inv_freq: np.ndarray) -> jax.Array:
+  """Rotary embedding (rotate-half form): pairs (i, i + K/2) turn by position * inv_freq[i]."""
+  angle_BTF = positions_BT.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)
   cos, sin = jnp.cos(angle_BTF)[:, :, None], jnp.sin(angle_BTF)[:, :, None]
   x1, x2 = jnp.split(x_BTNK.astype(jnp.float32), 2, axis=-1)
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
@@ -184,8 +209,9 @@ class Attention(nnx.Module):
     if self.q_norm is not None:
       q_BTHK, k_BTGK = self.q_norm(q_BTHK), self.k_norm(k_BTGK)
     if cfg.position == "rope":
-      q_BTHK = rope(q_BTHK, positions_BT, cfg.rope_base)
-      k_BTGK = rope(k_BTGK, positions_BT, cfg.rope_base)
+      inv_freq = rope_frequencies(cfg)
+      q_BTHK = rope(q_BTHK, positions_BT, inv_freq)
+      k_BTGK = rope(k_BTGK, positions_BT, inv_freq)
     q_BTHK = axes.constrain(q_BTHK, (axes.BATCH, None, axes.HEADS, None))
     B, T, H, K = q_BTHK.shape
     G = k_BTGK.shape[2]

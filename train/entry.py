@@ -21,7 +21,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   except SyntaxError as e:  # a --config file that is not valid Python
     fail(f"--config {e.filename!r}: syntax error at line {e.lineno}: {e.msg}")
   except flags.Error as e:
-    fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    fail(_first_and_cause(str(e)) if str(e) else type(e).__name__)
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     # ml_collections raises these for an unknown config key or a value of the wrong type
     overrides = " ".join(a for a in argv if a.startswith("--config."))
@@ -43,6 +43,13 @@ def config_file(holder, sections: tuple[str, ...]) -> "ml_collections.ConfigDict
   if missing:
     fail(f"--config {path!r}: get_config() lacks the section(s) {', '.join(missing)}")
   return cfg
+
+
+def _first_and_cause(message: str) -> str:
+  """A config file whose get_config raised: ml_collections puts the whole traceback in the
+  message; its first line names the flag and its last line the error."""
+  lines = [line for line in message.splitlines() if line.strip()]
+  return f"{lines[0]} {lines[-1]}" if "Traceback" in message else lines[0]
 
 
 def checkpoint_step(value: str | None) -> int | str | None:

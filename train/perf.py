@@ -33,6 +33,8 @@ def num_params(cfg: gpt.ModelConfig, include_embeddings: bool = True) -> int:
   if cfg.use_bias:
     biases = cfg.num_heads * cfg.head_dim + 2 * cfg.kv_heads * cfg.head_dim + D
     biases += (2 if cfg.mlp == "swiglu" else 1) * cfg.hidden_dim + D
+  elif cfg.qkv_bias:
+    biases = cfg.num_heads * cfg.head_dim + 2 * cfg.kv_heads * cfg.head_dim
   qk_norms = 2 * cfg.head_dim if cfg.qk_norm else 0
   total = L * (_layer_matmul_params(cfg) + norms + biases + qk_norms) + norms // 2
   if include_embeddings:

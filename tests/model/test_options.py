@@ -27,6 +27,11 @@ VARIANTS = {
     "mqa_bias_learned": dataclasses.replace(BASE, num_kv_heads=1, use_bias=True),
     "rope_softcap": dataclasses.replace(BASE, position="rope", logit_softcap=3.0),
     "lora": dataclasses.replace(LLAMA, lora_rank=4, lora_targets="attn,mlp"),
+    # the options Hugging Face imports need: Qwen2's q/k/v-only biases, an explicit head
+    # width (4 x 16 != 32), a norm epsilon, Llama 3.1's rope scaling
+    "qwen_llama3": dataclasses.replace(LLAMA, qk_norm=False, qkv_bias=True, attn_head_dim=16,
+                                       norm_eps=1e-5, rope_scaling="llama3",
+                                       rope_original_max_len=8),
 }
 PROMPTS = [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11, 12, 13, 14, 15, 16, 17]]
 PROMPT_LEN, TOTAL = 16, 48

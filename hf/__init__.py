@@ -1,0 +1,1 @@
+"""Hugging Face interop: import HF causal LMs as treadle runs, export treadle runs to HF."""
