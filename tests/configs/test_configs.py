@@ -36,9 +36,17 @@ def test_configs_directory_holds_the_known_files():
   assert {"base", "tiny", "shakespeare_char_cpu", "digits_cnn", "digits_vit"} <= set(CONFIG_FILES)
 
 
+def _load(name: str, tmp_path: pathlib.Path):
+  module = importlib.import_module(f"treadle.configs.{name}")
+  if name == "imported":  # takes the directory of a run written by treadle-import-hf
+    (tmp_path / "config.json").write_text(json.dumps(base.get_config("lm").to_dict()))
+    return module.get_config(str(tmp_path))
+  return module.get_config()
+
+
 @pytest.mark.parametrize("name", CONFIG_FILES)
-def test_every_config_file_loads_splits_and_builds(name):
-  cfg = config_lib.split(importlib.import_module(f"treadle.configs.{name}").get_config())
+def test_every_config_file_loads_splits_and_builds(name, tmp_path):
+  cfg = config_lib.split(_load(name, tmp_path))
   cfg = _with_data_fields(cfg)
   graphdef, abstract, specs = state_lib.model_graph(cfg.model)  # abstract init: no arrays
   leaves = jax.tree.leaves(abstract)
