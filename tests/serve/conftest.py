@@ -71,9 +71,10 @@ def served_run(tmp_path_factory, text_file):
   return workdir
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(served_run):
-  """32 slots, as the issue's concurrency test needs, and a short queue."""
+  """32 slots, as the issue's concurrency test needs, and a short queue (shared by the test
+  files a worker runs: each start compiles)."""
   proc = ServerProcess(served_run, "--max_batch=32", "--max_queue=8")
   yield proc
   proc.stop()

@@ -21,7 +21,9 @@ def client(server):
 
 @pytest.fixture(scope="module")
 def sampler(served_run):
-  return sampler_lib.Sampler.from_workdir(served_run)
+  # one device, as the server: compiling for the test session's 8 would only take longer
+  return sampler_lib.Sampler.from_workdir(served_run, mesh_shape=(1, 1, 1),
+                                          devices=jax.devices()[:1])
 
 
 def test_health_and_models(server, client):
@@ -87,8 +89,8 @@ def test_stream_concatenated_equals_unstreamed(client, args):
 
 def _log_softmax_of_prompt(sampler, ids):
   """The model's own forward pass over the prompt, no cache, no server."""
-  model = nnx.merge(sampler.graphdef, sampler.params)
-  logits = model(np.asarray([ids], np.int32))[0][0]
+  forward = jax.jit(lambda params, tokens: nnx.merge(sampler.graphdef, params)(tokens)[0])
+  logits = forward(sampler.params, np.asarray([ids], np.int32))[0]
   logp = np.asarray(jax.nn.log_softmax(logits, axis=-1))
   return [float(logp[i, ids[i + 1]]) for i in range(len(ids) - 1)], logp
 

@@ -3,24 +3,14 @@ import itertools
 
 import hypothesis
 import httpx
-import pytest
 import schemathesis
 from schemathesis import checks
-
-from tests.serve.conftest import ServerProcess
 
 # Generated requests may ask for up to 8192 tokens of n=16 choices each; to bound the test's
 # time (not the server's checks), the schema the test generates from caps these lower.
 _CAPS = {"max_tokens": 24, "n": 2, "max_completion_tokens": 24}
 _CHECKS = [checks.not_a_server_error, checks.status_code_conformance,
            checks.content_type_conformance, checks.response_schema_conformance]
-
-
-@pytest.fixture(scope="module")
-def api_server(served_run):
-  proc = ServerProcess(served_run, "--max_batch=4")
-  yield proc
-  proc.stop()
 
 
 def _capped(schema: dict) -> dict:
@@ -33,8 +23,8 @@ def _capped(schema: dict) -> dict:
   return schema
 
 
-def test_openapi_schema_fuzzed_finds_no_server_error(api_server):
-  served = httpx.get(f"{api_server.url}/openapi.json", timeout=30).json()
+def test_openapi_schema_fuzzed_finds_no_server_error(server):
+  served = httpx.get(f"{server.url}/openapi.json", timeout=30).json()
   assert {"/health", "/v1/models", "/v1/completions", "/v1/chat/completions"} <= set(served["paths"])
   schema = schemathesis.openapi.from_dict(_capped(served))
   failures = []
@@ -48,7 +38,7 @@ def test_openapi_schema_fuzzed_finds_no_server_error(api_server):
                          suppress_health_check=list(hypothesis.HealthCheck))
     @hypothesis.given(case=op.as_strategy(mode))
     def fuzz(case):
-      response = case.call(base_url=api_server.url, timeout=60)
+      response = case.call(base_url=server.url, timeout=60)
       try:
         case.validate_response(response, checks=_CHECKS)
       except AssertionError as e:  # schemathesis' failures are AssertionErrors
