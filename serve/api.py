@@ -124,7 +124,9 @@ class Server:
       return self._stream(seqs, queue, request, lambda ev: build.chunk(ev, meta),
                           lambda: build.usage_chunk(meta))
     await self._collect(seqs, queue, request, build.add)
-    return schemas.CompletionResponse(**meta, choices=build.choices(), usage=build.usage())
+    choices = build.choices()
+    _raise_if_failed(c.finish_reason for c in choices)
+    return schemas.CompletionResponse(**meta, choices=choices, usage=build.usage())
 
   async def chat_completions(self, req: schemas.ChatCompletionRequest, request: fastapi.Request):
     text = chat.render(self.tokenizer, [m.model_dump() for m in req.messages])
@@ -142,8 +144,9 @@ class Server:
       return self._stream(seqs, queue, request, lambda ev: build.chat_chunk(ev, meta),
                           lambda: build.usage_chunk(meta, chat=True))
     await self._collect(seqs, queue, request, build.add)
-    return schemas.ChatCompletionResponse(**meta, choices=build.chat_choices(),
-                                          usage=build.usage())
+    choices = build.chat_choices()
+    _raise_if_failed(c.finish_reason for c in choices)
+    return schemas.ChatCompletionResponse(**meta, choices=choices, usage=build.usage())
 
   # -- waiting for results ----------------------------------------------------------------
 
@@ -187,6 +190,11 @@ class Server:
   def health(self) -> schemas.Health:
     return schemas.Health(status="draining" if self.draining else "ok", model=self.model_name,
                           step=self.step, **self.engine.load())
+
+
+def _raise_if_failed(finish_reasons) -> None:
+  if "error" in finish_reasons:
+    raise ApiError(500, "the decode loop failed (see the server log)", kind="server_error")
 
 
 def _event_queue():

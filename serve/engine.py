@@ -104,7 +104,7 @@ class Engine:
   def warm_up(self) -> None:
     """Compiles the step, the slide and the prefill of the shortest prompt bucket on idle
     slots (what they leave behind is overwritten by the next prefill)."""
-    P = min(sampler_lib._BUCKET, self.window)
+    P = sampler_lib.prompt_slots(1, self.window)
     greedy = decode.SamplingParams(jnp.float32(0), jnp.int32(0), jnp.float32(1))
     zero = jnp.int32(0)
     params = self.sampler.params
@@ -184,7 +184,7 @@ class Engine:
 
   def _start(self, row: int, seq: Sequence) -> None:
     ids = seq.prompt_ids[-self.window:]  # longer prompts keep their last W tokens (Sampler)
-    P = min(sampler_lib._round_up(len(ids), sampler_lib._BUCKET), self.window)
+    P = sampler_lib.prompt_slots(len(ids), self.window)
     tokens, pad = decode.left_pad([ids], P, P)
     sampling = decode.SamplingParams(jnp.float32(seq.temperature), jnp.int32(seq.top_k),
                                      jnp.float32(seq.top_p))

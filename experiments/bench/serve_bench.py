@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import httpx
@@ -62,7 +63,8 @@ def start_server(workdir: pathlib.Path, max_batch: int) -> tuple[subprocess.Pope
                           stderr=subprocess.PIPE, text=True)
   for line in proc.stderr:
     match = re.search(r"on (http://127\.0\.0\.1:\d+)", line)
-    if match:
+    if match:  # keep reading its log so the pipe never fills
+      threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
       return proc, match.group(1)
   raise RuntimeError(f"treadle-serve exited {proc.wait()} before serving")
 
