@@ -10,6 +10,7 @@ from typing import AsyncIterator
 import fastapi
 from fastapi import exceptions as fastapi_exceptions
 from fastapi import responses
+from starlette import exceptions as starlette_exceptions
 
 from treadle.serve import chat
 from treadle.serve import engine as engine_lib
@@ -93,7 +94,7 @@ class Server:
             top_n=min(top_n, self.engine.vocab_size), score_prompt=echo_logprobs, emit=emit))
     return seqs
 
-  def _submit(self, seqs) -> asyncio.Queue:
+  def _submit(self, seqs) -> None:
     if self.draining:
       raise ApiError(503, "the server is shutting down", kind="server_error")
     try:
@@ -218,6 +219,11 @@ def make_app(server: Server, lifespan=None) -> fastapi.FastAPI:
   @app.exception_handler(fastapi_exceptions.RequestValidationError)
   async def _bad_request(request, exc):
     return _validation_error(exc)
+
+  @app.exception_handler(starlette_exceptions.HTTPException)
+  async def _http_error(request, exc):  # e.g. a body that is not UTF-8, an unknown path
+    kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+    return _error_response(exc.status_code, str(exc.detail), kind=kind)
 
   @app.exception_handler(ApiError)
   async def _api_error(request, exc: ApiError):

@@ -76,10 +76,11 @@ def test_missing_and_malformed_fields_are_400(small, path, body, param):
   assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
 
 
-def test_invalid_json_is_a_400(small):
-  r = httpx.post(f"{small.url}/v1/completions", content=b"{not json",
+@pytest.mark.parametrize("content", [b"{not json", b"4\xff\x46\xfe"])  # the 2nd: not UTF-8
+def test_a_body_that_is_not_json_is_a_400_in_the_openai_shape(small, content):
+  r = httpx.post(f"{small.url}/v1/completions", content=content,
                  headers={"content-type": "application/json"}, timeout=30)
-  assert r.status_code == 400 and "error" in r.json(), r.text
+  assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error", r.text
 
 
 def _stream(url: str, body: dict, first_chunk: threading.Event, done: dict):
