@@ -2,23 +2,24 @@
 import dataclasses
 import functools
 import json
-import os
 import pathlib
 
 import grain
 import numpy as np
+
+from treadle.train import fileio
 
 FILENAME = "preprocess.json"
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-  """Which images, how they are split, normalised and augmented."""
-  dataset: str = "digits"     # digits: scikit-learn's 1,797 8x8 handwritten digits
-  val_fraction: float = 0.1
-  test_fraction: float = 0.1
-  split_seed: int = 0         # the images are shuffled once, with this seed, before splitting
-  max_shift: int = 1          # augmentation: random shifts of up to this many pixels; 0 = off
+  """data.* of an image dataset: keys, base values and meanings in configs/base.py."""
+  dataset: str
+  val_fraction: float
+  test_fraction: float
+  split_seed: int
+  max_shift: int
 
   def __post_init__(self):
     if self.dataset != "digits":
@@ -43,10 +44,7 @@ class Preprocess:
     return ((raw / self.pixel_max - self.mean) / self.std).astype(np.float32)
 
   def save(self, workdir) -> None:
-    path = pathlib.Path(workdir) / FILENAME
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(dataclasses.asdict(self)))
-    os.replace(tmp, path)
+    fileio.atomic_write(pathlib.Path(workdir) / FILENAME, json.dumps(dataclasses.asdict(self)))
 
   @classmethod
   def load(cls, workdir) -> "Preprocess":

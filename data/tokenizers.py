@@ -14,6 +14,8 @@ from tokenizers import models as hf_models
 from tokenizers import pre_tokenizers as hf_pre_tokenizers
 from tokenizers import trainers as hf_trainers
 
+from treadle.train import fileio
+
 FILENAME = "tokenizer.json"
 
 
@@ -157,9 +159,8 @@ def from_json(spec: dict) -> Tokenizer:
 
 def save(tokenizer: Tokenizer, workdir: str | os.PathLike) -> pathlib.Path:
   path = pathlib.Path(workdir) / FILENAME
-  tmp = path.with_suffix(".tmp")
-  tmp.write_text(json.dumps(tokenizer.to_json(), ensure_ascii=False))
-  os.replace(tmp, path)  # atomic: a killed process never leaves half a tokenizer
+  # atomic: a killed process never leaves half a tokenizer
+  fileio.atomic_write(path, json.dumps(tokenizer.to_json(), ensure_ascii=False))
   return path
 
 
@@ -167,4 +168,8 @@ def load(workdir: str | os.PathLike) -> Tokenizer:
   path = pathlib.Path(workdir) / FILENAME
   if not path.exists():
     raise FileNotFoundError(f"no tokenizer at {path}")
-  return from_json(json.loads(path.read_text()))
+  try:
+    return from_json(json.loads(path.read_text(encoding="utf-8")))
+  except Exception as e:  # JSON, missing fields, or HF's own parse error (a plain Exception)
+    reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise ValueError(f"{str(path)!r} is not a valid tokenizer file: {reason}") from None

@@ -3,8 +3,9 @@
   treadle-sample --workdir DIR --prompt "ROMEO:" --max_new_tokens 500 --temperature 0.8 \
       --top_k 200 --num_samples 2 --seed 0 [--top_p 0.95] [--step N|best] [--stream] [--json]
 
-Bad input (empty prompt, characters the tokenizer cannot encode, temperature < 0,
-top_k < 0, top_p outside (0, 1], no checkpoint) is a one-line error with exit code 2.
+Bad input (empty prompt, characters the tokenizer cannot encode, a temperature that is
+negative or not finite, top_k < 0, top_p outside (0, 1], no checkpoint, a tokenizer.json
+edited after training or not the model's size) is a one-line error with exit code 2.
 """
 import json
 import time
@@ -47,7 +48,8 @@ def _print_samples(sampler, prompts, args) -> None:
   if _STREAM.value and not _JSON.value:
     for i, prompt in enumerate(prompts):
       print(prompt, end="", flush=True)
-      for piece in sampler.stream(prompt, seed=_SEED.value + i, **args):
+      # row i: the key the batch path gives sample i, so --stream prints the same text
+      for piece in sampler.stream(prompt, seed=_SEED.value, row=i, **args):
         print(piece, end="", flush=True)
       print("\n---------------", flush=True)
     return

@@ -31,7 +31,11 @@ def main(argv) -> None:
                                                      entry.checkpoint_step(_STEP.value))
     for path in _INPUT.value:
       raw = predictor_lib.load_input(path, predictor.preprocess)
-      for i, result in enumerate(predictor.predict(raw)):
+      try:
+        results = predictor.predict(raw)
+      except ValueError as e:
+        raise ValueError(f"--input {path!r}: {e}") from None
+      for i, result in enumerate(results):
         if _JSON.value:
           print(json.dumps({"input": path, "index": i, **result}))
         else:

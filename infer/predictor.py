@@ -16,31 +16,26 @@ class Predictor:
     from treadle.data import images
     from treadle.train import checkpoint
     from treadle.train import config as config_lib
-    from treadle.train import state as state_lib
     workdir = pathlib.Path(workdir)
     if not (workdir / "config.json").exists():
       raise FileNotFoundError(f"{str(workdir)!r} is not a treadle run directory (no config.json)")
     cfg = config_lib.from_json(workdir / "config.json")
     if cfg.task != "classify":
       raise ValueError(f"{str(workdir)!r} is a {cfg.task!r} run, not an image classifier")
-    reader = checkpoint.reader(workdir)
-    try:
-      step = checkpoint.resolve_step(reader, step)
-      _, abstract, _ = state_lib.model_graph(cfg.model)
-      device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-      target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
-                            abstract)
-      params = checkpoint.restore_params(reader, step, target)
-    finally:
-      reader.close()
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])  # a small model
+    params, step = checkpoint.load_params(
+        workdir, step, cfg.model, lambda abstract, _: jax.tree.map(lambda _: device, abstract))
     return cls(cfg, images.Preprocess.load(workdir), params, step)
 
   def predict(self, raw_NHW: np.ndarray) -> list[dict]:
     """Raw pixels [N, H, W] -> [{label, probability, probabilities}] per image."""
-    from treadle.train import image_task
+    from treadle.train.tasks import image as image_task
     shape = self.preprocess.image_shape
     if raw_NHW.ndim != 3 or raw_NHW.shape[1:] != tuple(shape):
       raise ValueError(f"expected images of shape {tuple(shape)}, got {raw_NHW.shape[1:]}")
+    bad = [i for i, image in enumerate(raw_NHW) if not np.isfinite(image).all()]
+    if bad:  # a NaN pixel makes every probability NaN: no label to report
+      raise ValueError(f"image(s) {bad[:10]} hold non-finite pixel values (NaN or inf)")
     probs = image_task.predict_probabilities(self.cfg.model, self.params,
                                              self.preprocess.normalize(raw_NHW))
     labels = self.preprocess.labels
@@ -54,7 +49,11 @@ def load_input(path: str, preprocess) -> np.ndarray:
   if not file.is_file():
     raise FileNotFoundError(f"--input: no such file {path!r}")
   if file.suffix == ".npy":
-    array = np.load(file).astype(np.float32)
+    try:
+      array = np.load(file).astype(np.float32)
+    except (OSError, ValueError, TypeError, EOFError) as e:  # not .npy, truncated, pickled, ...
+      raise ValueError(f"--input {path!r}: not a readable .npy array of numbers "
+                       f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     array = array[None] if array.ndim == 2 else array
     if array.ndim != 3 or array.shape[1:] != tuple(preprocess.image_shape):
       raise ValueError(f"--input {path!r}: shape {array.shape} is not "

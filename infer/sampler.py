@@ -1,6 +1,6 @@
 """Sampler: a trained run's frozen parameters + tokenizer, generating text with a KV cache."""
 import dataclasses
-import functools
+import math
 import pathlib
 from typing import Iterator, Sequence
 
@@ -15,6 +15,7 @@ from treadle.train import checkpoint
 from treadle.train import config as config_lib
 from treadle.train import mesh as mesh_lib
 from treadle.train import state as state_lib
+from treadle.train import workdir as workdir_lib
 
 _BUCKET = 64  # prompt and output lengths round up to this: few compilations, any length
 
@@ -28,8 +29,8 @@ class Completion:
 
 def check_sampling_args(temperature: float, top_k: int, top_p: float, max_new_tokens: int):
   """One-line ValueErrors for arguments outside their domain."""
-  if temperature < 0:
-    raise ValueError(f"temperature={temperature} must be >= 0 (0 = greedy)")
+  if not math.isfinite(temperature) or temperature < 0:  # nan < 0 is False: test finiteness
+    raise ValueError(f"temperature={temperature} must be a finite number >= 0 (0 = greedy)")
   if top_k < 0:
     raise ValueError(f"top_k={top_k} must be >= 0 (0 = off)")
   if not 0 < top_p <= 1:
@@ -60,7 +61,7 @@ class Sampler:
     param_shardings = jax.tree.map(lambda x: x.sharding, params)
     self._prefill = jax.jit(self._prefill_fn, static_argnums=(3,),
                             in_shardings=(param_shardings, replicated, replicated, replicated,
-                                          replicated), out_shardings=replicated)
+                                          replicated, replicated), out_shardings=replicated)
     self._decode = jax.jit(self._decode_fn, in_shardings=(param_shardings, replicated,
                                                            replicated, replicated),
                            out_shardings=replicated, donate_argnums=1)
@@ -78,17 +79,16 @@ class Sampler:
     if not (workdir / "config.json").exists():
       raise FileNotFoundError(f"{str(workdir)!r} is not a treadle run directory (no config.json)")
     cfg = config_lib.from_json(workdir / "config.json")
+    workdir_lib.check_artifacts(workdir)  # tokenizer.json as training wrote it
     tokenizer = tokenizers.load(workdir)
-    reader = checkpoint.reader(workdir)
-    step = checkpoint.resolve_step(reader, step)
+    workdir_lib.check_vocab(workdir, tokenizer, cfg.model.vocab_size)
     mesh = mesh_lib.make_mesh(mesh_shape, devices)
-    _, abstract, specs = state_lib.model_graph(cfg.model)
-    shardings = mesh_lib.param_shardings(specs, mesh, mesh_lib.rules(rules))
-    mesh_lib.check_divisible(abstract, shardings)
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          abstract, shardings)
-    params = checkpoint.restore_params(reader, step, target)
-    reader.close()
+
+    def shardings(abstract, specs):
+      out = mesh_lib.param_shardings(specs, mesh, mesh_lib.rules(rules))
+      mesh_lib.check_divisible(abstract, out)
+      return out
+    params, step = checkpoint.load_params(workdir, step, cfg.model, shardings)
     if merge_lora and cfg.model.lora_rank:
       merged_cfg = dataclasses.replace(cfg.model, lora_rank=0)
       merged_shardings = mesh_lib.param_shardings(state_lib.model_graph(merged_cfg)[2], mesh,
@@ -100,9 +100,9 @@ class Sampler:
 
   # -- jitted pieces ---------------------------------------------------------------------
 
-  def _prefill_fn(self, params, tokens_BN, pad_B, prompt_len: int, key, sampling):
+  def _prefill_fn(self, params, tokens_BN, pad_B, prompt_len: int, key, sampling, first_row):
     model = decode.merge(self.graphdef, params)
-    return decode.prefill(model, tokens_BN, pad_B, prompt_len, key, sampling)
+    return decode.prefill(model, tokens_BN, pad_B, prompt_len, key, sampling, first_row)
 
   def _decode_fn(self, params, carry, num_steps, sampling):
     return decode.decode_steps(decode.merge(self.graphdef, params), carry, num_steps, sampling)
@@ -119,7 +119,7 @@ class Sampler:
       ids.append(self.tokenizer.encode(p))  # raises UnknownCharacterError (a ValueError)
     return ids
 
-  def _start(self, prompts, max_new_tokens, temperature, top_k, top_p, seed):
+  def _start(self, prompts, max_new_tokens, temperature, top_k, top_p, seed, first_row=0):
     check_sampling_args(temperature, top_k, top_p, max_new_tokens)
     ids = self.encode_prompts(prompts)
     # prompts longer than the window keep their last `window` tokens
@@ -128,7 +128,8 @@ class Sampler:
     tokens, pad = decode.left_pad(ids, total, prompt_len)
     sampling = decode.SamplingParams(jnp.float32(temperature), jnp.int32(top_k),
                                      jnp.float32(top_p))
-    carry = self._prefill(self.params, tokens, pad, prompt_len, jax.random.key(seed), sampling)
+    carry = self._prefill(self.params, tokens, pad, prompt_len, jax.random.key(seed), sampling,
+                          jnp.int32(first_row))
     return carry, sampling, prompt_len
 
   def compile(self, prompts: Sequence[str], max_new_tokens: int) -> None:
@@ -139,7 +140,9 @@ class Sampler:
   def generate(self, prompts: str | Sequence[str], max_new_tokens: int = 200,
                temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
                stop: Sequence[str] = ()) -> list[Completion]:
-    """Samples a continuation of each prompt (batched); same seed, same text."""
+    """Samples a continuation of each prompt (batched); same seed, same text. Prompt i
+    draws with its own key (decode.row_keys), so it samples what `stream(prompts[i],
+    seed=seed, row=i)` streams."""
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     carry, sampling, prompt_len = self._start(prompts, max_new_tokens, temperature, top_k,
                                               top_p, seed)
@@ -150,12 +153,14 @@ class Sampler:
 
   def stream(self, prompt: str, max_new_tokens: int = 200, temperature: float = 1.0,
              top_k: int = 0, top_p: float = 1.0, seed: int = 0, stop: Sequence[str] = (),
-             chunk_tokens: int = 16) -> Iterator[str]:
+             chunk_tokens: int = 16, row: int = 0) -> Iterator[str]:
     """Yields the continuation of one prompt piece by piece as it is generated; the pieces
-    concatenate to `generate(...)[0].text` for the same arguments. Arguments are checked
-    (and the prompt prefilled) at the call, not at the first `next()`."""
+    concatenate to `generate(prompts, ...)[row].text` for the same arguments when
+    prompts[row] is this prompt (same padded prompt length: prompts up to 64 tokens, or
+    all longer than the window). Arguments are checked (and the prompt prefilled) at the
+    call, not at the first `next()`."""
     carry, sampling, prompt_len = self._start([prompt], max_new_tokens, temperature, top_k,
-                                              top_p, seed)
+                                              top_p, seed, row)
     return self._stream(carry, sampling, prompt_len, max_new_tokens, stop, chunk_tokens)
 
   def _stream(self, carry, sampling, prompt_len, max_new_tokens, stop, chunk_tokens):

@@ -13,17 +13,20 @@ from treadle.model import layers
 
 @dataclasses.dataclass(frozen=True)
 class ClassifierConfig:
-  """kind selects the architecture; image_shape and num_classes come from the data."""
-  kind: str = "cnn"             # cnn | vit
-  width: int = 32               # cnn: channels of the first conv (doubled after pooling)
-  embed_dim: int = 64           # vit: token width
-  num_layers: int = 2           # vit: transformer blocks
-  num_heads: int = 4            # vit: attention heads
-  patch_size: int = 2           # vit: square patches
-  dropout: float = 0.0
-  num_classes: int = 0          # 0 = from the data
-  image_height: int = 0         # 0 = from the data
-  image_width: int = 0
+  """model.* of an image classifier: keys, base values and meanings in configs/base.py.
+
+  num_classes, image_height and image_width of 0 are filled from the data by the task.
+  """
+  kind: str
+  width: int
+  embed_dim: int
+  num_layers: int
+  num_heads: int
+  patch_size: int
+  dropout: float
+  num_classes: int
+  image_height: int
+  image_width: int
 
   def __post_init__(self):
     if self.kind not in ("cnn", "vit"):
@@ -75,6 +78,19 @@ class Cnn(nnx.Module):
     return x @ self.head[...] + self.head_bias[...]
 
 
+def _vit_block_config(cfg: ClassifierConfig, num_patches: int) -> gpt.ModelConfig:
+  """The ViT's encoder block, spelt out: a pre-norm GPT-2 block (LayerNorm, GELU MLP 4x
+  wide, multi-head attention, no biases; positions are added outside the blocks), run
+  without a causal mask."""
+  return gpt.ModelConfig(
+      vocab_size=1, max_seq_len=num_patches, num_layers=cfg.num_layers,
+      num_heads=cfg.num_heads, num_kv_heads=0, embed_dim=cfg.embed_dim, mlp_ratio=4,
+      mlp_hidden_dim=0, mlp="gelu", norm="layernorm", position="learned", rope_base=10000.0,
+      qk_norm=False, logit_softcap=0.0, tie_embeddings=True, dropout=cfg.dropout,
+      use_bias=False, compute_dtype="float32", vocab_multiple=8, scan_layers=False,
+      remat="none", lora_rank=0, lora_alpha=16.0, lora_targets="attn")
+
+
 class Vit(nnx.Module):
   """Patch embedding + learned positions + bidirectional pre-LN transformer, mean-pooled."""
 
@@ -82,8 +98,7 @@ class Vit(nnx.Module):
     self.cfg = cfg
     P, D = cfg.patch_size, cfg.embed_dim
     num_patches = (cfg.image_height // P) * (cfg.image_width // P)
-    block_cfg = gpt.ModelConfig(vocab_size=1, max_seq_len=num_patches, num_layers=cfg.num_layers,
-                                num_heads=cfg.num_heads, embed_dim=D, dropout=cfg.dropout)
+    block_cfg = _vit_block_config(cfg, num_patches)
     self.patch_embed = _dense(rngs, P * P, (P * P, D), (None, axes.EMBED))
     self.position_embed = axes.param(nnx.initializers.normal(0.02), rngs.params(),
                                      (num_patches, D), (None, axes.EMBED))

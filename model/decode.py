@@ -24,7 +24,8 @@ class Carry(NamedTuple):
   cache: Any             # Decoder.init_cache: W slots per layer
   base: jax.Array        # int32: absolute slot held by cache index 0
   cur: jax.Array         # int32: slot of the newest sampled token (not yet in the cache)
-  key: jax.Array
+  start: jax.Array       # int32: slot of the first sampled token (= the prompt length)
+  keys_B: jax.Array      # one key per row (row_keys): a row's draws ignore the other rows
 
 
 class SamplingParams(NamedTuple):
@@ -34,8 +35,22 @@ class SamplingParams(NamedTuple):
   top_p: jax.Array        # 1 = off
 
 
-def sample_token(logits_BV: jax.Array, key: jax.Array, params: SamplingParams) -> jax.Array:
-  """Greedy, temperature, top-k and top-p (nucleus) sampling, combinable."""
+def row_keys(key: jax.Array, num_rows: int, first_row=0) -> jax.Array:
+  """One key per batch row, row r = fold_in(key, first_row + r): a prompt samples the same
+  text alone (first_row = its index) as at that index of a batch."""
+  rows = first_row + jnp.arange(num_rows)
+  return jax.vmap(lambda r: jax.random.fold_in(key, r))(rows)
+
+
+def _token_keys(carry_keys_B: jax.Array, index) -> jax.Array:
+  """Each row's key for its `index`-th sampled token (counted from the prompt's end, so the
+  prompt's padded length never changes the draws)."""
+  return jax.vmap(lambda k: jax.random.fold_in(k, index))(carry_keys_B)
+
+
+def sample_token(logits_BV: jax.Array, keys_B: jax.Array, params: SamplingParams) -> jax.Array:
+  """Greedy, temperature, top-k and top-p (nucleus) sampling, combinable; row b draws with
+  keys_B[b] alone."""
   logits = logits_BV.astype(jnp.float32)
   greedy_B = jnp.argmax(logits, axis=-1)
   scaled = logits / jnp.maximum(params.temperature, 1e-6)
@@ -49,7 +64,7 @@ def sample_token(logits_BV: jax.Array, key: jax.Array, params: SamplingParams) -
   kept = jnp.sum((jnp.cumsum(probs, axis=-1) - probs) < params.top_p, axis=-1)
   threshold = jnp.take_along_axis(sorted_desc, jnp.maximum(kept, 1)[:, None] - 1, axis=-1)
   scaled = jnp.where(scaled < threshold, -jnp.inf, scaled)
-  sampled_B = jax.random.categorical(key, scaled, axis=-1)
+  sampled_B = jax.vmap(jax.random.categorical)(keys_B, scaled)
   return jnp.where(params.temperature > 0, sampled_B, greedy_B).astype(jnp.int32)
 
 
@@ -65,16 +80,19 @@ def encode(model: gpt.Decoder, tokens_BT, first_slot, pad_B, cache, base):
   return model(tokens_BT, positions_BT=positions_BT, cache=cache, decode=decode)
 
 
-def prefill(model: gpt.Decoder, tokens_BN, pad_B, prompt_len: int, key, params: SamplingParams
-            ) -> Carry:
-  """Encodes the (left-padded) prompt slots [0, prompt_len) and samples the first new token."""
+def prefill(model: gpt.Decoder, tokens_BN, pad_B, prompt_len: int, key, params: SamplingParams,
+            first_row=0) -> Carry:
+  """Encodes the (left-padded) prompt slots [0, prompt_len) and samples the first new token.
+
+  Row b samples with row_keys(key, B, first_row)[b]."""
   B = tokens_BN.shape[0]
   cache = model.init_cache(B, model.cfg.max_seq_len)
   zero = jnp.zeros((), jnp.int32)
   logits, cache = encode(model, tokens_BN[:, :prompt_len], zero, pad_B, cache, zero)
   cur = jnp.asarray(prompt_len, jnp.int32)
-  token_B = sample_token(logits[:, -1], jax.random.fold_in(key, cur), params)
-  return Carry(tokens_BN.at[:, cur].set(token_B), pad_B, cache, zero, cur, key)
+  keys_B = row_keys(key, B, first_row)
+  token_B = sample_token(logits[:, -1], _token_keys(keys_B, 0), params)
+  return Carry(tokens_BN.at[:, cur].set(token_B), pad_B, cache, zero, cur, cur, keys_B)
 
 
 def _slide(model: gpt.Decoder, carry: Carry) -> Carry:
@@ -103,7 +121,7 @@ def decode_steps(model: gpt.Decoder, carry: Carry, num_steps, params: SamplingPa
     token_B1 = jax.lax.dynamic_slice_in_dim(c.tokens_BN, c.cur, 1, axis=1)
     logits, cache = encode(model, token_B1, c.cur, c.pad_B, c.cache, c.base)
     nxt = c.cur + 1
-    token_B = sample_token(logits[:, -1], jax.random.fold_in(c.key, nxt), params)
+    token_B = sample_token(logits[:, -1], _token_keys(c.keys_B, nxt - c.start), params)
     tokens = jax.lax.dynamic_update_slice_in_dim(c.tokens_BN, token_B[:, None], nxt, axis=1)
     return c._replace(tokens_BN=tokens, cache=cache, cur=nxt)
 
@@ -131,7 +149,7 @@ def recompute_steps(model: gpt.Decoder, carry: Carry, num_steps, params: Samplin
     logits, _ = encode(model, window_BW, base, c.pad_B, model.init_cache(B, W), base)
     nxt = c.cur + 1
     token_B = sample_token(jax.lax.dynamic_index_in_dim(logits, c.cur - base, 1, False),
-                           jax.random.fold_in(c.key, nxt), params)
+                           _token_keys(c.keys_B, nxt - c.start), params)
     tokens = jax.lax.dynamic_update_slice_in_dim(c.tokens_BN, token_B[:, None], nxt, axis=1)
     return c._replace(tokens_BN=tokens, cur=nxt)
 

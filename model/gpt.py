@@ -27,34 +27,35 @@ LORA_WEIGHTS = LORA_GROUPS["attn"] + LORA_GROUPS["mlp"]
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """Shape and options of the decoder. vocab_size and max_seq_len come from data.
+  """model.* of a language model: keys, base values and meanings in configs/base.py.
 
-  lora_* are not model-section keys: RunConfig fills them from the finetune section.
+  vocab_size and max_seq_len of 0 are filled from the data by the task; lora_* are not
+  model-section keys: train/config.split() fills them from the finetune section.
   """
-  vocab_size: int = 0      # 0 = from the tokenizer (filled in by the task)
-  max_seq_len: int = 0     # context window (KV-cache length); 0 = data.seq_len
-  num_layers: int = 4
-  num_heads: int = 4
-  num_kv_heads: int = 0    # grouped-query attention; 0 = num_heads (multi-head)
-  embed_dim: int = 128
-  mlp_ratio: int = 4
-  mlp_hidden_dim: int = 0  # 0 = mlp_ratio * embed_dim
-  mlp: str = "gelu"        # gelu | swiglu
-  norm: str = "layernorm"  # layernorm | rmsnorm
-  position: str = "learned"  # learned | rope
-  rope_base: float = 10000.0
-  qk_norm: bool = False
-  logit_softcap: float = 0.0  # 0 = off; else logits = cap * tanh(logits / cap)
-  tie_embeddings: bool = True
-  dropout: float = 0.0
-  use_bias: bool = False
-  compute_dtype: str = "float32"
-  vocab_multiple: int = 8
-  scan_layers: bool = False
-  remat: str = "none"      # none | full | dots | dots_no_batch
-  lora_rank: int = 0
-  lora_alpha: float = 16.0
-  lora_targets: str = "attn"
+  vocab_size: int
+  max_seq_len: int
+  num_layers: int
+  num_heads: int
+  num_kv_heads: int
+  embed_dim: int
+  mlp_ratio: int
+  mlp_hidden_dim: int
+  mlp: str
+  norm: str
+  position: str
+  rope_base: float
+  qk_norm: bool
+  logit_softcap: float
+  tie_embeddings: bool
+  dropout: float
+  use_bias: bool
+  compute_dtype: str
+  vocab_multiple: int
+  scan_layers: bool
+  remat: str
+  lora_rank: int
+  lora_alpha: float
+  lora_targets: str
 
   def __post_init__(self):
     for name, choices in _CHOICES.items():

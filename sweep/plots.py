@@ -6,13 +6,12 @@ Also the curve drawing the sweep report uses. Figures are built without pyplot (
 state, no display needed).
 """
 import pathlib
-import sys
 
-from absl import app
 from absl import flags
 from matplotlib import figure
 
 from treadle.sweep import runner
+from treadle.train import entry
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by treadle-train.")
 _OUT = flags.DEFINE_string("out", None, "PNG to write (default WORKDIR/loss_curves.png).")
@@ -71,21 +70,22 @@ def plot_run(workdir: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
 
 
 def main(argv) -> None:
-  if len(argv) > 1 or not _WORKDIR.value:
-    print("error: usage: treadle-plot --workdir DIR [--out FILE.png]", file=sys.stderr)
-    sys.exit(2)
+  if len(argv) > 1:
+    entry.fail(f"unexpected argument {argv[1]!r}; usage: treadle-plot --workdir DIR "
+               "[--out FILE.png]")
+  if not _WORKDIR.value:
+    entry.fail("--workdir is required; usage: treadle-plot --workdir DIR [--out FILE.png]")
   workdir = pathlib.Path(_WORKDIR.value)
   try:
     out = plot_run(workdir, pathlib.Path(_OUT.value or workdir / "loss_curves.png"))
   except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    entry.fail(str(e))
   print(out)
 
 
 def run() -> None:
-  """Console-script entry point."""
-  app.run(main)
+  """Console-script entry point: a bad flag is a one-line error with exit code 2."""
+  entry.run(main)
 
 
 if __name__ == "__main__":

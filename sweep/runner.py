@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from treadle.sweep import spec
 from treadle.train import fileio
+from treadle.train import interrupts
 from treadle.train import metrics
 
 INTERRUPTED_EXIT_CODE = 75  # treadle-train's: checkpoint written, rerun the command to resume
@@ -65,9 +66,7 @@ def read_status(layout: Layout, name: str) -> dict[str, Any] | None:
 def write_status(layout: Layout, name: str, status: dict[str, Any]) -> None:
   path = layout.status(name)
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_suffix(f".tmp{os.getpid()}")
-  tmp.write_text(json.dumps(status, indent=1))
-  tmp.replace(path)
+  fileio.atomic_write(path, json.dumps(status, indent=1))
 
 
 def is_finished(rows: list[dict], status: dict | None, argv: list[str]) -> bool:
@@ -120,34 +119,20 @@ class _Active:
   log_offset: int
 
 
-class _StopSignal:
-  """SIGTERM/SIGINT: start nothing new, pass SIGTERM on (trials checkpoint and exit 75);
-  a second signal kills the trials (one stuck in native code never sees the first)."""
+class _Forwarder:
+  """Passes the runner's SIGTERM/SIGINT on: the first as SIGTERM (trials checkpoint and exit
+  75), a second as SIGKILL (a trial stuck in native code never sees the first)."""
 
-  def __init__(self):
-    self.received = None
-    self._count, self._forwarded, self._previous = 0, 0, {}
-    try:
-      for sig in (signal.SIGTERM, signal.SIGINT):
-        self._previous[sig] = signal.signal(sig, self._handle)
-    except ValueError:  # not the main thread: the caller handles signals
-      pass
+  def __init__(self, stop: interrupts.StopSignal):
+    self.stop, self.forwarded = stop, 0
 
-  def _handle(self, signum, frame):
-    self.received = signal.Signals(signum).name
-    self._count += 1
-
-  def forward(self, active: list["_Active"], say: Callable[[str], None]) -> None:
-    if self._count > self._forwarded:
-      self._forwarded = self._count
-      sig = signal.SIGTERM if self._count == 1 else signal.SIGKILL
-      say(f"{self.received}: stopping; {sig.name} to the running trials")
+  def __call__(self, active: list["_Active"], say: Callable[[str], None]) -> None:
+    if self.stop.count > self.forwarded:
+      self.forwarded = self.stop.count
+      sig = signal.SIGTERM if self.stop.count == 1 else signal.SIGKILL
+      say(f"{self.stop.received}: stopping; {sig.name} to the running trials")
       for a in active:
         a.proc.send_signal(sig)
-
-  def restore(self) -> None:
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
 
 
 def run(sweep: spec.Sweep, trials: list[spec.Trial], layout: Layout, parallel: int = 1,
@@ -156,7 +141,8 @@ def run(sweep: spec.Sweep, trials: list[spec.Trial], layout: Layout, parallel: i
   finished, failed, interrupted, already finished, locked (another process owns it),
   not started (stopped by a signal first)."""
   queue, active, outcomes = list(trials), [], {}
-  stop = _StopSignal()
+  stop = interrupts.StopSignal()  # start nothing new; pass the signal on to the trials
+  forward = _Forwarder(stop)
 
   position = {t.name: i + 1 for i, t in enumerate(trials)}
 
@@ -175,7 +161,7 @@ def run(sweep: spec.Sweep, trials: list[spec.Trial], layout: Layout, parallel: i
           active.append(started)
           say(f"{tag(trial)}: started (attempt {len(started.status['attempts'])}), "
               f"log {layout.log(trial.name)}")
-      stop.forward(active, say)
+      forward(active, say)
       for a in [a for a in active if a.proc.poll() is not None]:
         active.remove(a)
         outcomes[a.trial.name] = _finish(layout, a, bool(stop.received))

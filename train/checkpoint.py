@@ -1,9 +1,10 @@
 """Orbax checkpoints: train state + Grain iterator state + resolved config in one step."""
 import logging
 import pathlib
-from typing import Any
+from typing import Any, Callable
 
 import grain
+import jax
 import orbax.checkpoint as ocp
 
 from treadle.train import state as state_lib
@@ -121,3 +122,74 @@ def restore_extra(mgr: ocp.CheckpointManager, step: int) -> dict:
 
 def saved_config(mgr: ocp.CheckpointManager, step: int) -> dict:
   return mgr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+
+
+def load_params(workdir, step: int | str | None, model_cfg,
+                shardings: Callable[[Any, Any], Any]) -> tuple[Any, int]:
+  """A run's parameters only (sampling, prediction, fine-tuning) -> (params, step).
+
+  `step`: None = latest, "best", or a number. `shardings(abstract_params, logical_specs)`
+  gives each parameter's sharding. The reader is closed whatever happens."""
+  _, abstract, specs = state_lib.model_graph(model_cfg)
+  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract, shardings(abstract, specs))
+  mgr = reader(workdir)
+  try:
+    step = resolve_step(mgr, step)
+    return restore_params(mgr, step, target), step
+  finally:
+    mgr.close()
+
+
+DAMAGED_SUBDIR = "damaged_checkpoints"
+
+
+def restore_newest_intact(mgr: ocp.CheckpointManager, abstract: state_lib.TrainState, data_iter,
+                          log: logging.Logger, move_aside: bool = True
+                          ) -> tuple[int, state_lib.TrainState, dict] | None:
+  """Restores the newest step that restores completely (state, data iterator, bookkeeping);
+  returns (step, state, extra), or None when there is no step.
+
+  A newer step that fails (a missing or truncated shard, a missing iterator state, missing
+  metadata) is moved to WORKDIR/damaged_checkpoints/ for inspection (by process 0:
+  `move_aside`), with one warning line.
+  If no step restores, nothing is moved and the newest step's error is raised."""
+  steps = sorted(mgr.all_steps(), reverse=True)
+  failures = []
+  for step in steps:
+    try:
+      state = restore(mgr, step, abstract, data_iter)
+      extra = restore_extra(mgr, step)
+    except Exception as e:  # Orbax, TensorStore and Grain raise many types for damaged files
+      failures.append((step, _first_line(e)))
+      continue
+    for bad, reason in failures:
+      moved = _move_aside(pathlib.Path(mgr.directory), bad) if move_aside else "(process 0)"
+      log.warning("checkpoint step %d is damaged (%s); moved to %s; restoring step %d",
+                  bad, reason, moved, step)
+    if failures:
+      mgr.reload()
+    return step, state, extra
+  if failures:
+    step, reason = failures[0]
+    raise RuntimeError(f"no checkpoint in {str(mgr.directory)!r} restores; the newest, step "
+                       f"{step}: {reason}")
+  return None
+
+
+def _first_line(error: Exception) -> str:
+  text = str(error).strip()
+  return f"{type(error).__name__}: {text.splitlines()[0][:200]}" if text else type(error).__name__
+
+
+def _move_aside(checkpoints: pathlib.Path, step: int) -> pathlib.Path:
+  """WORKDIR/checkpoints/N -> WORKDIR/damaged_checkpoints/N (N.1, N.2, ... if taken): out of
+  Orbax's directory, so it is neither restored nor cleaned up, and never deleted."""
+  target_dir = checkpoints.parent / DAMAGED_SUBDIR
+  target_dir.mkdir(exist_ok=True)
+  target, n = target_dir / str(step), 0
+  while target.exists():
+    n += 1
+    target = target_dir / f"{step}.{n}"
+  (checkpoints / str(step)).rename(target)
+  return target

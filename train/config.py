@@ -1,34 +1,48 @@
-"""Splits the one ConfigDict of a run into frozen typed pieces, once."""
+"""Splits the one ConfigDict of a run into frozen typed pieces, once.
+
+The keys, their base values and their meanings are declared once, in configs/base.py; a
+config with a key missing or added is an error here, and the dataclasses have no defaults.
+"""
 import dataclasses
 import json
 from typing import Any
 
 import ml_collections
 
+from treadle.configs import base
+from treadle.data import images
 from treadle.data import text
+from treadle.model import classifier
 from treadle.model import gpt
+from treadle.train import values
 
-# Keys whose change makes an existing run directory incompatible (shapes, data, tokens,
-# optimizer state layout).
-INCOMPATIBLE_PREFIXES = ("task", "model.", "data.", "optimizer.name")
-# Keys safe to change on resume (more steps, logging/eval/checkpoint cadence, ...).
-SAFE_KEYS = {"data.cache_dir"}
+# The only keys a resumed run may change: how long it trains, how often it logs, evaluates
+# and checkpoints, what it keeps and when it stops, and where it runs (mesh: checkpoints
+# restore onto any mesh). Any other change (seed, batch size, data, model, optimizer,
+# fine-tuning, ...) would make a different experiment under the same name: refused.
+RESUMABLE_KEYS = frozenset({
+    "train.num_steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
+    "train.keep_checkpoints", "train.keep_best", "train.early_stopping_patience",
+    "train.early_stopping_min_delta", "train.target_val_loss", "train.max_nonfinite_steps",
+    "data.cache_dir", "mesh.data", "mesh.fsdp", "mesh.tensor", "mesh.rules",
+    "mesh.cpu_devices"})
 OPTIMIZERS = ("adamw", "lion", "muon")
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
-  name: str = "adamw"           # adamw | lion | muon (Muon on hidden matrices, AdamW on the rest)
-  learning_rate: float = 1e-3
-  min_learning_rate: float = 1e-4
-  warmup_steps: int = 100
-  decay_steps: int = 0          # 0 = train.num_steps
-  beta1: float = 0.9
-  beta2: float = 0.99
-  weight_decay: float = 0.1
-  grad_clip_norm: float = 1.0
-  muon_learning_rate: float = 0.02  # muon: peak lr of the Muon matrices (same schedule shape)
-  muon_momentum: float = 0.95       # muon: Nesterov momentum of the Muon matrices
+  """optimizer.*: keys, base values and meanings in configs/base.py."""
+  name: str
+  learning_rate: float
+  min_learning_rate: float
+  warmup_steps: int
+  decay_steps: int
+  beta1: float
+  beta2: float
+  weight_decay: float
+  grad_clip_norm: float
+  muon_learning_rate: float
+  muon_momentum: float
 
   def __post_init__(self):
     if self.name not in OPTIMIZERS:
@@ -44,22 +58,25 @@ class OptimizerConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-  num_steps: int = 2000
-  batch_size: int = 12
-  grad_accum_steps: int = 1
-  seed: int = 0
-  log_every: int = 10
-  eval_every: int = 250
-  eval_batches: int = 20
-  checkpoint_every: int = 500
-  keep_checkpoints: int = 2
-  keep_best: bool = True
-  early_stopping_patience: int = 0   # evaluations without improvement; 0 = off
-  early_stopping_min_delta: float = 0.0  # smaller val-loss improvements don't reset patience
-  target_val_loss: float = 0.0       # stop at the first evaluation at or below it; 0 = off
-  max_nonfinite_steps: int = 0       # non-finite steps skipped before stopping
-  init_from: str = ""
-  matmul_precision: str = "default"
+  """train.*: keys, base values and meanings in configs/base.py."""
+  num_steps: int
+  batch_size: int
+  grad_accum_steps: int
+  seed: int
+  log_every: int
+  eval_every: int
+  eval_batches: int
+  checkpoint_every: int
+  keep_checkpoints: int
+  keep_best: bool
+  early_stopping_patience: int
+  early_stopping_min_delta: float
+  target_val_loss: float
+  max_nonfinite_steps: int
+  init_from: str
+  matmul_precision: str
+  profile_steps: str
+  wandb_project: str
 
   def __post_init__(self):
     for name in ("num_steps", "batch_size", "grad_accum_steps", "log_every", "eval_every",
@@ -74,14 +91,27 @@ class TrainConfig:
     if self.matmul_precision not in ("default", "high", "highest"):
       raise ValueError(f"train.matmul_precision={self.matmul_precision!r} is not one of "
                        "['default', 'high', 'highest']")
+    self.profile_window  # validates the "START:STOP" form
+
+  @property
+  def profile_window(self) -> tuple[int, int] | None:
+    """train.profile_steps as (first step traced, first step not traced); None = off."""
+    if not self.profile_steps:
+      return None
+    start, sep, stop = self.profile_steps.partition(":")
+    if not (sep and start.isdigit() and stop.isdigit() and 0 < int(start) < int(stop)):
+      raise ValueError(f"train.profile_steps={self.profile_steps!r}: use \"START:STOP\" with "
+                       "0 < START < STOP (steps START..STOP-1 are traced), or \"\" for off")
+    return int(start), int(stop)
 
 
 @dataclasses.dataclass(frozen=True)
 class FinetuneConfig:
-  """LoRA: frozen base parameters (from train.init_from), trainable low-rank adapters."""
-  lora_rank: int = 0          # 0 = full fine-tuning (or training from scratch)
-  lora_alpha: float = 16.0    # adapter output scaled by lora_alpha / lora_rank
-  lora_targets: str = "attn"  # comma-separated: attn, mlp, or weights qkv,q,kv,out,fc,proj
+  """finetune.*, LoRA: frozen base parameters (from train.init_from), trainable low-rank
+  adapters. Keys, base values and meanings in configs/base.py."""
+  lora_rank: int
+  lora_alpha: float
+  lora_targets: str
 
   def __post_init__(self):
     if self.lora_rank < 0:
@@ -92,11 +122,12 @@ class FinetuneConfig:
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-  data: int = -1
-  fsdp: int = 1
-  tensor: int = 1
-  rules: str = "dp"
-  cpu_devices: int = 0   # simulated CPU devices on a CPU-only host; 0 = one per core
+  """mesh.*: keys, base values and meanings in configs/base.py."""
+  data: int
+  fsdp: int
+  tensor: int
+  rules: str
+  cpu_devices: int
 
   @property
   def shape(self) -> tuple[int, int, int]:
@@ -111,21 +142,21 @@ class RunConfig:
   optimizer: OptimizerConfig
   train: TrainConfig
   mesh: MeshConfig
-  finetune: FinetuneConfig = FinetuneConfig()
+  finetune: FinetuneConfig
 
   def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
+    """The config as written to DIR/config.json: the sections and keys of configs/base.py
+    (the decoder's lora_* fields are derived from the finetune section, not saved twice)."""
+    d = dataclasses.asdict(self)
+    for name in _DERIVED_MODEL_FIELDS:
+      d["model"].pop(name, None)
+    return d
 
 
-def _section_types(task: str):
-  """(model config class, data config class) of a task."""
-  if task == "lm":
-    return gpt.ModelConfig, text.DataConfig
-  if task == "classify":
-    from treadle.data import images  # local: only image runs need the image stack
-    from treadle.model import classifier
-    return classifier.ClassifierConfig, images.DataConfig
-  raise ValueError(f"task={task!r} is not one of ['classify', 'lm']")
+# gpt.ModelConfig fields filled from the finetune section (not model-section keys)
+_DERIVED_MODEL_FIELDS = ("lora_rank", "lora_alpha", "lora_targets")
+_SECTION_TYPES = {"lm": (gpt.ModelConfig, text.DataConfig),
+                  "classify": (classifier.ClassifierConfig, images.DataConfig)}
 
 
 def _build(cls, section: str, values: dict):
@@ -135,44 +166,82 @@ def _build(cls, section: str, values: dict):
     raise ValueError(f"config.{section}: {e}") from None
 
 
+def _check_keys(d: dict) -> None:
+  """Every key of configs/base.py for the task, and no other (one-line ValueError)."""
+  task = d.get("task")
+  if task not in base.TASKS:
+    raise ValueError(f"task={task!r} is not one of {list(base.TASKS)}")
+  declared = set(_flatten(base.get_config(task).to_dict()))
+  given = set(_flatten(d))
+  for problem, keys in (("missing", declared - given), ("unknown", given - declared)):
+    if keys:
+      raise ValueError(f"config: {problem} key{'s' if len(keys) > 1 else ''} "
+                       f"{', '.join(sorted(keys))} (every key is declared in configs/base.py)")
+
+
 def split(cfg: ml_collections.ConfigDict | dict) -> RunConfig:
-  """One ConfigDict -> frozen dataclasses; unknown keys and bad values raise ValueError."""
+  """One ConfigDict -> frozen dataclasses; missing or unknown keys and bad values raise
+  ValueError."""
   d = cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
-  expected = {f.name for f in dataclasses.fields(RunConfig)}
-  if set(d) != expected:
-    raise ValueError(f"config sections {sorted(d)} != expected {sorted(expected)}")
-  model_type, data_type = _section_types(d["task"])
+  _check_keys(d)
+  model_type, data_type = _SECTION_TYPES[d["task"]]
   finetune = _build(FinetuneConfig, "finetune", d["finetune"])
   train = _build(TrainConfig, "train", d["train"])
-  return RunConfig(
+  run = RunConfig(
       task=d["task"],
-      model=_with_lora(_build(model_type, "model", d["model"]), finetune, d["task"], train),
+      model=_model(model_type, d["model"], finetune, d["task"], train),
       data=_build(data_type, "data", d["data"]),
       optimizer=_build(OptimizerConfig, "optimizer", d["optimizer"]),
       train=train,
       mesh=_build(MeshConfig, "mesh", d["mesh"]),
       finetune=finetune,
   )
+  values.check(run)
+  return run
 
 
-def _with_lora(model, finetune: FinetuneConfig, task: str, train: TrainConfig):
-  """The LM model config carries the adapters' shape (finetune.* is the one place to set it)."""
+def _model(model_type, values: dict, finetune: FinetuneConfig, task: str, train: TrainConfig):
+  """The model config; the decoder's carries the adapters' shape (finetune.* is the one place
+  to set it)."""
   if task != "lm":
     if finetune.lora_rank:
       raise ValueError(f"finetune.lora_rank is only supported for task=lm (task={task!r})")
-    return model
+    return _build(model_type, "model", values)
   if finetune.lora_rank and not train.init_from:
     raise ValueError("finetune.lora_rank needs train.init_from: LoRA adapts a trained model")
-  return _build(type(model), "finetune", {
-      **dataclasses.asdict(model), "lora_rank": finetune.lora_rank,
-      "lora_alpha": finetune.lora_alpha, "lora_targets": finetune.lora_targets})
+  return _build(model_type, "model", {
+      **values, "lora_rank": finetune.lora_rank, "lora_alpha": finetune.lora_alpha,
+      "lora_targets": finetune.lora_targets})
+
+
+def section(name: str, task: str = "lm", /, **overrides):
+  """One typed section (model, data, optimizer, train, mesh, finetune) from configs/base.py
+  with `overrides`: the pieces tests, benchmarks and notebooks build without a whole run."""
+  cfg = base.get_config(task).to_dict()
+  cfg[name] = {**cfg[name], **overrides}
+  return getattr(split(cfg), name)
 
 
 def from_json(path) -> RunConfig:
-  with open(path) as f:
-    saved = json.load(f)
-  saved.setdefault("finetune", {})  # run directories written before the section existed
-  return split(saved)
+  """The config a run directory was written with; a damaged one is a one-line error naming
+  the file. Keys added to configs/base.py after the run was written take their base value
+  (the behaviour before they existed)."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      saved = json.load(f)
+    if not isinstance(saved, dict):
+      raise ValueError("not a JSON object")
+    base_cfg = (base.get_config(saved.get("task")).to_dict() if saved.get("task") in base.TASKS
+                else {})
+    for name in _DERIVED_MODEL_FIELDS:  # written into the model section before 2026-12
+      saved.get("model", {}).pop(name, None)
+    for name, section_values in base_cfg.items():
+      if isinstance(section_values, dict):
+        saved[name] = {**section_values, **saved.get(name, {})}
+    return split(saved)
+  except (ValueError, TypeError, KeyError, AttributeError) as e:  # JSONDecodeError is a ValueError
+    raise ValueError(f"{str(path)!r} is not a valid treadle config.json: "
+                     f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -186,8 +255,8 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def differences(old: RunConfig, new: RunConfig) -> tuple[list[str], list[str]]:
-  """(incompatible keys, safe keys) that differ between a saved run and a new invocation."""
+  """(refused keys, allowed keys) that differ between a saved run and a new invocation."""
   a, b = _flatten(old.to_dict()), _flatten(new.to_dict())
   changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
-  bad = [k for k in changed if k.startswith(INCOMPATIBLE_PREFIXES) and k not in SAFE_KEYS]
-  return bad, [k for k in changed if k not in bad]
+  return ([k for k in changed if k not in RESUMABLE_KEYS],
+          [k for k in changed if k in RESUMABLE_KEYS])

@@ -18,12 +18,31 @@ def parse_flags(argv: list[str]) -> list[str]:
   """absl parsing with a one-line error and exit code 2 (absl's own prints usage, exits 1)."""
   try:
     return flags.FLAGS(argv)
+  except SyntaxError as e:  # a --config file that is not valid Python
+    fail(f"--config {e.filename!r}: syntax error at line {e.lineno}: {e.msg}")
   except flags.Error as e:
     fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     # ml_collections raises these for an unknown config key or a value of the wrong type
     overrides = " ".join(a for a in argv if a.startswith("--config."))
     fail(f"bad config override ({type(e).__name__}: {str(e).strip()}) in: {overrides}")
+
+
+def config_file(holder, sections: tuple[str, ...]) -> "ml_collections.ConfigDict":
+  """The --config file's ConfigDict; a file that is missing or failed to load, or that lacks
+  one of `sections`, is a one-line error naming it."""
+  from ml_collections import config_flags  # noqa: PLC0415 (light; kept local like its users)
+  path = config_flags.get_config_filename(flags.FLAGS[holder.name])
+  try:
+    cfg = holder.value
+    missing = [s for s in sections if s not in cfg]
+  except OSError:  # ml_collections defers a load failure to the first use of the value
+    fail(f"--config {path!r}: no such file (or it cannot be read)")
+  except Exception as e:  # what the config file itself raised
+    fail(f"--config {path!r}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+  if missing:
+    fail(f"--config {path!r}: get_config() lacks the section(s) {', '.join(missing)}")
+  return cfg
 
 
 def checkpoint_step(value: str | None) -> int | str | None:

@@ -15,7 +15,6 @@ from treadle.model import lora
 from treadle.train import checkpoint
 from treadle.train import config as config_lib
 from treadle.train import mesh as mesh_lib
-from treadle.train import state as state_lib
 
 log = logging.getLogger("treadle")
 # model fields a fine-tuning run may change: regularisation, memory layout, its own adapters
@@ -39,17 +38,9 @@ def source_params(cfg: config_lib.RunConfig, mesh, rules, base_shardings):
   """The source run's parameters (adapters merged) in this run's base-parameter shardings."""
   src_dir, step = checkpoint.locate(cfg.train.init_from)
   src_model = config_lib.from_json(src_dir / "config.json").model
-  _, abstract, specs = state_lib.model_graph(src_model)
-  shardings = mesh_lib.param_shardings(specs, mesh, rules)
-  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        abstract, shardings)
-  reader = checkpoint.reader(src_dir)
-  try:
-    step = checkpoint.resolve_step(reader, step)
-    log.info("fine-tuning from %s step %d (parameters only)", src_dir, step)
-    params = checkpoint.restore_params(reader, step, target)
-  finally:
-    reader.close()
+  params, step = checkpoint.load_params(
+      src_dir, step, src_model, lambda _, specs: mesh_lib.param_shardings(specs, mesh, rules))
+  log.info("fine-tuning from %s step %d (parameters only)", src_dir, step)
   if getattr(src_model, "lora_rank", 0):  # only decoders have adapters
     params = jax.jit(lambda p: lora.merge(p, src_model)[0], out_shardings=base_shardings)(params)
   return params

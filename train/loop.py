@@ -3,26 +3,26 @@ import dataclasses
 import json
 import logging
 import pathlib
-import signal
-import sys
 import time
 from typing import Any
 
 import jax
-import numpy as np
-import tqdm
 
 from treadle.model import lora
 from treadle.train import checkpoint
 from treadle.train import config as config_lib
+from treadle.train import fileio
 from treadle.train import finetune
+from treadle.train import interrupts
 from treadle.train import mesh as mesh_lib
 from treadle.train import metrics as metrics_lib
 from treadle.train import optimizer
 from treadle.train import perf
+from treadle.train import reporting
 from treadle.train import state as state_lib
 from treadle.train import step as step_lib
 from treadle.train import tasks
+from treadle.train import workdir as workdir_lib
 
 log = logging.getLogger("treadle")
 INTERRUPTED_EXIT_CODE = 75  # EX_TEMPFAIL: checkpoint written, rerun the command to resume
@@ -45,7 +45,7 @@ class Run:
   """Everything built once at start: config, data, mesh, compiled steps."""
   cfg: config_lib.RunConfig
   workdir: pathlib.Path
-  task: Any
+  task: tasks.Task
   splits: tasks.Splits
   mesh: jax.sharding.Mesh
   state_shardings: state_lib.TrainState
@@ -56,29 +56,22 @@ class Run:
   is_main: bool
 
 
-class _StopSignal:
-  """SIGTERM/SIGINT finish the current step, then checkpoint and exit."""
-
-  def __init__(self):
-    self.received = None
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      signal.signal(sig, self._handle)
-
-  def _handle(self, signum, frame):
-    self.received = signal.Signals(signum).name
-
-
 def prepare(cfg: config_lib.RunConfig, workdir) -> Run:
   """Validates everything (data, mesh, shapes, saved config) before writing anything."""
   workdir = pathlib.Path(workdir)
   task = tasks.get(cfg.task)
   init_dir = checkpoint.locate(cfg.train.init_from)[0] if cfg.train.init_from else None
+  if init_dir is not None:
+    workdir_lib.check_artifacts(init_dir, "train.init_from")
+  workdir_lib.check_artifacts(workdir)  # before the task reads the workdir's tokenizer
   splits, cfg = task.load(cfg, workdir, init_dir)
   _check_saved_config(cfg, workdir)
+  workdir_lib.check_data(workdir, splits, _data_source(cfg))
   finetune.check_source(cfg)
   mesh = mesh_lib.make_mesh(cfg.mesh.shape)
   rules = mesh_lib.rules(cfg.mesh.rules)
   _check_batch(cfg.train, mesh)
+  metrics_lib.check_wandb(cfg.train.wandb_project)
   graphdef, abstract_params, specs = state_lib.model_graph(cfg.model)
   tx = optimizer.build(cfg.optimizer, cfg.train.num_steps, specs)
   if cfg.finetune.lora_rank:
@@ -86,11 +79,16 @@ def prepare(cfg: config_lib.RunConfig, workdir) -> Run:
   shardings = state_lib.shardings(cfg.model, tx, mesh, rules)
   batch_sharding = mesh_lib.batch_sharding(mesh)
   train_step, eval_step = step_lib.compile_steps(
-      graphdef, tx, optimizer.schedule(cfg.optimizer, cfg.train.num_steps),
-      cfg.train.grad_accum_steps, cfg.model.dropout > 0, rules, shardings, batch_sharding,
-      task)
+      task, graphdef, tx, optimizer.schedule(cfg.optimizer, cfg.train.num_steps),
+      cfg.train.grad_accum_steps, cfg.model.dropout > 0, rules, shardings, batch_sharding)
   return Run(cfg, workdir, task, splits, mesh, shardings, batch_sharding, tx,
              train_step, eval_step, jax.process_index() == 0)
+
+
+def _data_source(cfg: config_lib.RunConfig) -> str:
+  names = [f"data.{k}={getattr(cfg.data, k)!r}" for k in ("path", "dataset")
+           if hasattr(cfg.data, k)]
+  return ", ".join(names) or "data"
 
 
 def _check_batch(train_cfg: config_lib.TrainConfig, mesh) -> None:
@@ -105,12 +103,12 @@ def _check_saved_config(cfg: config_lib.RunConfig, workdir: pathlib.Path) -> Non
   path = workdir / "config.json"
   if not path.exists():
     return
-  bad, safe = config_lib.differences(config_lib.from_json(path), cfg)
-  if bad:
-    raise TrainingError(f"workdir {str(workdir)!r} holds an incompatible run; differing keys: "
-                        f"{', '.join(bad)}")
-  if safe:
-    log.info("config changes on resume (safe): %s", ", ".join(safe))
+  refused, allowed = config_lib.differences(config_lib.from_json(path), cfg)
+  if refused:
+    raise TrainingError(f"workdir {str(workdir)!r} holds another experiment; resume may not "
+                        f"change: {', '.join(refused)} (use a new workdir)")
+  if allowed:
+    log.info("config changes on resume (allowed): %s", ", ".join(allowed))
 
 
 def _write_run_files(run: Run) -> None:
@@ -119,12 +117,11 @@ def _write_run_files(run: Run) -> None:
   run.workdir.mkdir(parents=True, exist_ok=True)
   run.task.save_artifact(run.splits, run.workdir)
   _write_json(run.workdir / "config.json", run.cfg.to_dict())
+  workdir_lib.record(run.workdir, run.splits)
 
 
 def _write_json(path: pathlib.Path, value) -> None:
-  tmp = path.with_suffix(".tmp")
-  tmp.write_text(json.dumps(value, indent=2))
-  tmp.replace(path)  # atomic: readers never see half a file
+  fileio.atomic_write(path, json.dumps(value, indent=2))  # readers never see half a file
 
 
 def _global_batch(run: Run, local: dict) -> dict:
@@ -134,13 +131,16 @@ def _global_batch(run: Run, local: dict) -> dict:
 
 
 def init_or_restore(run: Run, mgr, data_iter) -> tuple[state_lib.TrainState, Progress]:
-  latest = mgr.latest_step()
-  if latest is not None:
-    abstract = state_lib.abstract_state(run.cfg.model, run.tx, run.state_shardings)
-    state = checkpoint.restore(mgr, latest, abstract, data_iter)
-    progress = Progress(**checkpoint.restore_extra(mgr, latest))
-    log.info("resumed from step %d", latest)
-    return state, progress
+  """The newest checkpoint that restores (damaged newer ones are moved aside), else a fresh
+  state. metrics.jsonl then loses the rows past that step: the steps replayed are logged once."""
+  abstract = state_lib.abstract_state(run.cfg.model, run.tx, run.state_shardings)
+  restored = checkpoint.restore_newest_intact(mgr, abstract, data_iter, log, run.is_main)
+  if run.is_main:
+    metrics_lib.drop_after(run.workdir, restored[0] if restored else 0)
+  if restored is not None:
+    step, state, extra = restored
+    log.info("resumed from step %d", step)
+    return state, Progress(**extra)
   params = None
   if run.cfg.train.init_from:
     params = finetune.source_params(run.cfg, run.mesh, mesh_lib.rules(run.cfg.mesh.rules),
@@ -152,7 +152,7 @@ def init_or_restore(run: Run, mgr, data_iter) -> tuple[state_lib.TrainState, Pro
 def eval_set(run: Run, batches: list[dict]) -> dict:
   """Fixed evaluation batches as global arrays stacked on a leading axis."""
   sharding = mesh_lib.stacked_batch_sharding(run.mesh)
-  stacked = tasks.numpy_stack(batches)
+  stacked = tasks.base.numpy_stack(batches)
   return {k: jax.make_array_from_process_local_data(
       sharding, v, (v.shape[0], run.cfg.train.batch_size, *v.shape[2:]))
       for k, v in stacked.items()}
@@ -197,7 +197,8 @@ class _Throughput:
     return out
 
 
-def _log_step(run: Run, writer, throughput: _Throughput, step: int, m: dict, progress: Progress):
+def _log_step(run: Run, mgr, writer, throughput: _Throughput, step: int, m: dict,
+              progress: Progress, display: reporting.Display):
   """Host-side handling of step `step`'s metrics (pulled one step late)."""
   if not bool(m["finite"]):
     progress.nonfinite_steps += 1
@@ -205,12 +206,15 @@ def _log_step(run: Run, writer, throughput: _Throughput, step: int, m: dict, pro
                 step, progress.nonfinite_steps)
     writer.write(step, nonfinite=True, train_loss=str(m["train_loss"]))
     if progress.nonfinite_steps > run.cfg.train.max_nonfinite_steps:
-      raise TrainingError(f"non-finite loss or gradient at step {step}; stopping (the last "
-                          "checkpoint is intact)")
+      last = mgr.latest_step()
+      kept = "no checkpoint was written" if last is None else f"checkpoint {last} is intact"
+      raise TrainingError(f"non-finite loss or gradient at step {step}; stopping ({kept})")
   if step % run.cfg.train.log_every == 0:
     extra = {k: float(v) for k, v in m.items() if k.startswith("train_") and k != "train_loss"}
+    rates = throughput.measure(step)
     writer.write(step, train_loss=float(m["train_loss"]), learning_rate=float(m["learning_rate"]),
-                 grad_norm=float(m["grad_norm"]), **extra, **throughput.measure(step))
+                 grad_norm=float(m["grad_norm"]), **extra, **rates)
+    display.train_line(step, float(m["train_loss"]), float(m["learning_rate"]), rates)
 
 
 def _wants_eval(cfg: config_lib.TrainConfig, done: int) -> bool:
@@ -233,31 +237,34 @@ def _after_eval(run: Run, progress: Progress, val_loss: float) -> bool:
 
 
 def train_steps(run: Run, mgr, state, data_iter, progress: Progress, val_batches, writer,
-                stop: _StopSignal) -> tuple[state_lib.TrainState, str]:
+                stop: interrupts.StopSignal) -> tuple[state_lib.TrainState, str]:
   """Runs to train.num_steps; returns (state, outcome) with outcome in
   {"completed", "early_stopped", "reached_target", "interrupted"}."""
   cfg = run.cfg.train
   start = int(jax.device_get(state.step))
   throughput = _Throughput(run)
   throughput.reset(start)
-  bar = tqdm.tqdm(total=cfg.num_steps, initial=start, disable=not (run.is_main and
-                  sys.stderr.isatty()), dynamic_ncols=True)
-  pending = None
+  display = reporting.Display(cfg.num_steps, start, run.is_main)
+  profile = reporting.ProfileWindow(cfg.profile_window, run.workdir / "profile")
+  pending, outcome = None, None
 
   def flush():
     nonlocal pending
     if pending is not None:
-      _log_step(run, writer, throughput, pending[0], jax.device_get(pending[1]), progress)
+      _log_step(run, mgr, writer, throughput, pending[0], jax.device_get(pending[1]), progress,
+                display)
       pending = None
 
   for done in range(start + 1, cfg.num_steps + 1):
+    profile.before_step(done)
     state, step_metrics = run.train_step(state, _global_batch(run, next(data_iter)))
+    profile.after_step(done, step_metrics)
     flush()  # the previous step's metrics: the device is already busy with this one
     pending = (done, step_metrics)
     if done == start + 1:
       jax.block_until_ready(step_metrics)
       throughput.reset(done)  # the first step includes compilation: not throughput
-    bar.update(1)
+    display.advance()
     val_loss, improved, outcome = None, False, None
     if _wants_eval(cfg, done):
       flush()
@@ -265,7 +272,7 @@ def train_steps(run: Run, mgr, state, data_iter, progress: Progress, val_batches
       val_loss = val["loss"]
       improved = _after_eval(run, progress, val_loss)
       writer.write(done, **{f"val_{k}": v for k, v in val.items()})
-      bar.set_postfix(val_loss=f"{val_loss:.4f}")
+      display.eval_line(done, val, progress.best_val_loss)
       if cfg.early_stopping_patience and progress.evals_since_best >= cfg.early_stopping_patience:
         outcome = "early_stopped"
       if cfg.target_val_loss and val_loss <= cfg.target_val_loss:
@@ -279,11 +286,11 @@ def train_steps(run: Run, mgr, state, data_iter, progress: Progress, val_batches
     if val_loss is not None or done % cfg.checkpoint_every == 0:
       throughput.reset(done)  # tokens/second measures training only, not eval or saves
     if outcome:
-      bar.close()
-      return state, outcome
+      break
   flush()
-  bar.close()
-  return state, "completed"
+  profile.stop(state)  # a run that ended inside the window still writes its trace
+  display.close()
+  return state, outcome or "completed"
 
 
 def test_metrics(run: Run, mgr, state) -> tuple[dict, int, Any]:
@@ -310,20 +317,31 @@ def _log_layout(run: Run, state) -> None:
 
 
 def train(cfg: config_lib.RunConfig, workdir) -> dict:
-  """Trains (or resumes) the run in `workdir`; returns a summary of the outcome."""
+  """Trains (or resumes) the run in `workdir`, holding its lock throughout; returns a summary
+  of the outcome."""
+  workdir = pathlib.Path(workdir)
+  with workdir_lib.claim(workdir, enabled=jax.process_index() == 0):
+    return _train_owned(cfg, workdir)
+
+
+def _train_owned(cfg: config_lib.RunConfig, workdir: pathlib.Path) -> dict:
   run = prepare(cfg, workdir)
   _write_run_files(run)
   data_iter = run.task.train_iterator(run.splits.train, cfg, jax.process_index(),
                                       jax.process_count())
   mgr = checkpoint.manager(run.workdir, cfg.train.keep_checkpoints, cfg.train.keep_best)
-  writer = metrics_lib.MetricsWriter(run.workdir, run.is_main)
+  writer = None
   try:
     state, progress = init_or_restore(run, mgr, data_iter)
+    # after drop_after's rewrite of metrics.jsonl
+    writer = metrics_lib.MetricsWriter(run.workdir, run.is_main, cfg.train.wandb_project,
+                                       run.cfg.to_dict())
     _log_layout(run, state)
     val_batches = eval_set(run, run.task.eval_batches(run.splits.val, cfg, jax.process_index(),
                                                       jax.process_count()))
-    state, outcome = train_steps(run, mgr, state, data_iter, progress, val_batches, writer,
-                                 _StopSignal())
+    with interrupts.StopSignal() as stop:  # SIGTERM/SIGINT: finish the step, checkpoint, exit
+      state, outcome = train_steps(run, mgr, state, data_iter, progress, val_batches, writer,
+                                   stop)
     mgr.wait_until_finished()
     summary = {"outcome": outcome, "step": int(jax.device_get(state.step)),
                "best_val_loss": progress.best_val_loss}
@@ -340,4 +358,5 @@ def train(cfg: config_lib.RunConfig, workdir) -> dict:
   finally:
     mgr.wait_until_finished()
     mgr.close()
-    writer.close()
+    if writer is not None:
+      writer.close()

@@ -2,17 +2,36 @@
 
   treadle-train --config configs/NAME.py --workdir DIR [--config.KEY=VALUE ...]
 
-Exit codes: 0 done, 2 bad input (config, data, mesh, incompatible workdir),
-75 interrupted by SIGTERM/SIGINT after writing a checkpoint (rerun to resume).
+Exit codes: 0 done, 2 bad input (config, data, mesh, incompatible or busy workdir, a
+workdir that can't be written, a full disk), 75 interrupted by SIGTERM/SIGINT (after writing
+a checkpoint once training has started; rerun to resume).
 """
-import logging
-import os
+import signal
 import sys
 
-from absl import flags
-from ml_collections import config_flags
 
-from treadle.train import entry
+def _exit_interrupted(signum, frame) -> None:
+  del frame
+  # before the loop's own handler: nothing trained in this process yet, so nothing to save
+  print(f"{signal.Signals(signum).name} during start-up: stopped before the first step "
+        "(rerun to resume)", file=sys.stderr)
+  sys.exit(75)  # loop.INTERRUPTED_EXIT_CODE (the loop module imports jax: not yet)
+
+
+# First thing: a signal during imports, restore or compilation exits 75 as one during training
+# does (not 143); the training loop replaces this handler when steps run.
+signal.signal(signal.SIGTERM, _exit_interrupted)
+signal.signal(signal.SIGINT, _exit_interrupted)
+
+import errno  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import pathlib  # noqa: E402
+
+from absl import flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from treadle.train import entry  # noqa: E402
 
 # Nothing here imports jax at module level: the CPU device count must be chosen from the
 # config before jax initialises its backends.
@@ -33,21 +52,53 @@ def main(argv) -> None:
   del argv
   if _CONFIG.value is None or not _WORKDIR.value:
     entry.fail("both --config and --workdir are required")
+  config = entry.config_file(_CONFIG, ("mesh", "train"))
+  from treadle.train import workdir as workdir_lib  # light: no jax
+  try:
+    workdir_lib.check_usable(pathlib.Path(_WORKDIR.value))  # early: before jax starts (seconds)
+  except ValueError as e:
+    entry.fail(str(e))
   from treadle.train import hosts  # noqa: E402  (after flags: sets device counts before jax starts)
-  hosts.configure(_CONFIG.value.mesh.cpu_devices, _CONFIG.value.train.matmul_precision,
+  hosts.configure(config.mesh.cpu_devices, config.train.matmul_precision,
                   _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _MULTIHOST.value)
   from treadle.train import config as config_lib
   from treadle.train import logs
   from treadle.train import loop
   logs.setup()
   try:
-    cfg = config_lib.split(_CONFIG.value)
+    cfg = config_lib.split(config)
     summary = loop.train(cfg, _WORKDIR.value)
   except (ValueError, FileNotFoundError, RuntimeError) as e:
+    if (disk := _disk_error(e)) is not None:
+      entry.fail(_describe_disk_error(disk))
     entry.fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+  except Exception as e:  # a full or read-only disk, as whichever type the writer raised
+    if (disk := _disk_error(e)) is None:
+      raise
+    entry.fail(_describe_disk_error(disk))
   logging.getLogger("treadle").info("finished: %s", summary)
   if summary["outcome"] == "interrupted":
     sys.exit(loop.INTERRUPTED_EXIT_CODE)
+
+
+_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
+
+
+def _disk_error(error: BaseException) -> OSError | None:
+  """An OSError from writing the workdir, also when a checkpoint thread wrapped it."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in _DISK_ERRORS:
+      return error
+    error = error.__cause__ or error.__context__
+  return None
+
+
+def _describe_disk_error(error: OSError) -> str:
+  where = f" writing {error.filename!r}" if error.filename else f" in workdir {_WORKDIR.value!r}"
+  reason = error.strerror or str(error).splitlines()[0]
+  return f"{reason}{where}; checkpoints already written are intact"
 
 
 def run() -> None:

@@ -2,8 +2,8 @@
 from treadle.model import gpt
 
 # Dense peak FLOP/s per device. "cpu" entries are *measured* large-matmul throughput of
-# this project's 2-core AVX-512 dev machine (not a vendor figure); override with
-# train.peak_flops when running elsewhere.
+# this project's 2-core AVX-512 dev machine (not a vendor figure), so CPU MFU elsewhere is
+# only indicative; experiments/bench/train_bench.py --peak_flops overrides the table.
 PEAK_FLOPS = {
     ("cpu", "float32"): 159e9,
     ("cpu", "bfloat16"): 370e9,

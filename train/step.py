@@ -1,6 +1,6 @@
 """The only jitted training code: a pure train step and an eval step, for any task."""
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +11,9 @@ from treadle.model import axes
 from treadle.model import lora
 from treadle.train import mesh as mesh_lib
 from treadle.train import state as state_lib
-from treadle.train import tasks
+
+if TYPE_CHECKING:  # annotations only: the jitted-step module never imports a data stack
+  from treadle.train.tasks import base
 
 Batch = dict[str, jax.Array]
 
@@ -93,10 +95,11 @@ def eval_step(params: Any, batches: Batch, *, task, graphdef, rules, mesh) -> di
     return jax.tree.map(lambda x: x / count, total)
 
 
-def compile_steps(graphdef, tx, schedule, accum_steps: int, use_dropout: bool, rules,
-                  state_shardings: state_lib.TrainState, batch_sharding,
-                  task=tasks.LanguageModeling()):
-  """Jitted (train_step, eval_step) with explicit shardings; the train state is donated.
+def compile_steps(task: "base.Task", graphdef, tx, schedule, accum_steps: int,
+                  use_dropout: bool, rules, state_shardings: state_lib.TrainState,
+                  batch_sharding):
+  """Jitted (train_step, eval_step) of `task`'s loss, with explicit shardings; the train
+  state is donated.
 
   `batch_sharding` splits dim 0 of every batch array (a tree prefix for the batch dict).
   """

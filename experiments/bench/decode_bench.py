@@ -27,10 +27,11 @@ import numpy as np
 
 from experiments.bench import machine
 from treadle.model import decode
-from treadle.model import gpt
+from treadle.train import config as config_lib
 from treadle.train import state as state_lib
 
-MODEL = gpt.ModelConfig(vocab_size=65, max_seq_len=256, num_layers=6, num_heads=6, embed_dim=384)
+MODEL = config_lib.section(
+    "model", vocab_size=65, max_seq_len=256, num_layers=6, num_heads=6, embed_dim=384)
 TEMPERATURE, TOP_K = 0.8, 200
 _BUCKET = 64  # as infer/sampler.py
 
@@ -40,7 +41,7 @@ _NANOGPT_DRIVER = """
 import sys, time
 sys.path.insert(0, sys.argv[1])
 import torch
-from treadle.model import GPT, GPTConfig
+from model import GPT, GPTConfig  # nanoGPT's model.py (sys.path above)
 new_tokens, threads, seed = map(int, sys.argv[2:5])
 torch.set_num_threads(threads)
 torch.manual_seed(seed)

@@ -4,10 +4,11 @@ import pytest
 
 from treadle.data import text
 from treadle.data import tokenizers
+from treadle.train import config as config_lib
 
 
 def _cfg(path, **kw):
-  return text.DataConfig(path=str(path), seq_len=8, **kw)
+  return config_lib.section("data", path=str(path), seq_len=8, **kw)
 
 
 def test_split_sizes_and_no_overlap(tmp_path):

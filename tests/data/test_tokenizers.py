@@ -7,6 +7,7 @@ import pytest
 
 from treadle.data import text
 from treadle.data import tokenizers
+from treadle.train import config as config_lib
 from tests.conftest import run_cli
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\nAll: Speak, speak!"
@@ -131,13 +132,13 @@ def test_bpe_vocab_size_too_small(vocab_size):
 
 def test_bpe_data_config_checks():
   with pytest.raises(ValueError, match="data.vocab_size=0 must be > 256"):
-    text.DataConfig(tokenizer="bpe")
+    config_lib.section("data", tokenizer="bpe")
   with pytest.raises(ValueError, match="data.vocab_size=-1 must be >= 0"):
-    text.DataConfig(vocab_size=-1)
+    config_lib.section("data", vocab_size=-1)
   with pytest.raises(ValueError, match=r"data.tokenizer='bpe2' is not one of \['bpe'"):
-    text.DataConfig(tokenizer="bpe2", vocab_size=300)
-  assert text.DataConfig(tokenizer="byte").vocab_size == 0  # ignored by char/byte
-  assert text.DataConfig(tokenizer="bpe", vocab_size=300).vocab_size == 300
+    config_lib.section("data", tokenizer="bpe2", vocab_size=300)
+  assert config_lib.section("data", tokenizer="byte").vocab_size == 0  # ignored by char/byte
+  assert config_lib.section("data", tokenizer="bpe", vocab_size=300).vocab_size == 300
 
 
 def test_unknown_kind_in_a_saved_file(tmp_path):
@@ -149,7 +150,7 @@ def test_unknown_kind_in_a_saved_file(tmp_path):
 def test_bpe_learns_from_the_train_split_only(tmp_path):
   path = tmp_path / "t.txt"
   path.write_text("ab ba ab\n" * 900 + "zq qz zq\n" * 100)  # zq, qz only in the tail splits
-  cfg = text.DataConfig(path=str(path), tokenizer="bpe", vocab_size=300, seq_len=8)
+  cfg = config_lib.section("data", path=str(path), tokenizer="bpe", vocab_size=300, seq_len=8)
   splits, tok = text.load_splits(cfg)
   vocab = tok.to_json()["hf"]["model"]["vocab"]
   assert "ab" in vocab and not any("z" in t or "q" in t for t in vocab if len(t) > 1)

@@ -10,11 +10,12 @@ import pytest
 from flax import nnx
 
 from treadle.model import decode
-from treadle.model import gpt
 from treadle.train import mesh as mesh_lib
 from treadle.train import state as state_lib
+from treadle.train import config as config_lib
 
-CFG = gpt.ModelConfig(vocab_size=61, max_seq_len=32, num_layers=2, num_heads=4, embed_dim=32)
+CFG = config_lib.section(
+    "model", vocab_size=61, max_seq_len=32, num_layers=2, num_heads=4, embed_dim=32)
 PROMPTS = [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11, 12, 13, 14, 15, 16, 17]]
 PROMPT_LEN, TOTAL = 16, 48
 GREEDY = decode.SamplingParams(jnp.float32(0), jnp.int32(0), jnp.float32(1))
@@ -98,10 +99,29 @@ def test_cached_logits_match_full_forward(sharded):
     np.testing.assert_allclose(cached[row, :, :CFG.vocab_size], reference, rtol=1e-5, atol=1e-5)
 
 
+def _greedy_after_slides(graphdef, params, out: np.ndarray, pad) -> np.ndarray:
+  """What the sliding cache must produce, recomputed without a cache: once the window is
+  full, the last W/2 tokens become the context's start (re-encoded from position 0), and
+  each token is the argmax of a full forward over [start, current]."""
+  W = CFG.max_seq_len
+  expected, base = out.copy(), 0
+  for cur in range(PROMPT_LEN, TOTAL - 1):
+    if cur - base >= W:
+      base = cur - W // 2  # the slide: keep the last W/2 slots
+    for row, n_pad in enumerate(pad):
+      context = jnp.asarray(out[row:row + 1, max(base, int(n_pad)):cur + 1])
+      logits = _forward(graphdef, params, context)[0, -1, :CFG.vocab_size]
+      expected[row, cur + 1] = int(jnp.argmax(logits))
+  return expected
+
+
 def test_generation_past_the_window_slides():
   graphdef, params = _params()
-  out = _generate(graphdef, params, TOTAL)  # 48 slots > 32-token window
-  assert ((out[:, PROMPT_LEN:] >= 0) & (out[:, PROMPT_LEN:] < CFG.vocab_size)).all()
+  out = _generate(graphdef, params, TOTAL)  # 48 slots > 32-token window: slides at slot 32
+  _, pad = decode.left_pad(PROMPTS, TOTAL, PROMPT_LEN)
+  expected = _greedy_after_slides(graphdef, params, out, np.asarray(pad))
+  assert TOTAL - 1 - CFG.max_seq_len > 8  # tokens after the slide are compared
+  np.testing.assert_array_equal(out[:, PROMPT_LEN:], expected[:, PROMPT_LEN:])
   within = _generate(graphdef, params, CFG.max_seq_len - PROMPT_LEN - 1)
   np.testing.assert_array_equal(out[:, :CFG.max_seq_len], within[:, :CFG.max_seq_len])
 
@@ -119,7 +139,8 @@ PROBS = np.array([0.4, 0.3, 0.15, 0.1, 0.05])
 def _draws(top_k=0, top_p=1.0, temperature=1.0, n=20000, seed=0):
   logits = jnp.broadcast_to(jnp.log(jnp.asarray(PROBS)), (n, len(PROBS)))
   params = decode.SamplingParams(jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p))
-  return np.asarray(jax.jit(decode.sample_token)(logits, jax.random.key(seed), params))
+  keys = decode.row_keys(jax.random.key(seed), n)
+  return np.asarray(jax.jit(decode.sample_token)(logits, keys, params))
 
 
 @pytest.mark.parametrize("top_k,top_p,allowed", [
@@ -152,20 +173,24 @@ def test_same_seed_same_samples_other_seed_differs():
   assert not np.array_equal(a, c)
 
 
-def _cache_sized_copies(hlo: str, cache_elements: int) -> list[str]:
-  """Instructions in optimised HLO, outside the slide, that copy or transpose an array the
-  size of a layer's K or V cache (layout may drop the batch-1 axis: sizes are compared)."""
-  found = []
+def _cache_sized_instructions(hlo: str, cache_elements: int) -> tuple[list[str], list[str]]:
+  """(copies, all): instructions in optimised HLO, outside the slide, whose result has a
+  layer's K or V cache size (layout may drop the batch-1 axis: sizes are compared); copies
+  are those that copy or transpose it."""
+  found, sized = [], []
   for line in hlo.splitlines():
     m = re.match(r"\s*(?:ROOT )?%(\S+) = f32\[([\d,]*)\]\S* (\w[\w-]*)\(", line)
     if not m or m.group(3) == "parameter" or "/cond/" in line:
       continue  # the slide (a lax.cond once per W/2 tokens) builds a fresh cache: allowed
     name, dims, op = m.groups()
     size = int(np.prod([int(d) for d in dims.split(",") if d]))
+    if size != cache_elements:
+      continue
+    sized.append(line.strip()[:120])
     copies = op in ("copy", "transpose") or name.startswith(("copy", "transpose"))
-    if size == cache_elements and copies and "dynamic-update-slice" not in name:
+    if copies and "dynamic-update-slice" not in name:
       found.append(line.strip()[:120])  # (a fusion that updates the cache in place is fine)
-  return found
+  return found, sized
 
 
 @pytest.mark.parametrize("batch", [1, 4])
@@ -173,7 +198,8 @@ def test_decode_loop_updates_the_cache_in_place(batch):
   """Each decoded token writes one slot: the loop must not copy or transpose whole caches
   (XLA:CPU did both, per token and layer, before the cache layout and read order fixes)."""
   # sizes chosen so that no other array in the program has a cache's element count
-  cfg = gpt.ModelConfig(vocab_size=65, max_seq_len=40, num_layers=2, num_heads=2, embed_dim=48)
+  cfg = config_lib.section(
+      "model", vocab_size=65, max_seq_len=40, num_layers=2, num_heads=2, embed_dim=48)
   graphdef, params = state_lib.model_graph(cfg)[0], state_lib.random_params(cfg, 0)
   tokens, pad = decode.left_pad([[1]] * batch, 96, 16)
 
@@ -185,4 +211,8 @@ def test_decode_loop_updates_the_cache_in_place(batch):
   hlo = jax.jit(loop, donate_argnums=1).lower(params, carry).compile().as_text()
   assert "while" in hlo and "dynamic-update-slice" in hlo  # the real loop's program was read
   cache_elements = batch * cfg.kv_heads * cfg.head_dim * cfg.max_seq_len
-  assert _cache_sized_copies(hlo, cache_elements) == []
+  copies, sized = _cache_sized_instructions(hlo, cache_elements)
+  # the pattern read the loop's own lines: each layer's K and V cache updates at least
+  updates = [line for line in sized if "dynamic-update-slice" in line]
+  assert len(updates) >= 2 * cfg.num_layers, sized
+  assert copies == []

@@ -14,8 +14,10 @@ from treadle.model import lora
 from tests import numerics
 from treadle.train import mesh as mesh_lib
 from treadle.train import state as state_lib
+from treadle.train import config as config_lib
 
-BASE = gpt.ModelConfig(vocab_size=61, max_seq_len=32, num_layers=2, num_heads=4, embed_dim=32)
+BASE = config_lib.section(
+    "model", vocab_size=61, max_seq_len=32, num_layers=2, num_heads=4, embed_dim=32)
 LLAMA = dataclasses.replace(BASE, position="rope", norm="rmsnorm", mlp="swiglu",
                             mlp_hidden_dim=48, num_kv_heads=2, tie_embeddings=False,
                             qk_norm=True)

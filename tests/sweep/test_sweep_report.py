@@ -151,3 +151,15 @@ def test_treadle_plot_writes_a_png_or_fails_in_one_line(tmp_path):
   assert (tmp_path / "x" / "a.png").read_bytes().startswith(PNG_MAGIC)
   bad = run_cli("treadle.sweep.plots", "--workdir", tmp_path / "empty", check=False)
   assert bad.returncode == 2 and bad.stderr.startswith("error:") and "no losses" in bad.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--bogus"], "Unknown command line flag 'bogus'"),
+    ([], "--workdir is required"),
+    (["--workdir", "x", "extra"], "unexpected argument 'extra'"),
+])
+def test_treadle_plot_bad_flags_are_one_line_exit_2(tmp_path, args, message):
+  proc = run_cli("treadle.sweep.plots", *args, check=False)
+  assert proc.returncode == 2, proc.stderr
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines

@@ -11,6 +11,7 @@ import time
 
 from treadle.sweep import runner
 from treadle.sweep import spec
+from treadle.train import fileio
 from tests.conftest import REPO, run_cli
 
 
@@ -87,7 +88,7 @@ def test_sigterm_interrupts_the_sweep_and_a_rerun_resumes_the_trial(tmp_path, te
 
 def test_a_trial_locked_by_another_process_is_left_alone(tmp_path, text_file):
   path, layout = _sweep_file(tmp_path, text_file, seeds="[3]"), runner.Layout(tmp_path / "root")
-  fd = runner.try_lock(layout.lock("seed3"))
+  fd = fileio.try_lock(layout.lock("seed3"))
   assert fd is not None
   try:
     proc = run_cli("treadle.sweep.cli", path, "--root", layout.root)

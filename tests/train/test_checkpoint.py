@@ -5,7 +5,6 @@ import pytest
 
 from treadle.data import text
 from treadle.infer import sampler as sampler_lib
-from treadle.model import gpt
 from tests.conftest import run_cli
 from treadle.train import checkpoint
 from treadle.train import config as config_lib
@@ -13,21 +12,23 @@ from treadle.train import mesh as mesh_lib
 from treadle.train import optimizer
 from treadle.train import state as state_lib
 from treadle.train import step as step_lib
+from treadle.train.tasks import lm
 
-MODEL = gpt.ModelConfig(vocab_size=61, max_seq_len=16, num_layers=2, num_heads=4, embed_dim=32)
+MODEL = config_lib.section(
+    "model", vocab_size=61, max_seq_len=16, num_layers=2, num_heads=4, embed_dim=32)
 
 
 def _setup(shape, rules, devices=None):
   mesh = mesh_lib.make_mesh(shape, devices)
-  tx = optimizer.build(config_lib.OptimizerConfig(warmup_steps=0), 10)
+  tx = optimizer.build(config_lib.section("optimizer", warmup_steps=0), 10)
   return tx, state_lib.shardings(MODEL, tx, mesh, mesh_lib.rules(rules)), mesh
 
 
 def _trained_state(tx, shardings, mesh, seed):
   state = state_lib.create(MODEL, tx, seed, shardings)
   graphdef, _, _ = state_lib.model_graph(MODEL)
-  train, _ = step_lib.compile_steps(graphdef, tx, optimizer.schedule(
-      config_lib.OptimizerConfig(), 10), 1, False, mesh_lib.rules("fsdp_tp"), shardings,
+  train, _ = step_lib.compile_steps(lm.LanguageModeling(), graphdef, tx, optimizer.schedule(
+      config_lib.section("optimizer"), 10), 1, False, mesh_lib.rules("fsdp_tp"), shardings,
       mesh_lib.batch_sharding(mesh))
   tokens = np.random.default_rng(0).integers(0, 61, (8, 17), dtype=np.int32)
   batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
@@ -100,3 +101,29 @@ def test_fsdp_tp_checkpoint_samples_identically_on_other_meshes(tmp_path, text_f
   reference = on_train_mesh.generate(["KING", "the"], **args)
   assert one.generate(["KING", "the"], **args) == reference
   assert four.generate(["KING", "the"], **args) == reference
+
+
+class _Reader:
+  """Stands in for Orbax's read-only manager: one step, records whether it was closed."""
+  directory, closed = "ckpt", False
+
+  def all_steps(self):
+    return [5]
+
+  def close(self):
+    self.closed = True
+
+
+@pytest.mark.parametrize("step,error", [(None, OSError), (7, FileNotFoundError)])
+def test_load_params_closes_the_reader_when_the_restore_fails(monkeypatch, step, error):
+  opened = _Reader()
+  monkeypatch.setattr(checkpoint, "reader", lambda workdir: opened)
+
+  def broken_restore(mgr, step, target):
+    raise OSError("truncated array file")
+  monkeypatch.setattr(checkpoint, "restore_params", broken_restore)
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  with pytest.raises(error):
+    checkpoint.load_params("run", step, MODEL,
+                           lambda abstract, _: jax.tree.map(lambda _: device, abstract))
+  assert opened.closed

@@ -68,6 +68,16 @@ def test_sample_in_another_process_is_reproducible(trained):
   assert other.stdout != first.stdout
 
 
+def test_stream_prints_what_the_batch_path_prints(trained):
+  args = ["--workdir", trained, "--prompt", "ROMEO:", "--prompt", "KING:", "--max_new_tokens",
+          "40", "--num_samples", "2", "--seed", "7", "--temperature", "0.9", "--top_k", "10"]
+  batch = run_cli("treadle.infer.cli", *args).stdout
+  streamed = run_cli("treadle.infer.cli", *args, "--stream").stdout
+  assert batch.count("---------------") == 4
+  assert len(set(batch.split("---------------"))) == 5  # four different samples (+ the end)
+  assert streamed == batch
+
+
 def test_sample_json_output(trained):
   proc = run_cli("treadle.infer.cli", "--workdir", trained, "--prompt", "a", "--prompt", "bc",
                  "--max_new_tokens", "30", "--json", "--top_p", "0.9")
@@ -94,7 +104,9 @@ def test_sample_bad_input_exit_2(trained, args, match):
 
 def test_sample_without_checkpoint(tmp_path):
   proc = run_cli("treadle.infer.cli", "--workdir", tmp_path, check=False)
-  assert proc.returncode == 2 and "error:" in proc.stderr
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines()[-1] == (
+      f"error: {str(tmp_path)!r} is not a treadle run directory (no config.json)")
 
 
 def test_incompatible_workdir_is_refused_naming_keys(trained, text_file):

@@ -5,13 +5,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from treadle.model import gpt
 from tests.conftest import run_cli
 from treadle.train import config as config_lib
 from treadle.train import mesh as mesh_lib
 from treadle.train import optimizer
 from treadle.train import state as state_lib
 from treadle.train import step as step_lib
+from treadle.train.tasks import lm
 
 
 def _rows(workdir):
@@ -24,18 +24,19 @@ def _train(workdir, text_file, *overrides, check=True):
 
 
 def test_non_finite_step_is_not_applied():
-  model = gpt.ModelConfig(vocab_size=61, max_seq_len=8, num_layers=1, num_heads=2, embed_dim=16)
+  model = config_lib.section(
+      "model", vocab_size=61, max_seq_len=8, num_layers=1, num_heads=2, embed_dim=16)
   mesh = mesh_lib.make_mesh((8, 1, 1))
-  opt = config_lib.OptimizerConfig()
+  opt = config_lib.section("optimizer")
   tx = optimizer.build(opt, 10)
   shardings = state_lib.shardings(model, tx, mesh, mesh_lib.rules("dp"))
   state = state_lib.create(model, tx, 0, shardings)
   poisoned = state._replace(params={**state.params, "ln_f": {"scale": jnp.full((16,), jnp.nan)}})
   before = jax.device_get(poisoned)
   graphdef, _, _ = state_lib.model_graph(model)
-  train, _ = step_lib.compile_steps(graphdef, tx, optimizer.schedule(opt, 10), 1, False,
-                                    mesh_lib.rules("dp"), shardings,
-                                    mesh_lib.batch_sharding(mesh))
+  train, _ = step_lib.compile_steps(lm.LanguageModeling(), graphdef, tx,
+                                    optimizer.schedule(opt, 10), 1, False,
+                                    mesh_lib.rules("dp"), shardings, mesh_lib.batch_sharding(mesh))
   batch = {"inputs": np.zeros((8, 8), np.int32), "targets": np.ones((8, 8), np.int32)}
   after, metrics = train(poisoned, batch)
   assert not bool(metrics["finite"]) and int(after.step) == 1
@@ -64,6 +65,7 @@ def test_skips_up_to_the_configured_count(tmp_path, text_file):
                 "--config.optimizer.warmup_steps=0", "--config.train.max_nonfinite_steps=3",
                 "--config.train.log_every=1", check=False)
   assert proc.returncode == 2
+  assert "non-finite loss or gradient at step" in proc.stderr.strip().splitlines()[-1]
   assert len([r for r in _rows(workdir) if r.get("nonfinite")]) == 4
 
 

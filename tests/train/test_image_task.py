@@ -7,22 +7,21 @@ import pytest
 
 from treadle.data import images
 from treadle.infer import predictor
-from treadle.model import classifier
 from tests import numerics
 from tests.conftest import run_cli
 from treadle.train import config as config_lib
-from treadle.train import image_task
 from treadle.train import mesh as mesh_lib
 from treadle.train import optimizer
 from treadle.train import state as state_lib
 from treadle.train import step as step_lib
+from treadle.train.tasks import image as image_task
 
-OPT = config_lib.OptimizerConfig(warmup_steps=1)
+OPT = config_lib.section("optimizer", warmup_steps=1)
 
 
 @pytest.fixture(scope="module")
 def digits():
-  return images.load(images.DataConfig())
+  return images.load(config_lib.section("data", "classify"))
 
 
 def _steps(model_cfg, shape, devices, digits, n=3):
@@ -32,8 +31,8 @@ def _steps(model_cfg, shape, devices, digits, n=3):
   state = state_lib.create(model_cfg, tx, 0, shardings)
   graphdef, _, _ = state_lib.model_graph(model_cfg)
   train, evaluate = step_lib.compile_steps(
-      graphdef, tx, optimizer.schedule(OPT, 10), 1, model_cfg.dropout > 0, mesh_lib.rules("dp"),
-      shardings, mesh_lib.batch_sharding(mesh), image_task.ImageClassification())
+      image_task.ImageClassification(), graphdef, tx, optimizer.schedule(OPT, 10), 1,
+      model_cfg.dropout > 0, mesh_lib.rules("dp"), shardings, mesh_lib.batch_sharding(mesh))
   it = images.train_iterator(digits[0], 16, seed=0, max_shift=1)
   losses = []
   with jax.default_matmul_precision("highest"):
@@ -48,8 +47,9 @@ def _steps(model_cfg, shape, devices, digits, n=3):
 
 @pytest.mark.parametrize("kind", ["cnn", "vit"])
 def test_dp_on_8_devices_equals_one_device(digits, kind):
-  cfg = classifier.ClassifierConfig(kind=kind, width=8, embed_dim=16, num_heads=2, dropout=0.1,
-                                    num_classes=10, image_height=8, image_width=8)
+  cfg = config_lib.section(
+      "model", "classify", kind=kind, width=8, embed_dim=16, num_heads=2, dropout=0.1,
+      num_classes=10, image_height=8, image_width=8)
   one = _steps(cfg, (1, 1, 1), jax.devices()[:1], digits)
   eight = _steps(cfg, (8, 1, 1), jax.devices(), digits)
   assert one[0][0] != one[0][-1]
@@ -140,7 +140,9 @@ def test_predict_refuses_a_language_model_run(tmp_path, text_file):
   run_cli("treadle.train.main", "--config", "configs/tiny.py", "--workdir", lm,
           f"--config.data.path={text_file}", "--config.train.num_steps=2")
   proc = run_cli("treadle.infer.predict", "--workdir", lm, "--input", text_file, check=False)
-  assert proc.returncode == 2 and "not an image classifier" in proc.stderr
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines()[-1] == (
+      f"error: {str(lm)!r} is a 'lm' run, not an image classifier")
 
 
 def test_predict_bad_step_is_a_one_line_error(trained, tmp_path):
@@ -149,3 +151,16 @@ def test_predict_bad_step_is_a_one_line_error(trained, tmp_path):
                  "--step", "abc", check=False)
   assert proc.returncode == 2
   assert "--step='abc' must be a number" in proc.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("write,match", [
+    (lambda path: np.save(path, np.full((8, 8), np.nan)), "non-finite pixel values"),
+    (lambda path: path.write_bytes(b"\x93NUMPY\x01\x00garbage"), "not a readable .npy array"),
+])
+def test_an_all_nan_or_unreadable_npy_is_named(trained, tmp_path, write, match):
+  write(tmp_path / "bad.npy")
+  proc = run_cli("treadle.infer.predict", "--workdir", trained, "--input", tmp_path / "bad.npy",
+                 check=False)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  line = proc.stderr.strip().splitlines()[-1]
+  assert line.startswith("error: --input ") and str(tmp_path / "bad.npy") in line and match in line

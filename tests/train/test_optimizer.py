@@ -10,7 +10,6 @@ from jax.sharding import PartitionSpec as P
 from optax import contrib
 
 from treadle.configs import shakespeare_char_cpu
-from treadle.model import gpt
 from tests import numerics
 from treadle.train import config as config_lib
 from treadle.train import mesh as mesh_lib
@@ -27,7 +26,7 @@ SHAPES = {"qkv": (D, 3, H, K), "out": (H, K, D), "proj": (F, D), "scale": (D,), 
 
 def _cfg(name: str, **kw) -> config_lib.OptimizerConfig:
   kw = {"warmup_steps": 3, "decay_steps": 8, "weight_decay": 0.1, "grad_clip_norm": 0.0, **kw}
-  return config_lib.OptimizerConfig(name=name, **kw)
+  return config_lib.section("optimizer", name=name, **kw)
 
 
 def _tree(seed: int, scale: float = 1.0) -> dict:
@@ -72,7 +71,7 @@ def test_name_selects_the_transform(name, expected, absent):
 
 def test_default_is_the_old_adamw_state_layout():
   # existing checkpoints (chain(clip, adamw)) must still restore into the default optimizer
-  cfg = config_lib.OptimizerConfig()
+  cfg = config_lib.section("optimizer")
   old = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(
       lambda step: 1e-3, weight_decay=0.1, mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p)))
   params = _tree(0)
@@ -113,16 +112,18 @@ def _muon_paths(model_cfg) -> set[str]:
 
 
 def test_muon_partition_of_a_real_model():
-  model = gpt.ModelConfig(vocab_size=61, max_seq_len=16, num_layers=2, num_heads=4, embed_dim=32)
+  model = config_lib.section(
+      "model", vocab_size=61, max_seq_len=16, num_layers=2, num_heads=4, embed_dim=32)
   expected = {f"[{i}]['{m}']['{w}']['w']" for i in (0, 1)
               for m, w in [("attn", "qkv"), ("attn", "out"), ("mlp", "fc"), ("mlp", "proj")]}
   assert _muon_paths(model) == {"['blocks']" + p for p in expected}
 
 
 def test_muon_partition_of_a_scanned_gqa_swiglu_model():
-  model = gpt.ModelConfig(vocab_size=61, max_seq_len=16, num_layers=2, num_heads=4, embed_dim=32,
-                          num_kv_heads=2, mlp="swiglu", tie_embeddings=False, scan_layers=True,
-                          use_bias=True, qk_norm=True)
+  model = config_lib.section(
+      "model", vocab_size=61, max_seq_len=16, num_layers=2, num_heads=4, embed_dim=32,
+      num_kv_heads=2, mlp="swiglu", tie_embeddings=False, scan_layers=True,
+      use_bias=True, qk_norm=True)
   _, params, specs = state_lib.model_graph(model)
   assert params["blocks"]["attn"]["kv"]["w"].ndim == 5 and "lm_head" in params
   assert _muon_paths(model) == {f"['blocks']['{m}']['{w}']['w']" for m, w in
@@ -229,8 +230,9 @@ def test_muon_needs_specs_with_a_hidden_matrix():
 
 
 def test_muon_state_takes_the_params_shardings():
-  model = gpt.ModelConfig(vocab_size=64, max_seq_len=16, num_layers=2, num_heads=4, embed_dim=32,
-                          scan_layers=True)
+  model = config_lib.section(
+      "model", vocab_size=64, max_seq_len=16, num_layers=2, num_heads=4, embed_dim=32,
+      scan_layers=True)
   mesh = mesh_lib.make_mesh((1, 8, 1), jax.devices()[:8])
   _, _, specs = state_lib.model_graph(model)
   tx = optimizer.build(_cfg("muon", grad_clip_norm=1.0), 8, specs)

@@ -100,9 +100,16 @@ def test_sigkill_while_a_checkpoint_is_written_restores_the_previous_one(tmp_pat
   proc.wait(timeout=60)
   steps = sorted(p.name for p in (workdir / "checkpoints").iterdir())
   assert str(N) in steps and str(2 * N) not in steps  # only a temporary dir for 2N
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert any(r["step"] > N for r in rows)  # the killed process logged past checkpoint N
   out = _train(workdir, text_file, 2 * N)
   assert f"resumed from step {N}" in out.stderr
   assert (workdir / "checkpoints" / str(2 * N)).is_dir()
+  # the replayed steps N+1..2N (train and val rows) are in metrics.jsonl once each
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  keyed = [(r["step"], tuple(sorted(r))) for r in rows]
+  assert len(keyed) == len(set(keyed))
+  assert [r["step"] for r in rows if "train_loss" in r] == list(range(1, 2 * N + 1))
   assert not [p for p in (workdir / "checkpoints").iterdir() if "tmp" in p.name]
 
 

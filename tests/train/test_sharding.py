@@ -5,17 +5,18 @@ import jax
 import numpy as np
 import pytest
 
-from treadle.model import gpt
 from tests import numerics
 from treadle.train import config as config_lib
 from treadle.train import mesh as mesh_lib
 from treadle.train import optimizer
 from treadle.train import state as state_lib
 from treadle.train import step as step_lib
+from treadle.train.tasks import lm
 
-MODEL = gpt.ModelConfig(vocab_size=61, max_seq_len=16, num_layers=2, num_heads=4, embed_dim=32,
-                        dropout=0.1)
-OPT = config_lib.OptimizerConfig(warmup_steps=1)
+MODEL = config_lib.section(
+    "model", vocab_size=61, max_seq_len=16, num_layers=2, num_heads=4, embed_dim=32,
+    dropout=0.1)
+OPT = config_lib.section("optimizer", warmup_steps=1)
 BATCH = 16
 
 
@@ -34,9 +35,9 @@ def train_steps(shape, rules_name, devices, accum_steps=1, model=MODEL):
   state = state_lib.create(model, tx, 0, shardings)
   graphdef, _, _ = state_lib.model_graph(model)
   batch_sharding = mesh_lib.batch_sharding(mesh)
-  train, _ = step_lib.compile_steps(graphdef, tx, optimizer.schedule(OPT, 10), accum_steps,
-                                    model.dropout > 0,
-                                    rules, shardings, batch_sharding)
+  train, _ = step_lib.compile_steps(lm.LanguageModeling(), graphdef, tx,
+                                    optimizer.schedule(OPT, 10), accum_steps,
+                                    model.dropout > 0, rules, shardings, batch_sharding)
   losses = []
   with jax.default_matmul_precision("highest"):
     for b in _batches():

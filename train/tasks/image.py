@@ -9,10 +9,11 @@ import numpy as np
 from flax import nnx
 
 from treadle.data import images
-from treadle.train import tasks
+from treadle.train import state as state_lib
+from treadle.train.tasks import base
 
 
-class ImageClassification:
+class ImageClassification(base.Task):
   """Softmax classification of single-channel images; metrics: accuracy."""
   name = "classify"
   unit = "images"
@@ -22,9 +23,9 @@ class ImageClassification:
     model = dataclasses.replace(cfg.model, num_classes=len(prep.labels),
                                 image_height=prep.image_shape[0], image_width=prep.image_shape[1])
     model.__post_init__()  # patch size vs the image shape is only checkable now
-    return tasks.Splits(train, val, test, prep), dataclasses.replace(cfg, model=model)
+    return base.Splits(train, val, test, prep), dataclasses.replace(cfg, model=model)
 
-  def save_artifact(self, splits: tasks.Splits, workdir: pathlib.Path) -> None:
+  def save_artifact(self, splits: base.Splits, workdir: pathlib.Path) -> None:
     splits.artifact.save(workdir)
 
   def train_iterator(self, split, cfg, process_index: int, process_count: int):
@@ -48,7 +49,6 @@ class ImageClassification:
 
   def flops_per_unit(self, cfg) -> float:
     """3x the forward FLOPs per image, as XLA counts them."""
-    from treadle.train import state as state_lib
     graphdef, abstract, _ = state_lib.model_graph(cfg.model)
     x = jax.ShapeDtypeStruct((1, cfg.model.image_height, cfg.model.image_width), jnp.float32)
     cost = jax.jit(lambda p, x: nnx.merge(graphdef, p)(x)).lower(abstract, x).compile()
@@ -74,7 +74,6 @@ def predict_labels(model_cfg, params, images_NHW: np.ndarray) -> np.ndarray:
 @functools.cache
 def _probabilities_fn(model_cfg):
   """One jitted forward per model config (frozen, hashable): repeated predictions reuse it."""
-  from treadle.train import state as state_lib
   graphdef, _, _ = state_lib.model_graph(model_cfg)
   return jax.jit(lambda p, x: jax.nn.softmax(nnx.merge(graphdef, p)(x).astype(jnp.float32)))
 

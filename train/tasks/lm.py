@@ -1,31 +1,17 @@
-"""Tasks: what the trainer needs to know about a problem beyond the generic loop.
-
-A task loads and splits its data (and saves what inference needs, e.g. the tokenizer),
-builds input pipelines, defines the loss and metrics, and says how much work one example
-is (tokens for language models, images for classifiers) for throughput and MFU.
-"""
+"""Language modelling as a treadle task: text windows, next-token cross-entropy."""
 import dataclasses
 import pathlib
-from typing import Any
 
 import jax
-import numpy as np
 
 from treadle.data import text
 from treadle.data import tokenizers
 from treadle.model import gpt
 from treadle.train import perf
+from treadle.train.tasks import base
 
 
-@dataclasses.dataclass(frozen=True)
-class Splits:
-  train: Any
-  val: Any
-  test: Any
-  artifact: Any  # saved in the workdir for inference: tokenizer, preprocessing stats
-
-
-class LanguageModeling:
+class LanguageModeling(base.Task):
   """Next-token prediction on a text corpus (windows of data.seq_len tokens)."""
   name = "lm"
   unit = "tokens"
@@ -37,9 +23,9 @@ class LanguageModeling:
     model = dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size,
                                 max_seq_len=cfg.model.max_seq_len or cfg.data.seq_len)
     resolved = dataclasses.replace(cfg, model=model)
-    return Splits(splits.train, splits.val, splits.test, tokenizer), resolved
+    return base.Splits(splits.train, splits.val, splits.test, tokenizer), resolved
 
-  def save_artifact(self, splits: Splits, workdir: pathlib.Path) -> None:
+  def save_artifact(self, splits: base.Splits, workdir: pathlib.Path) -> None:
     tokenizers.save(splits.artifact, workdir)
 
   def train_iterator(self, tokens, cfg, process_index: int, process_count: int):
@@ -77,15 +63,3 @@ def _inherited_tokenizer(cfg, workdir: pathlib.Path, init_from_dir: pathlib.Path
                      f"{source.kind!r}, this run's data.tokenizer is {cfg.data.tokenizer!r}")
   return source
 
-
-def get(name: str):
-  """The task object for config key `task`."""
-  from treadle.train import image_task  # local: the image task pulls in its own data and models
-  registry = {"lm": LanguageModeling, "classify": image_task.ImageClassification}
-  if name not in registry:
-    raise ValueError(f"task={name!r} is not one of {sorted(registry)}")
-  return registry[name]()
-
-
-def numpy_stack(batches: list[dict]) -> dict:
-  return {k: np.stack([b[k] for b in batches]) for k in batches[0]}

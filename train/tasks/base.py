@@ -1,0 +1,56 @@
+"""What every task gives the generic trainer: the Task protocol and the splits it loads."""
+import dataclasses
+import pathlib
+from typing import Any, Protocol
+
+import jax
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Splits:
+  train: Any
+  val: Any
+  test: Any
+  artifact: Any  # saved in the workdir for inference: tokenizer, preprocessing stats
+
+
+class Task(Protocol):
+  """A problem beyond the generic loop: its data, loss, metrics and unit of work.
+
+  A task loads and splits its data (and saves what inference needs, e.g. the tokenizer),
+  builds input pipelines, defines the loss and metrics, and says how much work one example
+  is (tokens for language models, images for classifiers) for throughput and MFU.
+  """
+  name: str   # the config's `task` value
+  unit: str   # what throughput counts: tokens | images
+
+  def load(self, cfg, workdir: pathlib.Path, init_from_dir: pathlib.Path | None
+           ) -> tuple[Splits, Any]:
+    """(splits, the run config with the data-dependent model fields filled in)."""
+
+  def save_artifact(self, splits: Splits, workdir: pathlib.Path) -> None:
+    """Writes what inference needs next to the checkpoints."""
+
+  def train_iterator(self, split, cfg, process_index: int, process_count: int):
+    """An endless, checkpointable iterator of this process's training rows."""
+
+  def eval_batches(self, split, cfg, process_index: int, process_count: int) -> list[dict]:
+    """Fixed evaluation batches (this process's rows)."""
+
+  def loss(self, model, batch: dict, dropout_key) -> tuple[jax.Array, dict]:
+    """(mean loss, extra metrics) of one batch; traced inside the jitted step."""
+
+  def units_per_example(self, cfg) -> int:
+    """Units of work (see `unit`) in one example."""
+
+  def flops_per_unit(self, cfg) -> float:
+    """Training FLOPs per unit, for MFU."""
+
+  def finish(self, run, params, step: int) -> dict:
+    """Task-specific end-of-run outputs (files, extra metrics to log)."""
+
+
+def numpy_stack(batches: list[dict]) -> dict:
+  """Host batches stacked on a new leading axis (one array per key)."""
+  return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
