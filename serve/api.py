@@ -90,7 +90,7 @@ class Server:
         index = i * req.n + j
         seqs.append(engine_lib.Sequence(
             index=index, prompt_ids=ids, max_tokens=max_tokens, temperature=req.temperature,
-            top_k=req.top_k, top_p=req.top_p, seed=seed + index, stop=list(req.stop or ()),
+            top_k=req.top_k, top_p=req.top_p, seed=seed, row=index, stop=list(req.stop or ()),
             top_n=min(top_n, self.engine.vocab_size), score_prompt=echo_logprobs, emit=emit))
     return seqs
 

@@ -53,6 +53,7 @@ class Sequence:
   top_k: int
   top_p: float
   seed: int
+  row: int                      # row key: decode.row_keys(key(seed), ..., first_row=row)
   stop: list[str]
   top_n: int                    # alternatives per token; 0 = none
   score_prompt: bool            # send the prompt tokens' logprobs
@@ -188,7 +189,8 @@ class Engine:
     tokens, pad = decode.left_pad([ids], P, P)
     sampling = decode.SamplingParams(jnp.float32(seq.temperature), jnp.int32(seq.top_k),
                                      jnp.float32(seq.top_p))
-    key_data = jax.random.key_data(jax.random.key(seq.seed))
+    # row `index` of Sampler.generate(prompts, seed=seed): choice i samples as its row i
+    key_data = jax.random.key_data(decode.row_keys(jax.random.key(seq.seed), 1, seq.row)[0])
     self.slots, out = self._prefill(self.slots, self.sampler.params, jnp.int32(row),
                                     tokens[0], jnp.int32(pad[0]), key_data, sampling)
     out = jax.device_get(out)

@@ -28,7 +28,7 @@ class _Sampling(pydantic.BaseModel):
   n: int = pydantic.Field(1, ge=1, le=MAX_CHOICES, description="Choices per prompt.")
   stop: str | list[str] | None = pydantic.Field(None, description="Up to 4 stop strings.")
   seed: int | None = pydantic.Field(None, ge=0, le=2**32 - 1, description="Same seed, same "
-                                    "text; choice i uses seed + i.")
+                                    "text; choice i samples as row i of Sampler.generate.")
   stream: pydantic.StrictBool = False
   stream_options: dict[str, Any] | None = None
   presence_penalty: float | None = _Unsupported

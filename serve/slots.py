@@ -25,7 +25,8 @@ class Slots(NamedTuple):
   cur_S: jax.Array       # int32: its absolute slot in the sequence
   base_S: jax.Array      # int32: absolute slot held by cache index 0
   pad_S: jax.Array       # int32: padding slots before the prompt
-  key_S2: jax.Array      # uint32 key data of each slot's PRNG key
+  start_S: jax.Array     # int32: slot of the first sampled token (= the prompt's slots)
+  key_S2: jax.Array      # uint32 key data of each slot's row key (decode.row_keys)
   temperature_S: jax.Array
   top_k_S: jax.Array
   top_p_S: jax.Array
@@ -43,7 +44,7 @@ def empty(model: gpt.Decoder, num_slots: int) -> Slots:
   one = model.init_cache(1, model.cfg.max_seq_len)
   cache = jax.tree.map(lambda x: jnp.zeros((num_slots, *x.shape), x.dtype), one)
   zeros = jnp.zeros((num_slots,), jnp.int32)
-  return Slots(cache, zeros, zeros, zeros, zeros, jnp.zeros((num_slots, 2), jnp.uint32),
+  return Slots(cache, zeros, zeros, zeros, zeros, zeros, jnp.zeros((num_slots, 2), jnp.uint32),
                jnp.zeros((num_slots,), jnp.float32), zeros, jnp.ones((num_slots,), jnp.float32))
 
 
@@ -68,20 +69,26 @@ class Prefilled(NamedTuple):
   prompt: TokenScores     # scores of prompt tokens 1.. given the ones before them: [P-1]
 
 
+def _draw(logits_1V, row_key, index, sampling: decode.SamplingParams) -> jax.Array:
+  """The `index`-th sampled token of a row with this row key, drawn as `decode` draws it."""
+  return decode.sample_token(logits_1V, jax.random.fold_in(row_key, index)[None], sampling)[0]
+
+
 def prefill(model: gpt.Decoder, slots: Slots, row, tokens_P, pad, key_data,
             sampling: decode.SamplingParams) -> tuple[Slots, Prefilled]:
   """Encodes one left-padded prompt into slot `row`'s fresh cache and samples its first
-  token, as `decode.prefill` does for a batch of one."""
+  token, as `decode.prefill` does for one row; `key_data` is that row's key
+  (`decode.row_keys(key(seed), ...)[i]` for row i of `Sampler.generate`)."""
   P = tokens_P.shape[0]
   cache = model.init_cache(1, model.cfg.max_seq_len)
   zero = jnp.zeros((), jnp.int32)
   logits_1PV, cache = decode.encode(model, tokens_P[None], zero, pad[None], cache, zero)
-  key = jax.random.wrap_key_data(key_data)
-  token = decode.sample_token(logits_1PV[:, -1], jax.random.fold_in(key, P), sampling)[0]
+  token = _draw(logits_1PV[:, -1], jax.random.wrap_key_data(key_data), 0, sampling)
   slots = slots._replace(
       cache=_set_row(slots.cache, row, cache), token_S=slots.token_S.at[row].set(token),
       cur_S=slots.cur_S.at[row].set(P), base_S=slots.base_S.at[row].set(0),
-      pad_S=slots.pad_S.at[row].set(pad), key_S2=slots.key_S2.at[row].set(key_data),
+      pad_S=slots.pad_S.at[row].set(pad), start_S=slots.start_S.at[row].set(P),
+      key_S2=slots.key_S2.at[row].set(key_data),
       temperature_S=slots.temperature_S.at[row].set(sampling.temperature),
       top_k_S=slots.top_k_S.at[row].set(sampling.top_k),
       top_p_S=slots.top_p_S.at[row].set(sampling.top_p))
@@ -93,16 +100,15 @@ def prefill(model: gpt.Decoder, slots: Slots, row, tokens_P, pad, key_data,
 def step(model: gpt.Decoder, slots: Slots, live_S) -> tuple[Slots, TokenScores]:
   """Feeds every live slot its newest token and samples the next (`decode.decode_steps`'
   body, per slot). Idle slots compute too (the shapes are fixed) but never advance."""
-  def one(cache, token, cur, base, pad, key_data, sampling):
+  def one(cache, token, cur, base, pad, start, key_data, sampling):
     logits_11V, cache = decode.encode(model, token[None, None], cur, pad[None], cache, base)
-    nxt = cur + 1
-    key = jax.random.wrap_key_data(key_data)
-    new = decode.sample_token(logits_11V[:, -1], jax.random.fold_in(key, nxt), sampling)[0]
+    new = _draw(logits_11V[:, -1], jax.random.wrap_key_data(key_data), cur + 1 - start,
+                sampling)
     return cache, new, logits_11V[0, -1]
 
   cache, new_S, logits_SV = jax.vmap(one)(slots.cache, slots.token_S, slots.cur_S,
-                                          slots.base_S, slots.pad_S, slots.key_S2,
-                                          _sampling(slots))
+                                          slots.base_S, slots.pad_S, slots.start_S,
+                                          slots.key_S2, _sampling(slots))
   slots = slots._replace(cache=cache, token_S=jnp.where(live_S, new_S, slots.token_S),
                          cur_S=jnp.where(live_S, slots.cur_S + 1, slots.cur_S))
   return slots, _scores(logits_SV, new_S)

@@ -46,13 +46,13 @@ def test_greedy_equals_sampler_generate(client, sampler, max_tokens):
 
 
 def test_sampled_equals_sampler_generate_with_the_same_seed(client, sampler):
-  for prompt in PROMPTS[:2]:
-    expected = sampler.generate([prompt], max_new_tokens=40, temperature=0.9, top_k=20,
-                                top_p=0.95, seed=11)[0].text
-    out = client.completions.create(model="tiny", prompt=prompt, max_tokens=40,
-                                    temperature=0.9, top_p=0.95, seed=11,
-                                    extra_body={"top_k": 20})
-    assert out.choices[0].text == expected
+  # choice i samples with row i's key, as the sampler's row i does
+  expected = [c.text for c in sampler.generate(PROMPTS, max_new_tokens=40, temperature=0.9,
+                                               top_k=20, top_p=0.95, seed=11)]
+  out = client.completions.create(model="tiny", prompt=PROMPTS, max_tokens=40, temperature=0.9,
+                                  top_p=0.95, seed=11, extra_body={"top_k": 20})
+  assert [c.text for c in sorted(out.choices, key=lambda c: c.index)] == expected
+  assert len(set(expected)) == len(PROMPTS)
 
 
 def test_same_seed_same_text_other_seed_differs(client):
