@@ -43,6 +43,13 @@ def _round_up(n: int, multiple: int) -> int:
   return -(-n // multiple) * multiple
 
 
+def prompt_slots(num_tokens: int, window: int) -> int:
+  """Slots a prompt is left-padded into: its length rounded up to the bucket, at most the
+  window (a longer prompt keeps its last `window` tokens). treadle-serve lays prompts out
+  the same way, so its slides and sampling keys match `generate`'s."""
+  return min(_round_up(num_tokens, _BUCKET), window)
+
+
 class Sampler:
   """Generates from a trained run. Build with `Sampler.from_workdir(DIR)`."""
 
@@ -116,7 +123,7 @@ class Sampler:
     check_sampling_args(temperature, top_k, top_p, max_new_tokens)
     ids = self.encode_prompts(prompts)
     # prompts longer than the window keep their last `window` tokens
-    prompt_len = min(_round_up(max(len(i) for i in ids), _BUCKET), self.window)
+    prompt_len = prompt_slots(max(len(i) for i in ids), self.window)
     total = prompt_len + _round_up(max_new_tokens, _BUCKET)
     tokens, pad = decode.left_pad(ids, total, prompt_len)
     sampling = decode.SamplingParams(jnp.float32(temperature), jnp.int32(top_k),

@@ -1,0 +1,1 @@
+"""treadle-serve: an OpenAI-compatible HTTP server with continuous batching."""

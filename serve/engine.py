@@ -1,0 +1,269 @@
+"""Continuous batching: one thread runs one decode loop over a fixed set of slots.
+
+A request waits in a bounded queue, is prefilled into the first free slot, joins the
+running batch at its next step and leaves the moment it finishes (length, stop string,
+or its client gone); the others never wait for it. Results go back to the asyncio side
+through `Sequence.emit`, which is thread-safe.
+"""
+import collections
+import dataclasses
+import functools
+import logging
+import threading
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from treadle.infer import sampler as sampler_lib
+from treadle.model import decode
+from treadle.serve import slots as slots_lib
+from treadle.serve import text as text_lib
+
+
+class QueueFull(Exception):
+  """More requests than the slots and the queue hold."""
+
+
+@dataclasses.dataclass
+class Token:
+  id: int
+  logprob: float
+  top: list[tuple[int, float]]  # the `top_n` most likely (id, logprob); empty if top_n is 0
+
+
+@dataclasses.dataclass
+class Event:
+  """What one sequence produced since its last event."""
+  index: int                     # the sequence's choice index in its request
+  text: str = ""                 # new text safe to send
+  tokens: list[Token] = dataclasses.field(default_factory=list)
+  prompt: list[Token] | None = None   # echo: prompt tokens 1.. scored (first event only)
+  finish_reason: str | None = None    # "length" | "stop" when done
+
+
+@dataclasses.dataclass(eq=False)
+class Sequence:
+  """One completion choice: a tokenized prompt and how to continue it."""
+  index: int
+  prompt_ids: list[int]
+  max_tokens: int               # 0: score the prompt only (echo)
+  temperature: float
+  top_k: int
+  top_p: float
+  seed: int
+  row: int                      # row key: decode.row_keys(key(seed), ..., first_row=row)
+  stop: list[str]
+  top_n: int                    # alternatives per token; 0 = none
+  score_prompt: bool            # send the prompt tokens' logprobs
+  emit: Callable[[Event], None]
+  cancelled: bool = False
+  # filled by the engine
+  history: list[int] = dataclasses.field(default_factory=list)  # absolute slots: pad, prompt, new
+  base: int = 0                 # absolute slot held by cache index 0
+  generated: int = 0
+  sent: int = 0                 # characters of text already emitted
+  text: text_lib.TextStream | None = None
+
+
+class Engine:
+  """Owns the slots and the loop; `submit` and `cancel` may be called from any thread."""
+
+  def __init__(self, sampler: sampler_lib.Sampler, max_batch: int, max_queue: int):
+    self.sampler, self.max_batch, self.max_queue = sampler, max_batch, max_queue
+    self.window = sampler.window
+    self.vocab_size = sampler.cfg.model.vocab_size
+    self.graphdef = sampler.graphdef
+    self._lock = threading.Condition()
+    self._waiting: collections.deque[Sequence] = collections.deque()
+    self._rows: list[Sequence | None] = [None] * max_batch
+    self._stopping = False
+    self._thread = threading.Thread(target=self._run, name="treadle-engine", daemon=True)
+    self._prefill = jax.jit(self._prefill_fn, donate_argnums=0)
+    self._step = jax.jit(self._step_fn, donate_argnums=0)
+    self._slide = jax.jit(self._slide_fn, donate_argnums=0)
+    self.slots = jax.jit(functools.partial(self._empty_fn, max_batch))(sampler.params)
+
+  # -- jitted pieces ----------------------------------------------------------------------
+
+  def _model(self, params):
+    return decode.merge(self.graphdef, params)
+
+  def _empty_fn(self, num_slots, params):
+    return slots_lib.empty(self._model(params), num_slots)
+
+  def _prefill_fn(self, slots, params, row, tokens_P, pad, key_data, sampling):
+    return slots_lib.prefill(self._model(params), slots, row, tokens_P, pad, key_data, sampling)
+
+  def _step_fn(self, slots, params, live_S):
+    return slots_lib.step(self._model(params), slots, live_S)
+
+  def _slide_fn(self, slots, params, row, prefix_K, base):
+    return slots_lib.slide(self._model(params), slots, row, prefix_K, base)
+
+  def warm_up(self) -> None:
+    """Compiles the step, the slide and the prefill of the shortest prompt bucket on idle
+    slots (what they leave behind is overwritten by the next prefill)."""
+    P = sampler_lib.prompt_slots(1, self.window)
+    greedy = decode.SamplingParams(jnp.float32(0), jnp.int32(0), jnp.float32(1))
+    zero = jnp.int32(0)
+    params = self.sampler.params
+    for _ in range(2):  # the second pass compiles for the slots' layout after a first step
+      self.slots, _ = self._prefill(self.slots, params, zero, jnp.zeros((P,), jnp.int32), zero,
+                                    jax.random.key_data(jax.random.key(0)), greedy)
+      self.slots = self._slide(self.slots, params, zero,
+                               jnp.zeros((self.window // 2,), jnp.int32), zero)
+      self.slots, _ = self._step(self.slots, params, np.zeros((self.max_batch,), bool))
+    jax.block_until_ready(self.slots)
+
+  # -- thread-safe API --------------------------------------------------------------------
+
+  def start(self) -> None:
+    self._thread.start()
+
+  def stop(self) -> None:
+    with self._lock:
+      self._stopping = True
+      self._lock.notify()
+    self._thread.join()
+
+  def submit(self, seqs: list[Sequence]) -> None:
+    """Queues a request's sequences, all or none; QueueFull past max_batch + max_queue."""
+    with self._lock:
+      busy = len(self._waiting) + sum(r is not None for r in self._rows)
+      if busy + len(seqs) > self.max_batch + self.max_queue:
+        raise QueueFull(f"{busy} requests in progress or queued; the server holds "
+                        f"{self.max_batch} running + {self.max_queue} queued")
+      self._waiting.extend(seqs)
+      self._lock.notify()
+
+  def cancel(self, seqs: list[Sequence]) -> None:
+    """The client is gone: drop queued sequences now, free slots at the next step."""
+    with self._lock:
+      for seq in seqs:
+        seq.cancelled = True
+        if seq in self._waiting:
+          self._waiting.remove(seq)
+      self._lock.notify()
+
+  def load(self) -> dict:
+    with self._lock:
+      return {"running": sum(r is not None for r in self._rows), "queued": len(self._waiting),
+              "max_batch": self.max_batch, "max_queue": self.max_queue}
+
+  # -- the loop ---------------------------------------------------------------------------
+
+  def _run(self) -> None:
+    while True:
+      with self._lock:
+        while not self._stopping and not self._waiting and not any(self._rows):
+          self._lock.wait()
+        if self._stopping:
+          return
+      try:
+        self._admit()
+        self._free_cancelled()
+        if any(self._rows):
+          self._advance()
+      except Exception:  # a bug must not leave clients waiting forever
+        logging.exception("decode loop failed; failing the running requests")
+        for row, seq in enumerate(self._rows):
+          if seq is not None:
+            self._finish(row, "error")
+
+  def _admit(self) -> None:
+    """Prefills waiting sequences into free slots (they join the batch at the next step)."""
+    while True:
+      with self._lock:
+        free = [r for r, s in enumerate(self._rows) if s is None]
+        if not free or not self._waiting:
+          return
+        seq = self._waiting.popleft()
+        self._rows[free[0]] = seq
+      self._start(free[0], seq)
+
+  def _start(self, row: int, seq: Sequence) -> None:
+    ids = seq.prompt_ids[-self.window:]  # longer prompts keep their last W tokens (Sampler)
+    P = sampler_lib.prompt_slots(len(ids), self.window)
+    tokens, pad = decode.left_pad([ids], P, P)
+    sampling = decode.SamplingParams(jnp.float32(seq.temperature), jnp.int32(seq.top_k),
+                                     jnp.float32(seq.top_p))
+    # row `index` of Sampler.generate(prompts, seed=seed): choice i samples as its row i
+    key_data = jax.random.key_data(decode.row_keys(jax.random.key(seq.seed), 1, seq.row)[0])
+    self.slots, out = self._prefill(self.slots, self.sampler.params, jnp.int32(row),
+                                    tokens[0], jnp.int32(pad[0]), key_data, sampling)
+    out = jax.device_get(out)
+    seq.history = tokens[0].tolist()
+    seq.text = text_lib.TextStream(self.sampler.tokenizer, seq.stop)
+    prompt = None
+    if seq.score_prompt:
+      first = int(pad[0])  # scores of the real prompt tokens after the first one
+      prompt = [self._token(seq, out.prompt, i) for i in range(first, P - 1)]
+    if seq.max_tokens == 0:
+      seq.emit(Event(seq.index, prompt=prompt, finish_reason="length"))
+      self._release(row)
+      return
+    seq.emit(Event(seq.index, prompt=prompt))
+    self._accept(row, seq, self._token(seq, out.first, None, int(out.token)))
+
+  def _token(self, seq: Sequence, scores: slots_lib.TokenScores, i, token_id=None) -> Token:
+    at = (lambda x: x) if i is None else (lambda x: x[i])
+    chosen = int(seq.history[i + 1]) if token_id is None else token_id
+    top = list(zip(at(scores.top_ids)[:seq.top_n].tolist(),
+                   at(scores.top_logprobs)[:seq.top_n].tolist()))
+    return Token(chosen, float(at(scores.logprob)), top)
+
+  def _free_cancelled(self) -> None:
+    for row, seq in enumerate(self._rows):
+      if seq is not None and seq.cancelled:
+        self._release(row)
+
+  def _advance(self) -> None:
+    """Slides full caches, then one step of every live slot."""
+    for row, seq in enumerate(self._rows):
+      if seq is not None:
+        self._maybe_slide(row, seq)
+    live = np.array([s is not None for s in self._rows])
+    self.slots, scores = self._step(self.slots, self.sampler.params, live)
+    tokens, scores = jax.device_get((self.slots.token_S, scores))
+    for row, seq in enumerate(self._rows):
+      if seq is not None:
+        token = Token(int(tokens[row]), float(scores.logprob[row]),
+                      list(zip(scores.top_ids[row, :seq.top_n].tolist(),
+                               scores.top_logprobs[row, :seq.top_n].tolist())))
+        self._accept(row, seq, token)
+
+  def _maybe_slide(self, row: int, seq: Sequence) -> None:
+    cur = len(seq.history) - 1  # the newest token's slot; it is not in the cache yet
+    if cur - seq.base < self.window:
+      return
+    base = cur - self.window // 2
+    prefix = np.asarray(seq.history[base:cur], np.int32)
+    self.slots = self._slide(self.slots, self.sampler.params, jnp.int32(row), prefix,
+                             jnp.int32(base))
+    seq.base = base
+
+  def _accept(self, row: int, seq: Sequence, token: Token) -> None:
+    """Records a sampled token, sends what is new, frees the slot when the sequence ends."""
+    seq.history.append(token.id)
+    seq.generated += 1
+    seq.text.add(token.id)
+    done = seq.generated >= seq.max_tokens
+    if done:
+      seq.text.finish()
+    reason = "stop" if seq.text.stopped else "length" if done else None
+    end = len(seq.text.text) if reason else seq.text.safe_length()
+    seq.emit(Event(seq.index, seq.text.text[seq.sent:end], [token], finish_reason=reason))
+    seq.sent = end
+    if reason:
+      self._release(row)
+
+  def _finish(self, row: int, reason: str) -> None:
+    seq = self._rows[row]
+    seq.emit(Event(seq.index, finish_reason=reason))
+    self._release(row)
+
+  def _release(self, row: int) -> None:
+    with self._lock:
+      self._rows[row] = None

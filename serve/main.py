@@ -1,0 +1,114 @@
+"""treadle-serve: serve a trained run over HTTP with an OpenAI-compatible API.
+
+  treadle-serve --workdir=DIR [--step N|best] [--host 127.0.0.1] [--port 8000] \
+      [--max_batch 32] [--max_queue 256] [--merge_lora] [--dtype float32|bfloat16]
+
+Routes: GET /health, GET /v1/models, POST /v1/completions, POST /v1/chat/completions;
+the schema at /openapi.json. SIGTERM (or Ctrl-C) stops accepting connections, finishes the
+requests in flight, and exits 0. Bad flags or a missing run are a one-line error, exit 2.
+"""
+import contextlib
+import dataclasses
+import logging
+import pathlib
+import signal
+import socket
+
+from absl import flags
+
+from treadle.train import entry
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by treadle-train.")
+_STEP = flags.DEFINE_string("step", None, "Checkpoint step: a number, 'best' or latest (default).")
+_HOST = flags.DEFINE_string("host", "127.0.0.1", "Address to bind (0.0.0.0: every interface).")
+_PORT = flags.DEFINE_integer("port", 8000, "Port to bind; 0 = any free port (it is logged).")
+_MAX_BATCH = flags.DEFINE_integer("max_batch", 32, "Batch slots decoded together.")
+_MAX_QUEUE = flags.DEFINE_integer("max_queue", 256, "Requests waiting for a slot; past it, 429.")
+_MERGE_LORA = flags.DEFINE_bool("merge_lora", False,
+                                "LoRA runs: fold the adapters into the base weights first.")
+_DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"],
+                           "Compute dtype (parameters stay float32); default: the run's.")
+
+log = logging.getLogger("treadle.serve")
+
+
+def _load(workdir: str):
+  import jax
+  from treadle.infer import sampler as sampler_lib
+  sampler = sampler_lib.Sampler.from_workdir(
+      workdir, entry.checkpoint_step(_STEP.value), (1, 1, 1), "dp",
+      devices=jax.devices()[:1], merge_lora=_MERGE_LORA.value)
+  if _DTYPE.value and _DTYPE.value != sampler.cfg.model.compute_dtype:
+    model_cfg = dataclasses.replace(sampler.cfg.model, compute_dtype=_DTYPE.value)
+    sampler = sampler_lib.Sampler(dataclasses.replace(sampler.cfg, model=model_cfg),
+                                  sampler.tokenizer, sampler.params, sampler.mesh, sampler.step)
+  return sampler
+
+
+def _bind(host: str, port: int) -> socket.socket:
+  family = socket.AF_INET6 if ":" in host else socket.AF_INET
+  sock = socket.socket(family, socket.SOCK_STREAM)
+  sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+  try:
+    sock.bind((host, port))
+  except OSError as e:
+    entry.fail(f"cannot bind {host}:{port}: {e.strerror}")
+  return sock
+
+
+def serve(server, sock: socket.socket) -> None:
+  import uvicorn
+  from treadle.serve import api
+
+  @contextlib.asynccontextmanager
+  async def lifespan(app):
+    server.engine.start()
+    yield
+    server.engine.stop()
+
+  class Uvicorn(uvicorn.Server):
+    def handle_exit(self, sig, frame):
+      server.draining = True  # /health says so while the requests in flight finish
+      super().handle_exit(sig, frame)
+
+  config = uvicorn.Config(api.make_app(server, lifespan), log_level="warning",
+                          timeout_keep_alive=5)
+  host, port = sock.getsockname()[:2]
+  log.info("serving %s (step %d) on http://%s:%d", server.model_name, server.step, host, port)
+  # uvicorn re-raises the signal that stopped it once it has drained; answer that one
+  # with a no-op so a drained server exits 0
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, lambda *_: None)
+  Uvicorn(config).run(sockets=[sock])
+  log.info("drained; exiting")
+
+
+def main(argv) -> None:
+  del argv
+  if not _WORKDIR.value:
+    entry.fail("--workdir is required")
+  for name, flag, low in (("max_batch", _MAX_BATCH, 1), ("max_queue", _MAX_QUEUE, 0),
+                          ("port", _PORT, 0)):
+    if flag.value < low:
+      entry.fail(f"--{name}={flag.value} must be >= {low}")
+  sock = _bind(_HOST.value, _PORT.value)  # before loading: a taken port fails fast
+  from treadle.serve import api
+  from treadle.serve import engine as engine_lib
+  from treadle.train import logs
+  logs.setup()
+  try:
+    sampler = _load(_WORKDIR.value)
+  except (ValueError, FileNotFoundError) as e:
+    entry.fail(str(e).splitlines()[0])
+  engine = engine_lib.Engine(sampler, _MAX_BATCH.value, _MAX_QUEUE.value)
+  engine.warm_up()
+  name = pathlib.Path(_WORKDIR.value).resolve().name
+  serve(api.Server(engine, name, sampler.step), sock)
+
+
+def run() -> None:
+  entry.run(main)
+
+
+if __name__ == "__main__":
+  run()

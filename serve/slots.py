@@ -1,0 +1,123 @@
+"""A fixed set of batch slots, each its own sequence with its own KV cache, decoded together.
+
+Each slot is a batch-1 copy of the state `model/decode.py` keeps for a whole batch (cache,
+newest token, absolute slot, cache base, left padding, PRNG key), stacked on a leading slot
+axis; every step vmaps `decode.encode` and `decode.sample_token` over the slots, so a slot
+computes exactly what `Sampler.generate` computes for one prompt (same prompt layout, same
+slides, same keys) while the slots sit at different positions. The host decides which slots
+are live, fills a free slot (prefill) and slides a full one; nothing here re-implements the
+model.
+"""
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from treadle.model import decode
+from treadle.model import gpt
+
+TOP_LOGPROBS = 20  # the most alternatives a request may ask for per token (OpenAI: 5)
+
+
+class Slots(NamedTuple):
+  cache: Any             # Decoder.init_cache(1, W) per slot, stacked: leaves [S, ...]
+  token_S: jax.Array     # int32: newest sampled token (not yet in the cache)
+  cur_S: jax.Array       # int32: its absolute slot in the sequence
+  base_S: jax.Array      # int32: absolute slot held by cache index 0
+  pad_S: jax.Array       # int32: padding slots before the prompt
+  start_S: jax.Array     # int32: slot of the first sampled token (= the prompt's slots)
+  key_S2: jax.Array      # uint32 key data of each slot's row key (decode.row_keys)
+  temperature_S: jax.Array
+  top_k_S: jax.Array
+  top_p_S: jax.Array
+
+
+class TokenScores(NamedTuple):
+  """Log-probabilities under the model (log-softmax of its logits, before any sampling
+  transform) of chosen tokens, with the TOP_LOGPROBS most likely alternatives."""
+  logprob: jax.Array     # [...]
+  top_ids: jax.Array     # [..., TOP_LOGPROBS]
+  top_logprobs: jax.Array
+
+
+def empty(model: gpt.Decoder, num_slots: int) -> Slots:
+  one = model.init_cache(1, model.cfg.max_seq_len)
+  cache = jax.tree.map(lambda x: jnp.zeros((num_slots, *x.shape), x.dtype), one)
+  zeros = jnp.zeros((num_slots,), jnp.int32)
+  return Slots(cache, zeros, zeros, zeros, zeros, zeros, jnp.zeros((num_slots, 2), jnp.uint32),
+               jnp.zeros((num_slots,), jnp.float32), zeros, jnp.ones((num_slots,), jnp.float32))
+
+
+def _scores(logits_XV: jax.Array, chosen_X: jax.Array) -> TokenScores:
+  logp_XV = jax.nn.log_softmax(logits_XV.astype(jnp.float32), axis=-1)
+  top_logp, top_ids = jax.lax.top_k(logp_XV, TOP_LOGPROBS)
+  chosen = jnp.take_along_axis(logp_XV, chosen_X[..., None], axis=-1)[..., 0]
+  return TokenScores(chosen, top_ids.astype(jnp.int32), top_logp)
+
+
+def _set_row(batched: Any, row, value: Any) -> Any:
+  return jax.tree.map(lambda all_, one: all_.at[row].set(one), batched, value)
+
+
+def _sampling(slots: Slots) -> decode.SamplingParams:
+  return decode.SamplingParams(slots.temperature_S, slots.top_k_S, slots.top_p_S)
+
+
+class Prefilled(NamedTuple):
+  token: jax.Array        # the first sampled token
+  first: TokenScores      # its scores
+  prompt: TokenScores     # scores of prompt tokens 1.. given the ones before them: [P-1]
+
+
+def _draw(logits_1V, row_key, index, sampling: decode.SamplingParams) -> jax.Array:
+  """The `index`-th sampled token of a row with this row key, drawn as `decode` draws it."""
+  return decode.sample_token(logits_1V, jax.random.fold_in(row_key, index)[None], sampling)[0]
+
+
+def prefill(model: gpt.Decoder, slots: Slots, row, tokens_P, pad, key_data,
+            sampling: decode.SamplingParams) -> tuple[Slots, Prefilled]:
+  """Encodes one left-padded prompt into slot `row`'s fresh cache and samples its first
+  token, as `decode.prefill` does for one row; `key_data` is that row's key
+  (`decode.row_keys(key(seed), ...)[i]` for row i of `Sampler.generate`)."""
+  P = tokens_P.shape[0]
+  cache = model.init_cache(1, model.cfg.max_seq_len)
+  zero = jnp.zeros((), jnp.int32)
+  logits_1PV, cache = decode.encode(model, tokens_P[None], zero, pad[None], cache, zero)
+  token = _draw(logits_1PV[:, -1], jax.random.wrap_key_data(key_data), 0, sampling)
+  slots = slots._replace(
+      cache=_set_row(slots.cache, row, cache), token_S=slots.token_S.at[row].set(token),
+      cur_S=slots.cur_S.at[row].set(P), base_S=slots.base_S.at[row].set(0),
+      pad_S=slots.pad_S.at[row].set(pad), start_S=slots.start_S.at[row].set(P),
+      key_S2=slots.key_S2.at[row].set(key_data),
+      temperature_S=slots.temperature_S.at[row].set(sampling.temperature),
+      top_k_S=slots.top_k_S.at[row].set(sampling.top_k),
+      top_p_S=slots.top_p_S.at[row].set(sampling.top_p))
+  logits_PV = logits_1PV[0]
+  return slots, Prefilled(token, _scores(logits_PV[-1], token),
+                          _scores(logits_PV[:-1], tokens_P[1:]))
+
+
+def step(model: gpt.Decoder, slots: Slots, live_S) -> tuple[Slots, TokenScores]:
+  """Feeds every live slot its newest token and samples the next (`decode.decode_steps`'
+  body, per slot). Idle slots compute too (the shapes are fixed) but never advance."""
+  def one(cache, token, cur, base, pad, start, key_data, sampling):
+    logits_11V, cache = decode.encode(model, token[None, None], cur, pad[None], cache, base)
+    new = _draw(logits_11V[:, -1], jax.random.wrap_key_data(key_data), cur + 1 - start,
+                sampling)
+    return cache, new, logits_11V[0, -1]
+
+  cache, new_S, logits_SV = jax.vmap(one)(slots.cache, slots.token_S, slots.cur_S,
+                                          slots.base_S, slots.pad_S, slots.start_S,
+                                          slots.key_S2, _sampling(slots))
+  slots = slots._replace(cache=cache, token_S=jnp.where(live_S, new_S, slots.token_S),
+                         cur_S=jnp.where(live_S, slots.cur_S + 1, slots.cur_S))
+  return slots, _scores(logits_SV, new_S)
+
+
+def slide(model: gpt.Decoder, slots: Slots, row, prefix_K, base) -> Slots:
+  """Slot `row`'s cache is full: re-encode its last W//2 tokens (absolute slots base..) as
+  a fresh prefix, as `decode._slide` does for a batch."""
+  cache = model.init_cache(1, model.cfg.max_seq_len)
+  _, cache = decode.encode(model, prefix_K[None], base, slots.pad_S[row][None], cache, base)
+  return slots._replace(cache=_set_row(slots.cache, row, cache),
+                        base_S=slots.base_S.at[row].set(base))
