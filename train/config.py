@@ -12,7 +12,7 @@ from treadle.model import gpt
 # optimizer state layout).
 INCOMPATIBLE_PREFIXES = ("task", "model.", "data.", "optimizer.name")
 # Keys safe to change on resume (more steps, logging/eval/checkpoint cadence, ...).
-SAFE_KEYS = {"data.cache_dir"}
+SAFE_KEYS = {"data.cache_dir", "data.prepare_workers"}
 OPTIMIZERS = ("adamw", "lion", "muon")
 
 
