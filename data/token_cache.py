@@ -123,7 +123,7 @@ def _build(source, tokenizer, text_field: str, path: pathlib.Path, workers: int)
              min(workers, len(groups)), path)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
-  _remove_if_empty(path.parent)
+    _remove_if_empty(path.parent)
 
 
 def _remove_if_empty(directory: pathlib.Path) -> None:
