@@ -78,15 +78,15 @@ def load(cfg, tokenizer: tokenizers.Tokenizer | None = None) -> Corpus:
   the cache, and splits each; all errors come before anything is written."""
   srcs = corpus_sources(cfg)
   root = token_cache.cache_root(cfg.cache_dir)
-  tokenizer, sample_ends = _tokenizer_and_sample(srcs, cfg, root, tokenizer)
-  parts = []
-  for source, sample_end in zip(srcs, sample_ends):
-    try:
-      store = token_cache.build_or_load(source, tokenizer, cfg.text_field, root,
-                                        cfg.prepare_workers)
-    except tokenizers.UnknownCharacterError as e:
-      raise tokenizers.UnknownCharacterError(f"{source.key}: {e} (inherited tokenizer)") from None
-    parts.append(_split_source(source, store, sample_end, cfg))
+  tokenizer, sample_ends, record = _tokenizer_and_sample(srcs, cfg, root, tokenizer)
+  try:
+    stores = token_cache.build_or_load(srcs, tokenizer, cfg.text_field, root,
+                                       cfg.prepare_workers)
+  except tokenizers.UnknownCharacterError as e:
+    raise tokenizers.UnknownCharacterError(f"{e} (inherited tokenizer)") from None
+  if record is not None:  # written only once every source has tokenized cleanly
+    _write_json(*record)
+  parts = [_split_source(*args, cfg) for args in zip(srcs, stores, sample_ends)]
   names = tuple(s.name for s in srcs)
   weights = tuple(s.weight for s in srcs)
   return Corpus(*(Split(names, weights, tuple(p[i] for p in parts)) for i in range(3)), tokenizer)
@@ -95,8 +95,9 @@ def load(cfg, tokenizer: tokenizers.Tokenizer | None = None) -> Corpus:
 # -- the tokenizer and the sample it learns from -------------------------------------------
 
 def _tokenizer_and_sample(srcs, cfg, root: pathlib.Path, tokenizer):
-  """(tokenizer, per source: index after the last sampled document); cached by the sources'
-  fingerprints and the fitting settings, so a second run reads no text for it."""
+  """(tokenizer, per source: index after the last sampled document, the (path, record) to
+  cache them under); keyed by the sources' fingerprints and the fitting settings, so a
+  second run reads no text for them."""
   key = token_cache.digest({
       "version": token_cache.VERSION, "text_field": cfg.text_field,
       "files": [sources_lib.fingerprint(s.files) for s in srcs],
@@ -106,15 +107,14 @@ def _tokenizer_and_sample(srcs, cfg, root: pathlib.Path, tokenizer):
   path = root / "tokenizers" / f"{key}.json"
   if path.exists():
     record = json.loads(path.read_text())
-    return (tokenizer or tokenizers.from_json(record["tokenizer"])), record["sample_ends"]
+    return (tokenizer or tokenizers.from_json(record["tokenizer"])), record["sample_ends"], None
   texts, sample_ends = _sample(srcs, cfg)
   if tokenizer is not None:  # inherited: only the sample's extent matters (for the split)
-    return tokenizer, sample_ends
+    return tokenizer, sample_ends, None
   if cfg.tokenizer == "char":  # every character of the corpus, so val/test encode
     texts = ["".join(sorted(_all_characters(srcs, cfg.text_field)))]
   fitted = tokenizers.fit(cfg.tokenizer, texts, cfg.vocab_size)
-  _write_json(path, {"tokenizer": fitted.to_json(), "sample_ends": sample_ends})
-  return fitted, sample_ends
+  return fitted, sample_ends, (path, {"tokenizer": fitted.to_json(), "sample_ends": sample_ends})
 
 
 def _write_json(path: pathlib.Path, value) -> None:

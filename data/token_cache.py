@@ -84,13 +84,25 @@ def entry_path(source: sources_lib.Source, tokenizer: tokenizers.Tokenizer, text
   return root / "tokens" / key
 
 
-def build_or_load(source: sources_lib.Source, tokenizer: tokenizers.Tokenizer, text_field: str,
-                  root: pathlib.Path, workers: int = 0) -> Store:
-  """The source's cache entry, tokenizing it first unless an up-to-date one exists."""
-  path = entry_path(source, tokenizer, text_field, root)
-  if not (path / "manifest.json").exists():
-    _build(source, tokenizer, text_field, path, workers or os.cpu_count() or 1)
-  return open_store(path)
+def build_or_load(srcs: list[sources_lib.Source], tokenizer: tokenizers.Tokenizer,
+                  text_field: str, root: pathlib.Path, workers: int = 0) -> list[Store]:
+  """Each source's cache entry, tokenizing those without an up-to-date one first. All or
+  nothing: a bad file in any source leaves no new entry (and no empty folder) behind."""
+  paths = [entry_path(s, tokenizer, text_field, root) for s in srcs]
+  built = []
+  try:
+    for source, path in zip(srcs, paths):
+      if not (path / "manifest.json").exists() and path not in (b[2] for b in built):
+        built.append((*_build(source, tokenizer, text_field, path,
+                              workers or os.cpu_count() or 1), path))
+    for tmp, report, path in built:
+      _commit(tmp, path)
+      log.info("%s -> %s", report, path)
+  finally:
+    for tmp, _, _ in built:
+      shutil.rmtree(tmp, ignore_errors=True)
+    _remove_if_empty(root / "tokens")
+  return [open_store(p) for p in paths]
 
 
 def _groups(files: tuple[str, ...], workers: int) -> list[list[str]]:
@@ -107,7 +119,10 @@ def _groups(files: tuple[str, ...], workers: int) -> list[list[str]]:
   return groups + [current]
 
 
-def _build(source, tokenizer, text_field: str, path: pathlib.Path, workers: int) -> None:
+def _build(source, tokenizer, text_field: str, path: pathlib.Path, workers: int
+           ) -> tuple[pathlib.Path, str]:
+  """Tokenizes a source into a new temporary directory beside `path`; returns it and a
+  report of the speed (logged once the entry is committed)."""
   groups = _groups(source.files, workers)
   dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
   path.parent.mkdir(parents=True, exist_ok=True)
@@ -115,19 +130,19 @@ def _build(source, tokenizer, text_field: str, path: pathlib.Path, workers: int)
   try:
     start = time.perf_counter()
     results = _tokenize_all(groups, tokenizer, text_field, dtype, tmp, workers)
-    _finish(source, results, dtype, tmp, path)
-    seconds = time.perf_counter() - start
-    megabytes = sum(os.path.getsize(f) for f in source.files) / 1e6
-    log.info("tokenized %s: %d files, %.1f MB in %.1f s (%.1f MB/s, %d workers) -> %s",
-             source.name, len(source.files), megabytes, seconds, megabytes / seconds,
-             min(workers, len(groups)), path)
-  finally:
+    _finish(source, results, dtype, tmp)
+  except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
-    _remove_if_empty(path.parent)
+    raise
+  seconds = time.perf_counter() - start
+  megabytes = sum(os.path.getsize(f) for f in source.files) / 1e6
+  return tmp, (f"tokenized {source.name}: {len(source.files)} files, {megabytes:.1f} MB in "
+               f"{seconds:.1f} s ({megabytes / seconds:.1f} MB/s, "
+               f"{min(workers, len(groups))} workers)")
 
 
 def _remove_if_empty(directory: pathlib.Path) -> None:
-  """A failed first build leaves no empty cache folders behind."""
+  """A failed first build leaves no empty cache folders behind (the folder, its parent)."""
   for d in (directory, directory.parent):
     try:
       d.rmdir()
@@ -168,7 +183,7 @@ def _single_threaded() -> None:
   os.environ["RAYON_NUM_THREADS"] = "1"
 
 
-def _finish(source, results, dtype, tmp: pathlib.Path, path: pathlib.Path) -> None:
+def _finish(source, results, dtype, tmp: pathlib.Path) -> None:
   lengths = np.concatenate([r[1] for r in results])
   if not len(lengths):
     what = repr(source.files[0]) if len(source.files) == 1 else f"{len(source.files)} files"
@@ -180,6 +195,9 @@ def _finish(source, results, dtype, tmp: pathlib.Path, path: pathlib.Path) -> No
               "shards": [{"file": f"shard_{i:05d}.bin", "tokens": int(r[0])}
                          for i, r in enumerate(results)]}
   (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+
+
+def _commit(tmp: pathlib.Path, path: pathlib.Path) -> None:
   try:
     os.rename(tmp, path)  # atomic; fails if another process finished the same entry first
   except OSError:

@@ -25,6 +25,10 @@ def source(tmp_path):
   return sources.Source("web", sources.expand(str(d)))
 
 
+def _store(source, tok, field, root, workers):
+  return token_cache.build_or_load([source], tok, field, root, workers)[0]
+
+
 def _expected(source, tok):
   docs = [d for f in source.files for d in sources.read_documents(f, "text")]
   return tokenizers.encode_documents(tok, docs)
@@ -32,7 +36,7 @@ def _expected(source, tok):
 
 def test_built_once_then_reused(source, tmp_path, monkeypatch):
   tok = tokenizers.fit("byte", "")
-  store = token_cache.build_or_load(source, tok, "text", tmp_path / "cache", workers=1)
+  store = _store(source, tok, "text", tmp_path / "cache", workers=1)
   flat, lengths = _expected(source, tok)
   np.testing.assert_array_equal(store.read(np.arange(store.num_tokens)), flat)
   np.testing.assert_array_equal(np.diff(store.doc_starts), lengths)
@@ -42,22 +46,22 @@ def test_built_once_then_reused(source, tmp_path, monkeypatch):
   def fail(*args):
     raise AssertionError("tokenized again")
   monkeypatch.setattr(token_cache, "tokenize_group", fail)
-  again = token_cache.build_or_load(source, tok, "text", tmp_path / "cache", workers=1)
+  again = _store(source, tok, "text", tmp_path / "cache", workers=1)
   assert again.path == store.path
   np.testing.assert_array_equal(again.read(np.arange(again.num_tokens)), flat)
 
 
 def test_a_changed_file_or_tokenizer_rebuilds(source, tmp_path):
   byte = tokenizers.fit("byte", "")
-  first = token_cache.build_or_load(source, byte, "text", tmp_path / "cache", workers=1)
+  first = _store(source, byte, "text", tmp_path / "cache", workers=1)
   _write(pathlib.Path(source.files[2]), ["a changed document"])
-  changed = token_cache.build_or_load(source, byte, "text", tmp_path / "cache", workers=1)
+  changed = _store(source, byte, "text", tmp_path / "cache", workers=1)
   assert changed.path != first.path and changed.num_documents == 91
   np.testing.assert_array_equal(changed.read(np.arange(changed.num_tokens)),
                                 _expected(source, byte)[0])
   char = tokenizers.fit("char", "".join(
       d for f in source.files for d in sources.read_documents(f, "text")))
-  other = token_cache.build_or_load(source, char, "text", tmp_path / "cache", workers=1)
+  other = _store(source, char, "text", tmp_path / "cache", workers=1)
   assert other.path not in (first.path, changed.path)
   entries = sorted(p.name for p in (tmp_path / "cache" / "tokens").iterdir())
   assert len(entries) == 3 and not [e for e in entries if "tmp" in e]
@@ -66,8 +70,8 @@ def test_a_changed_file_or_tokenizer_rebuilds(source, tmp_path):
 def test_parallel_workers_write_the_same_tokens(source, tmp_path, monkeypatch):
   monkeypatch.setattr(token_cache, "MAX_SHARD_SOURCE_BYTES", 3000)  # several shards
   tok = tokenizers.fit("bpe", "file document " * 50, vocab_size=280)
-  serial = token_cache.build_or_load(source, tok, "text", tmp_path / "one", workers=1)
-  parallel = token_cache.build_or_load(source, tok, "text", tmp_path / "two", workers=2)
+  serial = _store(source, tok, "text", tmp_path / "one", workers=1)
+  parallel = _store(source, tok, "text", tmp_path / "two", workers=2)
   assert len(parallel.shards) > 1
   np.testing.assert_array_equal(parallel.read(np.arange(parallel.num_tokens)),
                                 serial.read(np.arange(serial.num_tokens)))
@@ -80,7 +84,7 @@ def test_large_vocabularies_use_uint32(tmp_path):
   assert tok.vocab_size > 1 << 16
   path = tmp_path / "wide.txt"
   path.write_text(chars[-50:])
-  store = token_cache.build_or_load(sources.Source("w", (str(path),)), tok, "text",
+  store = _store(sources.Source("w", (str(path),)), tok, "text",
                                     tmp_path / "cache", workers=1)
   assert store.shards[0].dtype == np.uint32
   np.testing.assert_array_equal(store.read(np.arange(50)), tok.encode(chars[-50:]))
@@ -92,6 +96,5 @@ def test_a_failed_build_leaves_nothing(source, tmp_path):
   with open(bad, "a") as f:
     f.write('{"text": "ok"}\n{"txt": "wrong field"}\n')
   with pytest.raises(ValueError, match=r"part3\.jsonl:32: no field 'text'"):
-    token_cache.build_or_load(source, tokenizers.fit("byte", ""), "text", tmp_path / "cache",
-                              workers=2)
+    _store(source, tokenizers.fit("byte", ""), "text", tmp_path / "cache", workers=2)
   assert not (tmp_path / "cache").exists()
