@@ -10,7 +10,6 @@ that the held-out ones stay below, so its merges carry no val/test statistics.
 import dataclasses
 import itertools
 import json
-import logging
 import os
 import pathlib
 import tempfile
@@ -23,7 +22,6 @@ from treadle.data import sources as sources_lib
 from treadle.data import token_cache
 from treadle.data import tokenizers
 
-log = logging.getLogger("treadle")
 _SPLIT_SALT = 0x5EED_D0C5  # fixed: the held-out documents are a property of the corpus
 
 
@@ -151,15 +149,16 @@ def _sample(srcs, cfg) -> tuple[list[str], list[int]]:
     head = list(itertools.islice(docs, 2))
     if len(head) == 1:  # one document: the leading train fraction of it, as before
       n = len(head[0])
-      texts.append(head[0][:min(budget, n - int(n * cfg.val_fraction) - int(n * cfg.test_fraction))])
+      train_chars = n - int(n * cfg.val_fraction) - int(n * cfg.test_fraction)
+      texts.append(head[0][:min(budget, train_chars)])  # characters: close to bytes
       ends.append(1)
       continue
     end = 0
     for index, doc in enumerate(itertools.chain(head, docs)):
       end = index + 1
       if _uniform(np.array([index]))[0] >= _threshold(cfg):
-        texts.append(doc[:budget])
-        budget -= len(doc)
+        texts.append(doc[:budget])  # a long last document is cut (by characters)
+        budget -= len(doc.encode("utf-8"))
         if budget <= 0:
           break
     ends.append(end)

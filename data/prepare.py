@@ -9,7 +9,6 @@ config and `data.cache_dir` then reads the cache instead of tokenizing. Exit cod
 import logging
 import time
 
-from absl import flags
 from ml_collections import config_flags
 
 from treadle.train import entry

@@ -1,7 +1,6 @@
 """Token cache: built once and reused, rebuilt when a file or the tokenizer changes, the same
 tokens from parallel workers as from one, uint16/uint32 shards, nothing left on failure."""
 import json
-import os
 import pathlib
 
 import numpy as np
