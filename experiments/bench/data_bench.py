@@ -146,8 +146,8 @@ def nanogpt_prepare(corpus: pathlib.Path, work: pathlib.Path, record: str) -> di
     import tiktoken  # noqa: F401
   except ImportError:
     return None
-  seconds, rss, err = _run([sys.executable, "-c", _TIKTOKEN, record, str(corpus), str(work / "nanogpt.bin")],
-                           pin_core=True)
+  seconds, rss, err = _run([sys.executable, "-c", _TIKTOKEN, record, str(corpus),
+                            str(work / "nanogpt.bin")], pin_core=True)
   return {"peak_rss_mib": rss, "pinned_to_one_core": True, **json.loads(_last_json(err))}
 
 
