@@ -26,9 +26,10 @@ import sys
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
+# runs a command; prints its largest process's peak RSS and the CPU seconds of all its processes
 _RSS = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "
-        "print('maxrss_kb', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, "
-        "file=sys.stderr); sys.exit(rc)")
+        "u = resource.getrusage(resource.RUSAGE_CHILDREN); print('maxrss_kb', u.ru_maxrss, "
+        "'cpu_s', u.ru_utime + u.ru_stime, file=sys.stderr); sys.exit(rc)")
 
 
 def generate(directory: pathlib.Path, size_mb: float, files: int, seed: int = 0) -> None:
@@ -55,7 +56,8 @@ def generate(directory: pathlib.Path, size_mb: float, files: int, seed: int = 0)
 
 def _run(cmd: list[str], env: dict | None = None, pin_core: bool = False
          ) -> tuple[float, float, str]:
-  """(seconds, peak RSS in MiB of the largest process, stderr + stdout) of a command."""
+  """(seconds, peak RSS in MiB of the largest process, stderr + stdout) of a command; the
+  output ends with `cpu_s X`: CPU seconds of all its processes (see _cpu_seconds)."""
   full = [sys.executable, "-c", _RSS, *cmd]
   if pin_core:
     full = ["taskset", "-c", "0", *full]
@@ -67,6 +69,11 @@ def _run(cmd: list[str], env: dict | None = None, pin_core: bool = False
     raise RuntimeError(f"{' '.join(map(str, cmd))} failed:\n{proc.stderr[-3000:]}")
   rss = int(re.findall(r"maxrss_kb (\d+)", proc.stderr)[-1]) / 1024
   return seconds, rss, proc.stderr + proc.stdout
+
+
+def _cpu_seconds(output: str) -> float:
+  """On a shared machine wall time depends on the other users; CPU time much less."""
+  return float(re.findall(r"cpu_s ([\d.]+)", output)[-1])
 
 
 def _prepare_args(corpus: pathlib.Path, cache: pathlib.Path, workers: int, vocab: int):
@@ -100,10 +107,12 @@ def tokenize(corpus: pathlib.Path, work: pathlib.Path, vocab: int) -> dict:
     mb_s, tok_seconds = _tokenized(err)
     (entry,) = (cache / "tokens").iterdir()
     tokens = json.loads((entry / "manifest.json").read_text())["tokens"]
+    cpu = _cpu_seconds(err)
     out[f"tokenize_{workers}_worker{'s' * (workers > 1)}"] = {
         "command_seconds": seconds, "tokenize_seconds": tok_seconds, "mb_per_s": mb_s,
         "tokens": tokens, "tokens_per_s": tokens / tok_seconds, "peak_rss_mib": rss,
-        "pinned_to_one_core": pin}
+        "pinned_to_one_core": pin, "command_cpu_seconds": cpu,
+        "tokens_per_cpu_second_whole_command": tokens / cpu}
   out["cache_entry_mib"] = sum(p.stat().st_size for p in entry.iterdir()) / 2**20
   record = next((fit_cache / "tokenizers").iterdir())
   out["tokenizer_record"] = str(record)
@@ -148,7 +157,10 @@ def nanogpt_prepare(corpus: pathlib.Path, work: pathlib.Path, record: str) -> di
     return None
   seconds, rss, err = _run([sys.executable, "-c", _TIKTOKEN, record, str(corpus),
                             str(work / "nanogpt.bin")], pin_core=True)
-  return {"peak_rss_mib": rss, "pinned_to_one_core": True, **json.loads(_last_json(err))}
+  result = json.loads(_last_json(err))
+  cpu = _cpu_seconds(err)
+  return {"peak_rss_mib": rss, "pinned_to_one_core": True, "command_cpu_seconds": cpu,
+          "tokens_per_cpu_second_whole_command": result["tokens"] / cpu, **result}
 
 
 def _last_json(text: str) -> str:
@@ -166,10 +178,10 @@ def train(data_path: str, work: pathlib.Path, name: str, steps: int) -> dict:
          f"--config.train.checkpoint_every={steps}"]
   prepare = [sys.executable, "-m", "treadle.data.prepare", *cmd[3:5], *cmd[7:9]]
   _run(prepare)  # fits the tokenizer and fills the cache: the timed run only reads it
-  seconds, rss, _ = _run(cmd)
+  seconds, rss, out = _run(cmd)
   rows = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
   rates = sorted(r["tokens_per_second"] for r in rows if "tokens_per_second" in r)[1:]
-  return {"seconds": seconds, "peak_rss_mib": rss,
+  return {"seconds": seconds, "peak_rss_mib": rss, "cpu_seconds": _cpu_seconds(out),
           "median_tokens_per_s": rates[len(rates) // 2] if rates else None,
           "steps_per_s": (rates[len(rates) // 2] / (12 * 64)) if rates else None}
 
