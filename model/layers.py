@@ -203,7 +203,7 @@ class Attention(nnx.Module):
     return self.q(x_BTD), kv[:, :, 0], kv[:, :, 1]
 
   def __call__(self, x_BTD, positions_BT, cache: LayerCache | None,
-               decode: DecodeState | None, key):
+               decode: DecodeState | None, key, segment_ids_BT=None):
     cfg = self.cfg
     q_BTHK, k_BTGK, v_BTGK = self._project(x_BTD)
     if self.q_norm is not None:
@@ -219,6 +219,8 @@ class Attention(nnx.Module):
     if cache is None:
       full = jnp.ones((T, T), bool)
       mask_BTS = (jnp.tril(full) if self.causal else full)[None]
+      if segment_ids_BT is not None:  # packed documents never attend to each other
+        mask_BTS = mask_BTS & (segment_ids_BT[:, :, None] == segment_ids_BT[:, None, :])
       probs = self._probs(self._scores(q_BTGRK, k_BTGK, "bsgk"), mask_BTS, key)
       y_BTGRK = jnp.einsum("bgtrs,bsgk->btgrk", probs, v_BTGK.astype(cfg.dtype))
     else:
@@ -301,10 +303,11 @@ class Block(nnx.Module):
     self.ln2 = norm(cfg, cfg.embed_dim)
     self.mlp = Mlp(cfg, rngs)
 
-  def __call__(self, x_BTD, positions_BT=None, cache=None, decode=None, key=None
-               ) -> tuple[jax.Array, Any]:
+  def __call__(self, x_BTD, positions_BT=None, cache=None, decode=None, key=None,
+               segment_ids_BT=None) -> tuple[jax.Array, Any]:
     k_attn, k_res1, k_res2 = split_keys(key, 3)
-    y_BTD, cache = self.attn(self.ln1(x_BTD), positions_BT, cache, decode, k_attn)
+    y_BTD, cache = self.attn(self.ln1(x_BTD), positions_BT, cache, decode, k_attn,
+                             segment_ids_BT)
     x_BTD = x_BTD + dropout(y_BTD, self.dropout_rate, k_res1)
     x_BTD = x_BTD + dropout(self.mlp(self.ln2(x_BTD)), self.dropout_rate, k_res2)
     return axes.constrain(x_BTD, (axes.BATCH, None, axes.EMBED)), cache

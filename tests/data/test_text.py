@@ -1,36 +1,45 @@
-"""Text data: contiguous splits, errors naming the file, Grain windows and exact resume."""
+"""Text data: contiguous splits of one document, errors naming the file, Grain windows and
+exact resume."""
 import numpy as np
 import pytest
 
+from treadle.data import corpus
 from treadle.data import text
 from treadle.data import tokenizers
 from treadle.train import config as config_lib
 
 
-def _cfg(path, **kw):
-  return config_lib.section("data", path=str(path), seq_len=8, **kw)
+def _cfg(path, tmp_path, **kw):
+  return config_lib.section("data", path=str(path), seq_len=8, cache_dir=str(tmp_path / "cache"),
+                            prepare_workers=1, **kw)
+
+
+def _tokens(split: corpus.Split) -> np.ndarray:
+  (view,) = split.views
+  return view.read(np.arange(view.num_tokens))[0]
 
 
 def test_split_sizes_and_no_overlap(tmp_path):
   path = tmp_path / "t.txt"
   path.write_text("".join(chr(97 + i % 26) for i in range(10_000)))
-  splits, tok = text.load_splits(_cfg(path, val_fraction=0.1, test_fraction=0.05))
-  assert (len(splits.train), len(splits.val), len(splits.test)) == (8500, 1000, 500)
-  joined = np.concatenate([splits.train, splits.val, splits.test])
-  np.testing.assert_array_equal(joined, tok.encode(path.read_text()))  # contiguous, disjoint
+  data = corpus.load(_cfg(path, tmp_path, val_fraction=0.1, test_fraction=0.05))
+  parts = [_tokens(s) for s in (data.train, data.val, data.test)]
+  assert [len(p) for p in parts] == [8500, 1000, 500]
+  # contiguous and disjoint; the end-of-text token of the one document is left out
+  np.testing.assert_array_equal(np.concatenate(parts), data.tokenizer.encode(path.read_text()))
 
 
 def test_missing_empty_and_short_files_name_the_file(tmp_path):
   with pytest.raises(FileNotFoundError, match="nope.txt"):
-    text.load_splits(_cfg(tmp_path / "nope.txt"))
+    corpus.load(_cfg(tmp_path / "nope.txt", tmp_path))
   empty = tmp_path / "empty.txt"
   empty.write_text("")
   with pytest.raises(ValueError, match="empty.txt.*empty"):
-    text.load_splits(_cfg(empty))
+    corpus.load(_cfg(empty, tmp_path))
   short = tmp_path / "short.txt"
   short.write_text("x" * 100)
   with pytest.raises(ValueError, match="short.txt.*too short"):
-    text.load_splits(_cfg(short))
+    corpus.load(_cfg(short, tmp_path))
 
 
 def test_windows_are_shifted_targets_from_the_split():
@@ -67,8 +76,8 @@ def test_processes_read_disjoint_rows_of_the_same_global_batch():
 def test_char_tokenizer_covers_val_and_test(tmp_path):
   path = tmp_path / "t.txt"
   path.write_text("a" * 5000 + "zq" * 300)  # z, q only in the tail splits
-  splits, tok = text.load_splits(_cfg(path))
-  assert isinstance(tok, tokenizers.CharTokenizer) and tok.vocab_size == 3
+  tok = corpus.load(_cfg(path, tmp_path)).tokenizer
+  assert isinstance(tok, tokenizers.CharTokenizer) and tok.vocab_size == 3 + 1  # + end of text
 
 
 def test_whole_split_evaluation_covers_consecutive_windows():

@@ -5,6 +5,7 @@ import random
 import numpy as np
 import pytest
 
+from treadle.data import corpus as corpus_lib
 from treadle.data import text
 from treadle.data import tokenizers
 from treadle.train import config as config_lib
@@ -16,14 +17,15 @@ TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\nAll: Spea
 def test_char_round_trip_and_vocab():
   tok = tokenizers.fit("char", TEXT)
   ids = tok.encode(TEXT)
-  assert ids.dtype == np.int32 and ids.max() < tok.vocab_size == len(set(TEXT))
-  assert tok.decode(ids) == TEXT
+  assert ids.dtype == np.int32 and ids.max() < tok.vocab_size - 1 == len(set(TEXT))
+  assert tok.eot_id == len(set(TEXT)) and tok.decode(ids) == TEXT
+  assert tok.decode(np.append(ids, tok.eot_id)) == TEXT  # end of text decodes to nothing
 
 
 def test_byte_round_trip_including_non_ascii():
   tok = tokenizers.fit("byte", TEXT)
   text = "Ça va? — naïve café ☕"
-  assert tok.vocab_size == 256
+  assert tok.vocab_size == 257 and tok.eot_id == 256
   assert tok.decode(tok.encode(text)) == text
   assert len(tok.encode(text)) > len(text)  # multi-byte characters
 
@@ -150,11 +152,15 @@ def test_unknown_kind_in_a_saved_file(tmp_path):
 def test_bpe_learns_from_the_train_split_only(tmp_path):
   path = tmp_path / "t.txt"
   path.write_text("ab ba ab\n" * 900 + "zq qz zq\n" * 100)  # zq, qz only in the tail splits
-  cfg = config_lib.section("data", path=str(path), tokenizer="bpe", vocab_size=300, seq_len=8)
-  splits, tok = text.load_splits(cfg)
+  cfg = config_lib.section("data", path=str(path), tokenizer="bpe", vocab_size=300, seq_len=8,
+                           cache_dir=str(tmp_path / "cache"), prepare_workers=1)
+  data = corpus_lib.load(cfg)
+  tok = data.tokenizer
   vocab = tok.to_json()["hf"]["model"]["vocab"]
   assert "ab" in vocab and not any("z" in t or "q" in t for t in vocab if len(t) > 1)
-  assert tok.decode(np.concatenate([splits.train, splits.val, splits.test])) == path.read_text()
+  tokens = [v.read(np.arange(v.num_tokens))[0] for s in (data.train, data.val, data.test)
+            for v in s.views]
+  assert tok.decode(np.concatenate(tokens)) == path.read_text()
 
 
 def test_bpe_trains_and_samples_end_to_end(tmp_path, text_file):

@@ -4,8 +4,10 @@ import pathlib
 
 import jax
 
-from treadle.data import text
+from treadle.data import corpus
+from treadle.data import mixture
 from treadle.data import tokenizers
+from treadle.data import windows
 from treadle.model import gpt
 from treadle.train import perf
 from treadle.train.tasks import base
@@ -18,27 +20,31 @@ class LanguageModeling(base.Task):
 
   def load(self, cfg, workdir: pathlib.Path, init_from_dir: pathlib.Path | None):
     """(splits, config with vocab size and context filled in)."""
-    splits, tokenizer = text.load_splits(cfg.data, _inherited_tokenizer(cfg, workdir,
-                                                                         init_from_dir))
-    model = dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size,
+    data = corpus.load(cfg.data, _inherited_tokenizer(cfg, workdir, init_from_dir))
+    model = dataclasses.replace(cfg.model, vocab_size=data.tokenizer.vocab_size,
                                 max_seq_len=cfg.model.max_seq_len or cfg.data.seq_len)
     resolved = dataclasses.replace(cfg, model=model)
-    return base.Splits(splits.train, splits.val, splits.test, tokenizer), resolved
+    return base.Splits(data.train, data.val, data.test, data.tokenizer), resolved
 
   def save_artifact(self, splits: base.Splits, workdir: pathlib.Path) -> None:
     tokenizers.save(splits.artifact, workdir)
 
-  def train_iterator(self, tokens, cfg, process_index: int, process_count: int):
-    return text.train_iterator(tokens, cfg.data.seq_len, cfg.train.batch_size, cfg.train.seed,
-                               process_index, process_count)
+  def train_iterator(self, split, cfg, process_index: int, process_count: int):
+    mixture.log_realised(split.names, split.weights, cfg.train.seed,
+                         cfg.train.num_steps * cfg.train.batch_size)
+    return windows.train_iterator(split, cfg.data.seq_len, cfg.train.batch_size,
+                                  cfg.train.seed, cfg.data.packing, process_index, process_count)
 
-  def eval_batches(self, tokens, cfg, process_index: int, process_count: int) -> list[dict]:
-    return text.fixed_batches(tokens, cfg.data.seq_len, cfg.train.batch_size,
-                              cfg.train.eval_batches, process_index, process_count)
+  def eval_batches(self, split, cfg, process_index: int, process_count: int) -> list[dict]:
+    return windows.fixed_batches(split, cfg.data.seq_len, cfg.train.batch_size,
+                                 cfg.train.eval_batches, cfg.data.packing, process_index,
+                                 process_count)
 
   def loss(self, model, batch: dict, dropout_key) -> tuple[jax.Array, dict]:
-    logits_BTV, _ = model(batch["inputs"], dropout_key=dropout_key)
-    return gpt.cross_entropy(logits_BTV, batch["targets"]), {}
+    # packed batches (data.packing) carry segment ids, positions and a loss mask
+    logits_BTV, _ = model(batch["inputs"], positions_BT=batch.get("positions"),
+                          segment_ids_BT=batch.get("segment_ids"), dropout_key=dropout_key)
+    return gpt.cross_entropy(logits_BTV, batch["targets"], batch.get("loss_mask")), {}
 
   def units_per_example(self, cfg) -> int:
     return cfg.data.seq_len

@@ -1,0 +1,99 @@
+"""Token cache: built once and reused, rebuilt when a file or the tokenizer changes, the same
+tokens from parallel workers as from one, uint16/uint32 shards, nothing left on failure."""
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from treadle.data import sources
+from treadle.data import token_cache
+from treadle.data import tokenizers
+
+
+def _write(path, docs):
+  path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+
+
+@pytest.fixture
+def source(tmp_path):
+  d = tmp_path / "data"
+  d.mkdir()
+  for f in range(4):
+    _write(d / f"part{f}.jsonl", [f"file {f} document {i} " * (i % 5 + 1) for i in range(30)])
+  return sources.Source("web", sources.expand(str(d)))
+
+
+def _store(source, tok, field, root, workers):
+  return token_cache.build_or_load([source], tok, field, root, workers)[0]
+
+
+def _expected(source, tok):
+  docs = [d for f in source.files for d in sources.read_documents(f, "text")]
+  return tokenizers.encode_documents(tok, docs)
+
+
+def test_built_once_then_reused(source, tmp_path, monkeypatch):
+  tok = tokenizers.fit("byte", "")
+  store = _store(source, tok, "text", tmp_path / "cache", workers=1)
+  flat, lengths = _expected(source, tok)
+  np.testing.assert_array_equal(store.read(np.arange(store.num_tokens)), flat)
+  np.testing.assert_array_equal(np.diff(store.doc_starts), lengths)
+  assert store.num_documents == 120 and store.shards[0].dtype == np.uint16
+  assert int(flat[lengths[0] - 1]) == tok.eot_id  # each document ends with end of text
+
+  def fail(*args):
+    raise AssertionError("tokenized again")
+  monkeypatch.setattr(token_cache, "tokenize_group", fail)
+  again = _store(source, tok, "text", tmp_path / "cache", workers=1)
+  assert again.path == store.path
+  np.testing.assert_array_equal(again.read(np.arange(again.num_tokens)), flat)
+
+
+def test_a_changed_file_or_tokenizer_rebuilds(source, tmp_path):
+  byte = tokenizers.fit("byte", "")
+  first = _store(source, byte, "text", tmp_path / "cache", workers=1)
+  _write(pathlib.Path(source.files[2]), ["a changed document"])
+  changed = _store(source, byte, "text", tmp_path / "cache", workers=1)
+  assert changed.path != first.path and changed.num_documents == 91
+  np.testing.assert_array_equal(changed.read(np.arange(changed.num_tokens)),
+                                _expected(source, byte)[0])
+  char = tokenizers.fit("char", "".join(
+      d for f in source.files for d in sources.read_documents(f, "text")))
+  other = _store(source, char, "text", tmp_path / "cache", workers=1)
+  assert other.path not in (first.path, changed.path)
+  entries = sorted(p.name for p in (tmp_path / "cache" / "tokens").iterdir())
+  assert len(entries) == 3 and not [e for e in entries if "tmp" in e]
+
+
+def test_parallel_workers_write_the_same_tokens(source, tmp_path, monkeypatch):
+  monkeypatch.setattr(token_cache, "MAX_SHARD_SOURCE_BYTES", 3000)  # several shards
+  tok = tokenizers.fit("bpe", "file document " * 50, vocab_size=280)
+  serial = _store(source, tok, "text", tmp_path / "one", workers=1)
+  parallel = _store(source, tok, "text", tmp_path / "two", workers=2)
+  assert len(parallel.shards) > 1
+  np.testing.assert_array_equal(parallel.read(np.arange(parallel.num_tokens)),
+                                serial.read(np.arange(serial.num_tokens)))
+  np.testing.assert_array_equal(parallel.doc_starts, serial.doc_starts)
+
+
+def test_large_vocabularies_use_uint32(tmp_path):
+  chars = "".join(chr(c) for c in range(0x20000, 0x20000 + 70_000))  # no surrogates here
+  tok = tokenizers.CharTokenizer(chars)
+  assert tok.vocab_size > 1 << 16
+  path = tmp_path / "wide.txt"
+  path.write_text(chars[-50:])
+  store = _store(sources.Source("w", (str(path),)), tok, "text",
+                                    tmp_path / "cache", workers=1)
+  assert store.shards[0].dtype == np.uint32
+  np.testing.assert_array_equal(store.read(np.arange(50)), tok.encode(chars[-50:]))
+  assert store.read(np.array([50]))[0] == tok.eot_id > 1 << 16
+
+
+def test_a_failed_build_leaves_nothing(source, tmp_path):
+  bad = source.files[3]
+  with open(bad, "a") as f:
+    f.write('{"text": "ok"}\n{"txt": "wrong field"}\n')
+  with pytest.raises(ValueError, match=r"part3\.jsonl:32: no field 'text'"):
+    _store(source, tokenizers.fit("byte", ""), "text", tmp_path / "cache", workers=2)
+  assert not (tmp_path / "cache").exists()
