@@ -4,6 +4,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from tests.conftest import run_cli
 from treadle.train import config as config_lib
@@ -119,3 +120,36 @@ def test_init_from_loads_params_and_checks_shapes(tmp_path, text_file):
                 f"--config.data.path={other_text}", f"--config.train.init_from={source}",
                 "--config.data.tokenizer=byte", check=False)
   assert bad.returncode == 2 and "tokenizer" in bad.stderr.strip().splitlines()[-1]
+
+
+def _test_loss_of_step(workdir, step: int) -> float:
+  """The test-split loss of checkpoint `step`, computed here from the saved parameters."""
+  from treadle.data import text
+  from treadle.data import tokenizers
+  from treadle.infer import sampler as sampler_lib
+  from treadle.model import gpt
+  params = sampler_lib.Sampler.from_workdir(workdir, step).params
+  cfg = config_lib.from_json(workdir / "config.json")
+  splits, _ = text.load_splits(cfg.data, tokenizers.load(workdir))
+  batches = text.fixed_batches(splits.test, cfg.data.seq_len, cfg.train.batch_size,
+                               cfg.train.eval_batches, 0, 1)
+  graphdef, _, _ = state_lib.model_graph(cfg.model)
+  model = nnx.merge(graphdef, jax.device_get(params))
+  with jax.default_matmul_precision("highest"):
+    return float(np.mean([gpt.cross_entropy(model(b["inputs"])[0], b["targets"])
+                          for b in batches]))
+
+
+def test_test_loss_comes_from_the_best_val_checkpoint_when_not_the_last(tmp_path, text_file):
+  workdir = tmp_path / "run"
+  _train(workdir, text_file, "--config.train.num_steps=10", "--config.train.matmul_precision=highest")
+  # resumed with a learning rate that wrecks the model: step 20 validates worse than step 10
+  _train(workdir, text_file, "--config.optimizer.learning_rate=0.5",
+         "--config.optimizer.min_learning_rate=0.5", "--config.train.matmul_precision=highest")
+  vals = {r["step"]: r["val_loss"] for r in _rows(workdir) if "val_loss" in r}
+  assert vals[20] > vals[10] + 0.1, vals
+  last = _rows(workdir)[-1]
+  assert last["step"] == 20 and last["test_checkpoint_step"] == 10
+  at_10, at_20 = _test_loss_of_step(workdir, 10), _test_loss_of_step(workdir, 20)
+  assert abs(at_20 - at_10) > 0.1
+  np.testing.assert_allclose(last["test_loss"], at_10, rtol=1e-5)
