@@ -24,8 +24,8 @@ RESUMABLE_KEYS = frozenset({
     "train.num_steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
     "train.keep_checkpoints", "train.keep_best", "train.early_stopping_patience",
     "train.early_stopping_min_delta", "train.target_val_loss", "train.max_nonfinite_steps",
-    "data.cache_dir", "data.prepare_workers", "mesh.data", "mesh.fsdp", "mesh.tensor", "mesh.rules",
-    "mesh.cpu_devices"})
+    "train.profile_steps", "train.wandb_project", "data.cache_dir", "data.prepare_workers",
+    "mesh.data", "mesh.fsdp", "mesh.tensor", "mesh.rules", "mesh.cpu_devices"})
 OPTIMIZERS = ("adamw", "lion", "muon")
 
 

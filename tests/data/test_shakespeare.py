@@ -10,6 +10,7 @@ import tarfile
 import pytest
 
 from treadle.data import shakespeare
+from treadle.train import fileio
 
 
 @pytest.fixture(scope="module")
@@ -110,10 +111,16 @@ def test_clean_normalises_newlines_and_blank_runs():
 
 
 def test_interrupted_write_leaves_no_file(tmp_path, monkeypatch):
+  """The corpus cache is written through fileio.atomic_write: killed before the rename,
+  neither the file nor its temporary is left (the next run downloads again)."""
   def killed(source, destination):
     raise KeyboardInterrupt
   monkeypatch.setattr(os, "replace", killed)
-  path = tmp_path / "shakespeare" / "shakespeare.txt"
+  path = tmp_path / "shakespeare.txt"
   with pytest.raises(KeyboardInterrupt):
-    shakespeare._write_atomically(path, "text\n")
-  assert os.listdir(path.parent) == []
+    fileio.atomic_write(path, "text\n")
+  assert os.listdir(tmp_path) == []
+  monkeypatch.undo()
+  fileio.atomic_write(path, "text\n")
+  fileio.atomic_write(path, "new\n")
+  assert path.read_text() == "new\n" and os.listdir(tmp_path) == ["shakespeare.txt"]

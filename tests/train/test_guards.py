@@ -4,6 +4,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from tests.conftest import run_cli
 from treadle.train import config as config_lib
@@ -119,3 +120,37 @@ def test_init_from_loads_params_and_checks_shapes(tmp_path, text_file):
                 f"--config.data.path={other_text}", f"--config.train.init_from={source}",
                 "--config.data.tokenizer=byte", check=False)
   assert bad.returncode == 2 and "tokenizer" in bad.stderr.strip().splitlines()[-1]
+
+
+def _test_loss_of_step(workdir, step: int) -> float:
+  """The test-split loss of checkpoint `step`, computed here from the saved parameters."""
+  from treadle.data import corpus
+  from treadle.data import tokenizers
+  from treadle.infer import sampler as sampler_lib
+  params = sampler_lib.Sampler.from_workdir(workdir, step).params
+  cfg = config_lib.from_json(workdir / "config.json")
+  data = corpus.load(cfg.data, tokenizers.load(workdir))
+  task = lm.LanguageModeling()
+  batches = task.eval_batches(data.test, cfg, 0, 1)
+  graphdef, _, _ = state_lib.model_graph(cfg.model)
+  model = nnx.merge(graphdef, jax.device_get(params))
+  with jax.default_matmul_precision("highest"):
+    return float(np.mean([task.loss(model, b, None)[0] for b in batches]))
+
+
+def test_test_loss_comes_from_the_best_val_checkpoint_when_not_the_last(tmp_path, text_file):
+  workdir = tmp_path / "run"
+  # a learning rate far too high: validation loss jumps around instead of falling, so the
+  # best of the evaluations (every 2 steps, all kept as checkpoints) is not the last one
+  _train(workdir, text_file, "--config.train.num_steps=20", "--config.train.eval_every=2",
+         "--config.train.checkpoint_every=2", "--config.train.keep_checkpoints=20",
+         "--config.optimizer.learning_rate=0.5", "--config.optimizer.min_learning_rate=0.5",
+         "--config.optimizer.warmup_steps=1", "--config.train.matmul_precision=highest")
+  vals = {r["step"]: r["val_loss"] for r in _rows(workdir) if "val_loss" in r}
+  best = min(vals, key=vals.get)
+  assert best != 20 and vals[20] > vals[best] + 0.01, vals  # the case this test is about
+  last = _rows(workdir)[-1]
+  assert last["step"] == 20 and last["test_checkpoint_step"] == best
+  at_best, at_20 = _test_loss_of_step(workdir, best), _test_loss_of_step(workdir, 20)
+  assert abs(at_20 - at_best) > 0.01
+  np.testing.assert_allclose(last["test_loss"], at_best, rtol=1e-5)

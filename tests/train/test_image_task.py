@@ -98,6 +98,31 @@ def test_run_writes_accuracy_and_confusion_matrix(trained):
   assert (trained / "preprocess.json").exists()
 
 
+@pytest.fixture(scope="module")
+def trained_150(tmp_path_factory):
+  """Long enough to learn: 150 steps reach 73.7% test accuracy (measured), 20 stay below
+  chance."""
+  workdir = tmp_path_factory.mktemp("digits150") / "run"
+  run_cli("treadle.train.main", "--config", "configs/digits_cnn.py", "--workdir", workdir,
+          "--config.train.num_steps=150", "--config.model.width=8",
+          "--config.train.eval_every=50", "--config.train.log_every=50",
+          "--config.train.checkpoint_every=150")
+  return workdir
+
+
+def test_accuracy_is_above_chance_and_agrees_with_the_confusion_matrix(trained_150, digits):
+  last = _rows(trained_150)[-1]
+  saved = json.loads((trained_150 / "confusion_matrix.json").read_text())
+  matrix = np.array(saved["matrix"])
+  assert saved["step"] == last["test_checkpoint_step"] and matrix.shape == (10, 10)
+  test_labels = digits[2].labels
+  assert matrix.sum() == len(test_labels)  # every test image once
+  np.testing.assert_array_equal(matrix.sum(axis=1), np.bincount(test_labels, minlength=10))
+  chance = np.bincount(test_labels).max() / len(test_labels)  # always the commonest digit
+  assert last["test_accuracy"] > chance + 0.3, (last["test_accuracy"], chance)
+  np.testing.assert_allclose(last["test_accuracy"], np.trace(matrix) / matrix.sum(), rtol=1e-6)
+
+
 def test_resume_is_bitwise_identical(trained, tmp_path):
   resumed = tmp_path / "run"
   run_cli("treadle.train.main", *COMMON, "--workdir", resumed, "--config.train.num_steps=10")

@@ -5,9 +5,14 @@ import socket
 import subprocess
 import sys
 
+import jax
 import numpy as np
 
+from tests import numerics
 from tests.conftest import REPO, run_cli
+from treadle.infer import sampler as sampler_lib
+from treadle.train import config as config_lib
+from treadle.train import state as state_lib
 
 ARGS = ["--config", "configs/tiny.py", "--config.train.num_steps=3", "--config.train.log_every=1",
         "--config.train.eval_every=3", "--config.mesh.data=2", "--config.mesh.fsdp=2",
@@ -51,3 +56,10 @@ def test_two_processes_match_one_process(tmp_path, text_file):
   assert len(expected) == 3
   np.testing.assert_allclose(_losses(multi), expected, rtol=1e-5)
   assert sorted(p.name for p in (multi / "checkpoints").iterdir()) == ["3"]
+  # the parameters after 3 steps, not only the losses on the way
+  params = [jax.device_get(sampler_lib.Sampler.from_workdir(w, 3).params) for w in (single, multi)]
+  cfg = config_lib.from_json(single / "config.json")
+  initial = jax.device_get(state_lib.random_params(cfg.model, cfg.train.seed))
+  assert not np.allclose(params[0]["blocks"][0]["attn"]["qkv"]["w"],
+                         initial["blocks"][0]["attn"]["qkv"]["w"])  # they trained
+  numerics.assert_trees_close(params[1], params[0], rtol=1e-5)

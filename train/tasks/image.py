@@ -1,6 +1,7 @@
 """Image classification as a treadle task: digits data, CNN/ViT models, accuracy, confusion."""
 import dataclasses
 import functools
+import json
 import pathlib
 
 import jax
@@ -9,6 +10,7 @@ import numpy as np
 from flax import nnx
 
 from treadle.data import images
+from treadle.train import fileio
 from treadle.train import state as state_lib
 from treadle.train.tasks import base
 
@@ -57,12 +59,16 @@ class ImageClassification(base.Task):
     return 3.0 * float(analysis.get("flops", 0.0))
 
   def finish(self, run, params, step: int) -> dict:
-    """Writes DIR/confusion_matrix.png for the test set; returns nothing to log."""
+    """Writes the test set's confusion matrix (rows: true label, columns: predicted) as
+    DIR/confusion_matrix.png and, as numbers, DIR/confusion_matrix.json; logs nothing."""
     predictions = predict_labels(run.cfg.model, params, run.splits.test.images)
     confusion = np.zeros((run.cfg.model.num_classes,) * 2, np.int64)
     np.add.at(confusion, (run.splits.test.labels, predictions), 1)
-    plot_confusion(confusion, run.splits.artifact.labels, run.workdir / "confusion_matrix.png",
+    labels = run.splits.artifact.labels
+    plot_confusion(confusion, labels, run.workdir / "confusion_matrix.png",
                    f"test set, checkpoint step {step}")
+    fileio.atomic_write(run.workdir / "confusion_matrix.json", json.dumps(
+        {"step": step, "labels": list(labels), "matrix": confusion.tolist()}))
     return {}
 
 
