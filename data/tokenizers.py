@@ -179,6 +179,14 @@ class HfTokenizer:
   def hf_tokenizer(self) -> hf.Tokenizer:
     return self._hf
 
+  @property
+  def eot_id(self) -> int | None:
+    """The model's end-of-sequence token separates documents (GPT-2's is <|endoftext|>)."""
+    eos = self.token_ids.get("eos_token_id")
+    if isinstance(eos, list):  # some configs list several; the first is the canonical one
+      eos = eos[0] if eos else None
+    return eos
+
   def encode(self, text: str) -> np.ndarray:
     return np.asarray(self._hf.encode(text, add_special_tokens=False).ids, dtype=np.int32)
 

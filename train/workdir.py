@@ -116,21 +116,31 @@ def _remove_empty(created: list[pathlib.Path], workdir: pathlib.Path) -> None:
 
 # -- fingerprints -------------------------------------------------------------------------
 
-def _arrays(value: Any) -> Iterator[np.ndarray]:
+def _arrays(value: Any) -> Iterator[tuple[str, np.ndarray]]:
+  """(field path, array) of every array inside dataclasses, tuples and lists: the in-memory
+  splits and the memory-mapped token shards of a corpus on disk alike."""
   if isinstance(value, np.ndarray):
-    yield value
+    yield "", value
+  elif isinstance(value, (tuple, list)):
+    for i, item in enumerate(value):
+      yield from ((f"{i}.{name}", a) for name, a in _arrays(item))
   elif dataclasses.is_dataclass(value):
     for field in dataclasses.fields(value):
-      yield from _arrays(getattr(value, field.name))
+      yield from ((f"{field.name}.{name}", a) for name, a in _arrays(getattr(value, field.name)))
+
+
+_CHUNK = 1 << 22  # elements hashed at a time: memory-mapped shards are never read whole
 
 
 def data_fingerprint(splits) -> str:
   """sha256 over the train, val and test arrays exactly as training reads them."""
   digest = hashlib.sha256()
   for name in ("train", "val", "test"):
-    for array in _arrays(getattr(splits, name)):
-      digest.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
-      digest.update(np.ascontiguousarray(array).tobytes())
+    for path, array in _arrays(getattr(splits, name)):
+      digest.update(f"{name}.{path}:{array.dtype.str}:{array.shape};".encode())
+      flat = array.reshape(-1)
+      for start in range(0, flat.size, _CHUNK):
+        digest.update(np.ascontiguousarray(flat[start:start + _CHUNK]).tobytes())
   return digest.hexdigest()
 
 

@@ -144,7 +144,7 @@ def test_test_loss_comes_from_the_best_val_checkpoint_when_not_the_last(tmp_path
   # best of the evaluations (every 2 steps, all kept as checkpoints) is not the last one
   _train(workdir, text_file, "--config.train.num_steps=20", "--config.train.eval_every=2",
          "--config.train.checkpoint_every=2", "--config.train.keep_checkpoints=20",
-         "--config.optimizer.learning_rate=0.5", "--config.optimizer.min_learning_rate=0.5",
+         "--config.optimizer.learning_rate=20.0", "--config.optimizer.min_learning_rate=20.0",
          "--config.optimizer.warmup_steps=1", "--config.train.matmul_precision=highest")
   vals = {r["step"]: r["val_loss"] for r in _rows(workdir) if "val_loss" in r}
   best = min(vals, key=vals.get)
