@@ -2,7 +2,9 @@
 
 Imports nothing heavy: entry points choose jax's device layout after parsing flags.
 """
+import os
 import sys
+import threading
 from typing import Callable, NoReturn
 
 from absl import app
@@ -10,7 +12,18 @@ from absl import flags
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-  print(f"error: {message}", file=sys.stderr)
+  """Print `error: message` as one line of its own and exit with `code`.
+
+  Background threads (a failed Orbax save, tensorstore callbacks) may still be printing a
+  traceback; the line goes out in one write, after a line break when such threads are alive,
+  so it never lands in the middle of one of their lines."""
+  sys.stderr.flush()
+  start = "\n" if threading.active_count() > 1 else ""
+  line = f"{start}error: {message}\n".encode(errors="replace")
+  try:
+    os.write(sys.stderr.fileno(), line)
+  except (AttributeError, OSError, ValueError):  # a stderr without a file descriptor
+    print(line.decode().lstrip("\n"), end="", file=sys.stderr)
   sys.exit(code)
 
 
