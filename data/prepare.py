@@ -44,7 +44,7 @@ def main(argv) -> None:
     start = time.perf_counter()
     data = corpus.load(cfg.data)
   except (ValueError, FileNotFoundError, RuntimeError) as e:
-    entry.fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    entry.fail_with(e)
   print(_report(data, time.perf_counter() - start))
   logging.getLogger("treadle").info("token cache ready")
 

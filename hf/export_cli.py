@@ -35,7 +35,7 @@ def main(argv) -> None:
     exporter.export(_WORKDIR.value, _HF_DIR.value, step, _MERGE_LORA.value,
                     _MAX_SHARD_MB.value * 1024**2)
   except (ValueError, FileNotFoundError) as e:
-    entry.fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    entry.fail_with(e)
 
 
 def run() -> None:

@@ -29,9 +29,10 @@ DEFAULT_SHARD_BYTES = 2 * 1024**3
 def load_run(workdir, step=None, merge_lora: bool = False):
   """(plain model config, host parameters, tokenizer, step) of a run on one device."""
   workdir = pathlib.Path(workdir)
-  if not (workdir / "config.json").exists():
-    raise HfFormatError(f"{str(workdir)!r} is not a treadle run directory (no config.json)")
-  cfg = config_lib.from_json(workdir / "config.json")
+  try:
+    cfg = config_lib.from_run(workdir)
+  except FileNotFoundError as e:
+    raise HfFormatError(str(e)) from None
   if cfg.task != "lm":
     raise HfFormatError(f"task={cfg.task!r}: only language models (task=lm) export to HF")
   model_cfg = cfg.model

@@ -38,7 +38,7 @@ def main(argv) -> None:
   try:
     importer.import_model(_HF_DIR.value, _WORKDIR.value, _CONFIG.value)
   except (ValueError, FileNotFoundError) as e:
-    entry.fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    entry.fail_with(e)
 
 
 def run() -> None:

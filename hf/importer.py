@@ -12,6 +12,7 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from orbax.checkpoint.experimental.v1 import partial as ocp_partial
 
 from treadle.configs import base as base_config
 from treadle.data import tokenizers
@@ -106,24 +107,46 @@ def _get(tree, path: tuple):
   return tree
 
 
-def load_params(p: Plan, mesh: jax.sharding.Mesh) -> dict:
-  """Reads, converts and places one parameter at a time onto its sharding on `mesh`."""
+def _layers(links: list) -> list[list]:
+  """The links grouped by layer (a path's first two keys: `blocks_3/attn`, `embed/...`)."""
+  groups: dict[tuple, list] = {}
+  for link in links:
+    if link.path is not None:  # None: a tensor that exists only on the HF side
+      groups.setdefault(tuple(link.path[:2]), []).append(link)
+  return list(groups.values())
+
+
+def _convert(p: Plan, link, abstract, shardings) -> jax.Array:
+  """One parameter read from safetensors, converted to float32 and placed on its sharding."""
+  sources = [safetensors_io.read(p.tensors[n], n) for n in link.hf_names]
+  array = np.asarray(link.to_treadle(*sources), dtype=np.float32)
+  del sources
+  want = _get(abstract, link.path)
+  if array.shape != want.shape:
+    raise HfFormatError(f"{'/'.join(map(str, link.path))}: converted shape {array.shape} != "
+                        f"{want.shape}")
+  return jax.make_array_from_callback(array.shape, _get(shardings, link.path),
+                                      lambda index: array[index])
+
+
+def save_params(p: Plan, mesh: jax.sharding.Mesh, step_dir: pathlib.Path) -> int:
+  """Reads, converts and places the parameters onto their shardings on `mesh`, and saves
+  them as the `state` item of the checkpoint step `step_dir`, one layer at a time (Orbax
+  partial saves): in memory at once is one layer plus the tensor being converted, never
+  the whole model. Returns the parameter count."""
   _, abstract, specs = state_lib.model_graph(p.cfg.model)
   shardings = mesh_lib.param_shardings(specs, mesh, mesh_lib.rules(p.cfg.mesh.rules))
   mesh_lib.check_divisible(abstract, shardings)
-  params = {}
-  for link in p.links:
-    sources = [safetensors_io.read(p.tensors[n], n) for n in link.hf_names]
-    array = np.asarray(link.to_treadle(*sources), dtype=np.float32)
-    del sources
-    want = _get(abstract, link.path)
-    if array.shape != want.shape:
-      raise HfFormatError(f"{'/'.join(map(str, link.path))}: converted shape {array.shape} != "
-                          f"{want.shape}")
-    _set(params, link.path, jax.make_array_from_callback(
-        array.shape, _get(shardings, link.path), lambda index, a=array: a[index]))
-    del array
-  return params
+  count = 0
+  for layer in _layers(p.links):
+    params = {}
+    for link in layer:
+      _set(params, link.path, _convert(p, link, abstract, shardings))
+    ocp_partial.save(step_dir, {"params": params})
+    count += sum(x.size for x in jax.tree.leaves(params))
+    del params
+  ocp_partial.finalize(step_dir)
+  return count
 
 
 def _fresh_target(workdir: pathlib.Path) -> None:
@@ -131,40 +154,26 @@ def _fresh_target(workdir: pathlib.Path) -> None:
     raise HfFormatError(f"--workdir={str(workdir)!r} exists and is not empty")
 
 
-# OCDBT (Orbax's default format) buffered ~0.9x the model on top of the parameters while
-# saving a GPT-2-124M import (peak 1209 MB vs 761 MB loaded); one zarr array per parameter
-# added ~0.29x (one large tensor's copy). Readers detect the format by themselves.
-_USE_OCDBT = False
-
-
-def _save_params(workdir: pathlib.Path, params: dict, config: dict) -> None:
-  """Step 0 of an ordinary checkpoint directory: the parameters (no optimizer state, which
-  a fine-tuning run creates fresh) and the config."""
-  handlers = {"state": ocp.PyTreeCheckpointHandler(use_ocdbt=_USE_OCDBT),
-              "config": ocp.JsonCheckpointHandler()}
-  mgr = ocp.CheckpointManager(checkpoint.directory(workdir), item_handlers=handlers,
-                              options=ocp.CheckpointManagerOptions(
-                                  create=True, enable_async_checkpointing=False))
-  try:
-    mgr.save(0, args=ocp.args.Composite(state=ocp.args.PyTreeSave({"params": params}),
-                                        config=ocp.args.JsonSave(config)))
-    mgr.wait_until_finished()
-  finally:
-    mgr.close()
-
-
-def write_run(p: Plan, params: dict, workdir: pathlib.Path) -> None:
-  """Writes into a sibling temporary directory, renamed into place once complete."""
+def write_run(p: Plan, mesh: jax.sharding.Mesh, workdir: pathlib.Path) -> int:
+  """Writes config, tokenizer and checkpoint step 0 (the parameters, no optimizer state:
+  a fine-tuning run creates it fresh) into a sibling temporary directory, renamed into
+  place once complete. Returns the parameter count."""
   tmp = workdir.with_name(f".{workdir.name}.importing-{os.getpid()}")
   shutil.rmtree(tmp, ignore_errors=True)
   tmp.mkdir(parents=True)
   try:
     tokenizers.save(p.tokenizer, tmp)
     (tmp / "config.json").write_text(json.dumps(p.cfg.to_dict(), indent=2))
-    _save_params(tmp, params, p.cfg.to_dict())
+    step_dir = checkpoint.directory(tmp) / "0"
+    step_dir.parent.mkdir(parents=True)
+    count = save_params(p, mesh, step_dir)
+    (step_dir / "config").mkdir()
+    ocp.JsonCheckpointHandler().save(step_dir / "config",
+                                     args=ocp.args.JsonSave(p.cfg.to_dict()))
     if workdir.exists():
       workdir.rmdir()  # empty (checked before reading any tensor)
     tmp.rename(workdir)
+    return count
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
@@ -178,9 +187,7 @@ def import_model(hf_dir, workdir, base: ml_collections.ConfigDict | None = None,
   _fresh_target(workdir)
   p = plan(hf_dir, base)
   mesh = mesh_lib.make_mesh(p.cfg.mesh.shape, devices)
-  params = load_params(p, mesh)
-  write_run(p, params, workdir)
-  count = sum(x.size for x in jax.tree.leaves(params))
+  count = write_run(p, mesh, workdir)
   log.info("imported %s (%s parameters) into %s in %.1f s", p.arch, f"{count:,}", workdir,
            time.perf_counter() - start)
   return p.cfg

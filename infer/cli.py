@@ -2,6 +2,7 @@
 
   treadle-sample --workdir DIR --prompt "ROMEO:" --max_new_tokens 500 --temperature 0.8 \
       --top_k 200 --num_samples 2 --seed 0 [--top_p 0.95] [--step N|best] [--stream] [--json]
+      [--dtype bfloat16]
 
 Bad input (empty prompt, characters the tokenizer cannot encode, a temperature that is
 negative or not finite, top_k < 0, top_p outside (0, 1], no checkpoint, a tokenizer.json
@@ -30,6 +31,9 @@ _MESH = flags.DEFINE_string("mesh_shape", "-1,1,1", "Mesh data,fsdp,tensor for t
 _RULES = flags.DEFINE_string("rules", "dp", "Parameter sharding preset (dp, fsdp, fsdp_tp).")
 _MERGE_LORA = flags.DEFINE_bool("merge_lora", False,
                                 "LoRA runs: fold the adapters into the base weights first.")
+_DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"],
+                           "Weights and compute dtype, cast at load; default: the run's "
+                           "compute dtype with float32 weights.")
 
 
 def _prompts() -> list[str]:
@@ -87,7 +91,7 @@ def main(argv) -> None:
     prompts = _prompts()
     sampler = sampler_lib.Sampler.from_workdir(
         _WORKDIR.value, entry.checkpoint_step(_STEP.value), shape, _RULES.value,
-        merge_lora=_MERGE_LORA.value)
+        merge_lora=_MERGE_LORA.value, dtype=_DTYPE.value)
     sampler.encode_prompts(prompts)  # validate before generating anything
     _print_samples(sampler, prompts, args)
   except (ValueError, FileNotFoundError) as e:

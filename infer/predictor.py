@@ -17,9 +17,7 @@ class Predictor:
     from treadle.train import checkpoint
     from treadle.train import config as config_lib
     workdir = pathlib.Path(workdir)
-    if not (workdir / "config.json").exists():
-      raise FileNotFoundError(f"{str(workdir)!r} is not a treadle run directory (no config.json)")
-    cfg = config_lib.from_json(workdir / "config.json")
+    cfg = config_lib.from_run(workdir)
     if cfg.task != "classify":
       raise ValueError(f"{str(workdir)!r} is a {cfg.task!r} run, not an image classifier")
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])  # a small model

@@ -53,7 +53,13 @@ def prompt_slots(num_tokens: int, window: int) -> int:
 class Sampler:
   """Generates from a trained run. Build with `Sampler.from_workdir(DIR)`."""
 
-  def __init__(self, cfg: config_lib.RunConfig, tokenizer, params, mesh, step: int):
+  def __init__(self, cfg: config_lib.RunConfig, tokenizer, params, mesh, step: int,
+               dtype: str | None = None):
+    """`dtype` ("float32" or "bfloat16"; default: the run's compute dtype) is the dtype of
+    the floating weights and of the computation: weights are cast once, here."""
+    if dtype is not None:
+      cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, compute_dtype=dtype))
+      params = _cast(params, cfg.model.dtype)  # the model checks the dtype name
     self.cfg, self.tokenizer, self.params, self.mesh, self.step = cfg, tokenizer, params, mesh, step
     self.graphdef, _, _ = state_lib.model_graph(cfg.model)
     self.window = cfg.model.max_seq_len
@@ -69,16 +75,17 @@ class Sampler:
   @classmethod
   def from_workdir(cls, workdir, step: int | str | None = None,
                    mesh_shape: tuple[int, int, int] = (-1, 1, 1), rules: str = "dp",
-                   devices=None, merge_lora: bool = False) -> "Sampler":
+                   devices=None, merge_lora: bool = False,
+                   dtype: str | None = None) -> "Sampler":
     """Loads parameters only (step None = latest, "best", or a number) onto a mesh over
     `devices` (default all), sharded by the rule preset `rules`.
 
     A LoRA run samples through its adapters, or with `merge_lora` through base weights
-    with the adapters folded in (one plain model, no adapter matmuls)."""
+    with the adapters folded in (one plain model, no adapter matmuls). `dtype`
+    ("bfloat16": half the weight bytes each decode step reads; default: the run's compute
+    dtype, float32 weights) casts the weights as they are read (after merging adapters)."""
     workdir = pathlib.Path(workdir)
-    if not (workdir / "config.json").exists():
-      raise FileNotFoundError(f"{str(workdir)!r} is not a treadle run directory (no config.json)")
-    cfg = config_lib.from_json(workdir / "config.json")
+    cfg = config_lib.from_run(workdir)
     workdir_lib.check_artifacts(workdir)  # tokenizer.json as training wrote it
     tokenizer = tokenizers.load(workdir)
     workdir_lib.check_vocab(workdir, tokenizer, cfg.model.vocab_size)
@@ -88,7 +95,11 @@ class Sampler:
       out = mesh_lib.param_shardings(specs, mesh, mesh_lib.rules(rules))
       mesh_lib.check_divisible(abstract, out)
       return out
-    params, step = checkpoint.load_params(workdir, step, cfg.model, shardings)
+    if dtype is not None:  # a bad name fails here, before any tensor is read
+      dataclasses.replace(cfg.model, compute_dtype=dtype)
+    read_as = None if merge_lora and cfg.model.lora_rank else dtype  # merge in float32
+    params, step = checkpoint.load_params(workdir, step, cfg.model, shardings,
+                                          read_as and jnp.dtype(read_as))
     if merge_lora and cfg.model.lora_rank:
       merged_cfg = dataclasses.replace(cfg.model, lora_rank=0)
       merged_shardings = mesh_lib.param_shardings(state_lib.model_graph(merged_cfg)[2], mesh,
@@ -96,7 +107,7 @@ class Sampler:
       params = jax.jit(lambda p: lora.merge(p, cfg.model)[0],
                        out_shardings=merged_shardings)(params)
       cfg = dataclasses.replace(cfg, model=merged_cfg)
-    return cls(cfg, tokenizer, params, mesh, step)
+    return cls(cfg, tokenizer, params, mesh, step, dtype)
 
   # -- jitted pieces ---------------------------------------------------------------------
 
@@ -180,6 +191,15 @@ class Sampler:
       steps = min(chunk_tokens, max_new_tokens - produced)
       carry = self._decode(self.params, carry, jnp.int32(steps), sampling)
       produced += steps
+
+
+def _cast(params, dtype):
+  """Floating weights in `dtype`, on the shardings they had (no work if they already are)."""
+  floating = lambda x: jnp.issubdtype(x.dtype, jnp.floating)
+  if all(x.dtype == dtype for x in jax.tree.leaves(params) if floating(x)):
+    return params
+  return jax.jit(lambda p: jax.tree.map(lambda x: x.astype(dtype) if floating(x) else x, p),
+                 out_shardings=jax.tree.map(lambda x: x.sharding, params))(params)
 
 
 def _cut(text: str, stop: Sequence[str]) -> str:

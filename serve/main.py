@@ -8,7 +8,6 @@ the schema at /openapi.json. SIGTERM (or Ctrl-C) stops accepting connections, fi
 requests in flight, and exits 0. Bad flags or a missing run are a one-line error, exit 2.
 """
 import contextlib
-import dataclasses
 import logging
 import pathlib
 import signal
@@ -27,7 +26,8 @@ _MAX_QUEUE = flags.DEFINE_integer("max_queue", 256, "Requests waiting for a slot
 _MERGE_LORA = flags.DEFINE_bool("merge_lora", False,
                                 "LoRA runs: fold the adapters into the base weights first.")
 _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"],
-                           "Compute dtype (parameters stay float32); default: the run's.")
+                           "Weights and compute dtype, cast at load; default: the run's "
+                           "compute dtype with float32 weights.")
 
 log = logging.getLogger("treadle.serve")
 
@@ -35,14 +35,9 @@ log = logging.getLogger("treadle.serve")
 def _load(workdir: str):
   import jax
   from treadle.infer import sampler as sampler_lib
-  sampler = sampler_lib.Sampler.from_workdir(
+  return sampler_lib.Sampler.from_workdir(
       workdir, entry.checkpoint_step(_STEP.value), (1, 1, 1), "dp",
-      devices=jax.devices()[:1], merge_lora=_MERGE_LORA.value)
-  if _DTYPE.value and _DTYPE.value != sampler.cfg.model.compute_dtype:
-    model_cfg = dataclasses.replace(sampler.cfg.model, compute_dtype=_DTYPE.value)
-    sampler = sampler_lib.Sampler(dataclasses.replace(sampler.cfg, model=model_cfg),
-                                  sampler.tokenizer, sampler.params, sampler.mesh, sampler.step)
-  return sampler
+      devices=jax.devices()[:1], merge_lora=_MERGE_LORA.value, dtype=_DTYPE.value)
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -5,6 +5,7 @@ from typing import Any, Callable
 
 import grain
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from treadle.train import state as state_lib
@@ -125,13 +126,17 @@ def saved_config(mgr: ocp.CheckpointManager, step: int) -> dict:
 
 
 def load_params(workdir, step: int | str | None, model_cfg,
-                shardings: Callable[[Any, Any], Any]) -> tuple[Any, int]:
+                shardings: Callable[[Any, Any], Any], dtype=None) -> tuple[Any, int]:
   """A run's parameters only (sampling, prediction, fine-tuning) -> (params, step).
 
   `step`: None = latest, "best", or a number. `shardings(abstract_params, logical_specs)`
-  gives each parameter's sharding. The reader is closed whatever happens."""
+  gives each parameter's sharding. `dtype` (e.g. bfloat16): floating parameters are cast
+  to it as Orbax reads them (the float32 copy never exists whole). The reader is closed
+  whatever happens."""
   _, abstract, specs = state_lib.model_graph(model_cfg)
-  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+  as_read = lambda a: dtype if dtype is not None and jnp.issubdtype(a.dtype, jnp.floating) \
+      else a.dtype
+  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, as_read(a), sharding=s),
                         abstract, shardings(abstract, specs))
   mgr = reader(workdir)
   try:

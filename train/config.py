@@ -5,6 +5,7 @@ config with a key missing or added is an error here, and the dataclasses have no
 """
 import dataclasses
 import json
+import pathlib
 from typing import Any
 
 import ml_collections
@@ -220,6 +221,14 @@ def section(name: str, task: str = "lm", /, **overrides):
   cfg = base.get_config(task).to_dict()
   cfg[name] = {**cfg[name], **overrides}
   return getattr(split(cfg), name)
+
+
+def from_run(workdir) -> RunConfig:
+  """The config of the run directory `workdir`; FileNotFoundError (one line) if it is not one."""
+  path = pathlib.Path(workdir) / "config.json"
+  if not path.exists():
+    raise FileNotFoundError(f"{str(workdir)!r} is not a treadle run directory (no config.json)")
+  return from_json(path)
 
 
 def from_json(path) -> RunConfig:

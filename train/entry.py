@@ -27,6 +27,16 @@ def fail(message: str, code: int = 2) -> NoReturn:
   sys.exit(code)
 
 
+def first_line(error: BaseException) -> str:
+  """An exception as one line: its message's first line, or its type when it has none."""
+  message = str(error).strip()
+  return message.splitlines()[0] if message else type(error).__name__
+
+
+def fail_with(error: BaseException, code: int = 2) -> NoReturn:
+  fail(first_line(error), code)
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl parsing with a one-line error and exit code 2 (absl's own prints usage, exits 1)."""
   try:

@@ -71,7 +71,7 @@ def main(argv) -> None:
   except (ValueError, FileNotFoundError, RuntimeError) as e:
     if (disk := _disk_error(e)) is not None:
       entry.fail(_describe_disk_error(disk))
-    entry.fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    entry.fail_with(e)
   except Exception as e:  # a full or read-only disk, as whichever type the writer raised
     if (disk := _disk_error(e)) is None:
       raise

@@ -13,7 +13,8 @@
    data/openwebtext/prepare.py, minus HF datasets); tiktoken needs no download here because
    its ranks are built from the fitted BPE's merges. Skipped without tiktoken installed.
 4. Trains configs/shakespeare_char_cpu.py for `--steps` steps on the corpus and on
-   tinyshakespeare (`--reference`); reports peak RSS and median tokens/s of both.
+   tinyshakespeare (`--reference`), interleaved over `--rounds`; reports peak RSS, median
+   tokens/s of each run and the steps/s ratio of each round.
 """
 import argparse
 import json
@@ -167,23 +168,41 @@ def _last_json(text: str) -> str:
   return [line for line in text.splitlines() if line.startswith("{")][-1]
 
 
-def train(data_path: str, work: pathlib.Path, name: str, steps: int) -> dict:
+def _train_command(data_path: str, work: pathlib.Path, name: str, steps: int) -> list[str]:
+  return [sys.executable, "-m", "treadle.train.main", "--config",
+          "configs/shakespeare_char_cpu.py", "--workdir", str(work / f"run_{name}"),
+          f"--config.data.path={data_path}", f"--config.data.cache_dir={work / 'cache_char'}",
+          f"--config.train.num_steps={steps}", f"--config.train.eval_every={steps}",
+          "--config.train.eval_batches=20", f"--config.train.checkpoint_every={steps}"]
+
+
+def train_once(data_path: str, work: pathlib.Path, name: str, steps: int) -> dict:
+  """One timed run from an empty workdir; the token cache is already filled."""
   import shutil
-  workdir = work / f"run_{name}"
-  shutil.rmtree(workdir, ignore_errors=True)
-  cmd = [sys.executable, "-m", "treadle.train.main", "--config", "configs/shakespeare_char_cpu.py",
-         "--workdir", str(workdir), f"--config.data.path={data_path}",
-         f"--config.data.cache_dir={work / 'cache_char'}", f"--config.train.num_steps={steps}",
-         f"--config.train.eval_every={steps}", "--config.train.eval_batches=20",
-         f"--config.train.checkpoint_every={steps}"]
-  prepare = [sys.executable, "-m", "treadle.data.prepare", *cmd[3:5], *cmd[7:9]]
-  _run(prepare)  # fits the tokenizer and fills the cache: the timed run only reads it
+  cmd = _train_command(data_path, work, name, steps)
+  shutil.rmtree(work / f"run_{name}", ignore_errors=True)
   seconds, rss, out = _run(cmd)
-  rows = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+  rows = [json.loads(x) for x in (work / f"run_{name}" / "metrics.jsonl").read_text()
+          .splitlines()]
   rates = sorted(r["tokens_per_second"] for r in rows if "tokens_per_second" in r)[1:]
+  median = rates[len(rates) // 2]
   return {"seconds": seconds, "peak_rss_mib": rss, "cpu_seconds": _cpu_seconds(out),
-          "median_tokens_per_s": rates[len(rates) // 2] if rates else None,
-          "steps_per_s": (rates[len(rates) // 2] / (12 * 64)) if rates else None}
+          "median_tokens_per_s": median, "steps_per_s": median / (12 * 64)}
+
+
+def train(corpus: str, reference: str, work: pathlib.Path, steps: int, rounds: int) -> dict:
+  """The CPU recipe on the corpus and on tinyshakespeare, interleaved over `rounds` so both
+  see the same machine; steps/s ratio corpus / tinyshakespeare per round."""
+  for data_path, name in ((corpus, "corpus"), (reference, "tiny")):
+    cmd = _train_command(data_path, work, name, steps)
+    _run([sys.executable, "-m", "treadle.data.prepare", *cmd[3:5], *cmd[7:9]])  # fills the cache
+  out = {"corpus": [], "tinyshakespeare": []}
+  for _ in range(rounds):
+    out["corpus"].append(train_once(corpus, work, "corpus", steps))
+    out["tinyshakespeare"].append(train_once(reference, work, "tiny", steps))
+  out["steps_per_s_ratio_corpus_over_tiny"] = [
+      c["steps_per_s"] / t["steps_per_s"] for c, t in zip(out["corpus"], out["tinyshakespeare"])]
+  return out
 
 
 def main() -> None:
@@ -192,6 +211,7 @@ def main() -> None:
   parser.add_argument("--files", type=int, default=16)
   parser.add_argument("--vocab_size", type=int, default=4096)
   parser.add_argument("--steps", type=int, default=200)
+  parser.add_argument("--rounds", type=int, default=2, help="interleaved training rounds")
   parser.add_argument("--work", default="/tmp/treadle_data_bench")
   parser.add_argument("--reference", default=_tinyshakespeare(),
                       help="tinyshakespeare input.txt: the steps/s reference")
@@ -210,8 +230,7 @@ def main() -> None:
       results["nanogpt_tiktoken"] = nanogpt_prepare(corpus, work,
                                                     results["treadle"]["tokenizer_record"])
   if "train" not in skip:
-    results["train_corpus"] = train(str(corpus), work, "corpus", args.steps)
-    results["train_tinyshakespeare"] = train(args.reference, work, "tiny", args.steps)
+    results["train"] = train(str(corpus), args.reference, work, args.steps, args.rounds)
   print(json.dumps(results, indent=1))  # also the record in experiments/bench/README.md
 
 

@@ -95,11 +95,35 @@ def test_sample_json_output(trained):
     (["--top_p", "1.5"], "top_p"),
     (["--top_p", "0"], "top_p"),
     (["--step", "999"], "no checkpoint step 999"),
+    (["--dtype", "float16"], "--dtype"),
 ])
 def test_sample_bad_input_exit_2(trained, args, match):
   proc = run_cli("treadle.infer.cli", "--workdir", trained, *args, check=False)
   assert proc.returncode == 2, proc.stderr
   assert match in proc.stderr.strip().splitlines()[-1]
+
+
+def test_sample_in_bfloat16_casts_the_weights_at_load(trained):
+  import jax
+  import numpy as np
+  from treadle.infer.sampler import Sampler
+  fp32 = Sampler.from_workdir(trained)
+  bf16 = Sampler.from_workdir(trained, dtype="bfloat16")
+  assert (fp32.cfg.model.compute_dtype, bf16.cfg.model.compute_dtype) == ("float32", "bfloat16")
+  as_bf16 = lambda x: np.asarray(x.astype(jax.numpy.bfloat16)).view(np.uint16)
+  assert {x.dtype.name for x in jax.tree.leaves(fp32.params)} == {"float32"}
+  for got, want in zip(jax.tree.leaves(bf16.params), jax.tree.leaves(fp32.params)):
+    assert got.dtype.name == "bfloat16" and got.sharding == want.sharding
+    np.testing.assert_array_equal(np.asarray(got).view(np.uint16), as_bf16(want))
+  built = Sampler(fp32.cfg, fp32.tokenizer, fp32.params, fp32.mesh, fp32.step, dtype="bfloat16")
+  for got, want in zip(jax.tree.leaves(built.params), jax.tree.leaves(bf16.params)):
+    np.testing.assert_array_equal(np.asarray(got).view(np.uint16),
+                                  np.asarray(want).view(np.uint16))
+  out = bf16.generate("ROMEO:", max_new_tokens=24, temperature=0.0)[0]
+  assert len(out.token_ids) == 24
+  cli = run_cli("treadle.infer.cli", "--workdir", trained, "--prompt", "ROMEO:", "--dtype",
+                "bfloat16", "--max_new_tokens", "24", "--temperature", "0")
+  assert cli.stdout == "ROMEO:" + out.text + "\n---------------\n"
 
 
 def test_sample_without_checkpoint(tmp_path):
