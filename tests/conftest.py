@@ -30,6 +30,7 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 import pytest  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
+SHARED_TEXT = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 
 
 def pytest_configure(config):
@@ -48,7 +49,6 @@ def pytest_runtest_setup(item):
   needed, present = marker.args[0], jax.device_count()
   if present < needed:
     pytest.skip(f"needs {needed} devices, {present} {jax.devices()[0].platform} present")
-SHARED_TEXT = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 
 
 @pytest.fixture(scope="session")

@@ -6,11 +6,12 @@
 #
 #   bash experiments/bench/gpu_check.sh                    # fresh venv .venv-gpu-check
 #   bash experiments/bench/gpu_check.sh --skip-install     # the current `python` as it is
-#   bash experiments/bench/gpu_check.sh --skip-install --tiny   # CPU smoke run (seconds)
+#   bash experiments/bench/gpu_check.sh --skip-install --tiny   # CPU smoke run (about a minute)
 #
-# Options: --extra cuda12|cuda13|tpu (default: cuda13 when the NVIDIA driver is >= 580,
-# which CUDA 13 needs, else cuda12); --python PY (for the venv; default python3);
-# --venv DIR; --wheels DIR (offline: install only from the wheels in DIR).
+# Options: --extra cuda12|cuda13|tpu|cpu (default: cuda13 when the NVIDIA driver is >= 580,
+#   which CUDA 13 needs, else cuda12; cpu tries the install path on a CPU machine);
+#   --python PY (makes the venv; default python3); --venv DIR (default .venv-gpu-check);
+#   --wheels DIR (offline: install only from the wheels in DIR).
 # Exit status: 0 when every test that ran passed and the benchmarks finished.
 set -euo pipefail
 
@@ -33,7 +34,10 @@ while [[ $# -gt 0 ]]; do
   esac
   shift
 done
-case "$EXTRA" in ""|cuda12|cuda13|tpu) ;; *) die "--extra must be cuda12, cuda13 or tpu, not '$EXTRA'" ;; esac
+case "$EXTRA" in
+  ""|cuda12|cuda13|tpu|cpu) ;;
+  *) die "--extra must be cuda12, cuda13, tpu or cpu, not '$EXTRA'" ;;
+esac
 [[ -z "$WHEELS" || -d "$WHEELS" ]] || die "--wheels '$WHEELS' is not a directory"
 
 cuda_extra() {
@@ -49,7 +53,7 @@ install() {
   echo "== install: newest jax[$EXTRA] and treadle[test] into $VENV"
   "$BASE_PYTHON" -m venv "$VENV"
   local minor constraints
-  minor="$("$VENV/bin/python" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
+  minor="$("$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
   # the lock file's tested pins, except jax's own packages: the newest jax is the point
   constraints="$(mktemp)"
   if [[ -f "$REPO/requirements/lock-py$minor.txt" ]]; then
@@ -73,7 +77,8 @@ SIZE_FLAG=()
 [[ "$TINY" == 0 ]] || SIZE_FLAG=(--tiny)
 cd "$REPO"
 export PYTHONUNBUFFERED=1
-"$PYTHON" -c 'import treadle.model' 2>/dev/null || die "$PYTHON cannot import treadle (install it, or drop --skip-install)"
+"$PYTHON" -c 'import treadle.model' 2>/dev/null \
+  || die "$PYTHON cannot import treadle (install it, or drop --skip-install)"
 
 echo "== tests on the device"
 TESTS_RC=0
