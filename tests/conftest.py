@@ -1,4 +1,10 @@
-"""Test setup: 8 simulated CPU devices (before jax is imported) and shared fixtures."""
+"""Test setup: 8 simulated CPU devices (before jax is imported) and shared fixtures.
+
+TREADLE_TEST_DEVICES=native (experiments/bench/gpu_check.sh) runs on the machine's own
+devices instead (a GPU or TPU): nothing is simulated, matmuls run in full fp32 (the tests'
+tolerances assume it; GPUs default to TF32), and a test marked `devices(n)` that needs more
+devices than present is skipped with a reason saying so, which the script reports as not run.
+"""
 import atexit
 import os
 import pathlib
@@ -7,8 +13,12 @@ import subprocess
 import sys
 import tempfile
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8").strip()
+NATIVE_DEVICES = os.environ.get("TREADLE_TEST_DEVICES", "") == "native"
+if NATIVE_DEVICES:
+  os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
+else:
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             " --xla_force_host_platform_device_count=8").strip()
 # One persistent compilation cache for the whole session, inherited by every CLI subprocess:
 # the many end-to-end runs of the same tiny configs then compile each program once (the
 # whole tiny train command: 18.5 s -> ~10 s warm). Fresh per session: no entry outlives the code.
@@ -21,6 +31,24 @@ import pytest  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SHARED_TEXT = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+
+
+def pytest_configure(config):
+  config.addinivalue_line("markers", "devices(n): needs n devices (8 simulated CPU devices "
+                          "by default; with TREADLE_TEST_DEVICES=native skipped when fewer)")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+  """Before any fixture runs: on native devices, a test needing more devices than present
+  is skipped with a reason that names both counts (the default 8 CPU devices run them all)."""
+  marker = item.get_closest_marker("devices")
+  if marker is None or not NATIVE_DEVICES:
+    return
+  import jax
+  needed, present = marker.args[0], jax.device_count()
+  if present < needed:
+    pytest.skip(f"needs {needed} devices, {present} {jax.devices()[0].platform} present")
 
 
 @pytest.fixture(scope="session")

@@ -178,7 +178,7 @@ def report(args: argparse.Namespace, samples: dict[Case, list[float]], load: tup
   cases_out = [{"key": c.key, "name": c.name, "batch_size": c.batch_size,
                 "new_tokens": c.new_tokens, "tokens_per_second": statistics.median(rates),
                 "samples": rates} for c, rates in samples.items()]
-  return {"date": datetime.date.today().isoformat(), "machine": machine.cpu_name(),
+  return {"date": datetime.date.today().isoformat(), "machine": machine.describe(),
           "cpus": os.cpu_count(), "cores_used": args.cores, "load_average_before_after": load,
           "jax": jax.__version__, "repeats": args.repeats, "cases": cases_out,
           "ratios": ratios(samples, args.batch_size)}
@@ -186,7 +186,7 @@ def report(args: argparse.Namespace, samples: dict[Case, list[float]], load: tup
 
 def print_table(result: dict) -> None:
   print(f"decode tokens/s: 6L/6H/384D, context 256, fp32, {result['cores_used']} of "
-        f"{result['cpus']} cores ({result['machine']}), median of {result['repeats']} rounds, "
+        f"{result['cpus']} cores, {result['machine']}, median of {result['repeats']} rounds, "
         f"{result['date']}")
   print(f"{'case':20} {'batch':>5} {'new tokens':>10} {'tokens/s':>10}   rounds")
   for c in result["cases"]:

@@ -11,6 +11,7 @@ import time
 _START = time.perf_counter()  # before jax is imported: "command start" for time-to-first-step
 
 import json  # noqa: E402
+import pathlib  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -18,6 +19,9 @@ import tempfile  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # run by path: repo root
+from experiments.bench import machine  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WINDOWS = flags.DEFINE_integer("windows", 5, "Timed windows (the median is reported).")
@@ -90,6 +94,7 @@ def measure(cfg) -> dict:
     peak *= jax.device_count()
   pipeline = _pipeline_rate(run, data_iter, 200)
   return {
+      "machine": machine.describe(),
       "devices": f"{jax.device_count()} x {device.platform}", "mesh": dict(run.mesh.shape),
       "compute_dtype": cfg.model.compute_dtype, "step_ms": step_s * 1e3,
       "step_ms_windows": [w * 1e3 for w in windows], "tokens_per_second": tokens / step_s,

@@ -297,7 +297,7 @@ def main() -> None:
     prepare_nanogpt_data(pathlib.Path(args.data), scratch / "data" / "shakespeare_char")
     measured = measure(args, size, scratch)
     commands = _shell_commands(args, size, scratch)
-  result = {"date": started, "size": args.size, "model": size.label(), "machine": machine.cpu_name(),
+  result = {"date": started, "size": args.size, "model": size.label(), "machine": machine.describe(),
             "cpus": os.cpu_count(), "cores": args.cores or "all (unpinned)",
             "jax": _jax_version(), "torch": _torch_info(args),
             "treadle_devices": measured["treadle_devices"], "rounds": args.rounds,

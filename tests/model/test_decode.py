@@ -77,7 +77,7 @@ def _encode(graphdef, params, tokens, slot, pad, cache):
   return decode.encode(model, tokens, slot, pad, cache, jnp.int32(0))
 
 
-@pytest.mark.parametrize("sharded", [False, True])
+@pytest.mark.parametrize("sharded", [False, pytest.param(True, marks=pytest.mark.devices(8))])
 def test_cached_logits_match_full_forward(sharded):
   graphdef, params = _params(1)
   params = _shard(params) if sharded else params
@@ -126,6 +126,7 @@ def test_generation_past_the_window_slides():
   np.testing.assert_array_equal(out[:, :CFG.max_seq_len], within[:, :CFG.max_seq_len])
 
 
+@pytest.mark.devices(8)
 def test_sharded_params_decode_the_same_tokens():
   graphdef, params = _params(2)
   single = _generate(graphdef, params, 20)

@@ -55,6 +55,7 @@ def _is_split(array) -> bool:
   return array.sharding.shard_shape(array.shape) != array.shape
 
 
+@pytest.mark.devices(8)
 @pytest.mark.parametrize("shape,rules,sharded_param", [
     ((8, 1, 1), "dp", None),
     ((1, 8, 1), "fsdp", "qkv"),
@@ -79,6 +80,7 @@ LLAMA = dataclasses.replace(MODEL, position="rope", norm="rmsnorm", mlp="swiglu"
                             qk_norm=True, scan_layers=True, remat="dots")
 
 
+@pytest.mark.devices(8)
 def test_llama_style_fsdp_tp_equals_single_device():
   """Scanned, rematerialised GQA model with dropout: kv heads and layers stacked, split."""
   ref_losses, ref_params, _ = train_steps((1, 1, 1), "dp", jax.devices()[:1], model=LLAMA)
@@ -90,6 +92,7 @@ def test_llama_style_fsdp_tp_equals_single_device():
   numerics.assert_trees_close(params, ref_params, rtol=1e-5)
 
 
+@pytest.mark.devices(8)
 def test_gradient_accumulation_matches_one_big_batch():
   model = dataclasses.replace(MODEL, dropout=0.0)  # masks differ per micro-batch otherwise
   one, params_one, _ = train_steps((8, 1, 1), "dp", jax.devices(), 1, model)
@@ -98,6 +101,7 @@ def test_gradient_accumulation_matches_one_big_batch():
   numerics.assert_trees_close(params_two, params_one, rtol=1e-5)
 
 
+@pytest.mark.devices(8)
 @pytest.mark.parametrize("shape,match", [
     ((3, 1, 1), "does not divide 8 devices"),
     ((-1, -1, 1), "at most one axis may be -1"),
@@ -108,6 +112,7 @@ def test_bad_mesh_shapes(shape, match):
     mesh_lib.make_mesh(shape)
 
 
+@pytest.mark.devices(8)
 def test_indivisible_dimension_names_the_parameter():
   cfg = dataclasses.replace(MODEL, num_heads=2, embed_dim=32)  # 2 heads over tensor=4
   mesh = mesh_lib.make_mesh((1, 2, 4))
