@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import mmap
 import multiprocessing
 import os
 import pathlib
@@ -65,7 +66,18 @@ class Store:
     for s in np.unique(shard):
       where = shard == s
       out[where] = self.shards[s][positions[where] - self.shard_starts[s]]
+      _unmap_pages(self.shards[s])
     return out
+
+
+def _unmap_pages(shard: np.ndarray) -> None:
+  """Drops the pages a read mapped into this process. They stay in the page cache (reading
+  them again costs no disk I/O) but leave its RSS, which would otherwise grow towards the
+  corpus size: each fault maps a large folio around the page read (measured: 50 batches of
+  the CPU recipe on a 1 GB corpus mapped 440 MiB)."""
+  mapping = getattr(shard, "_mmap", None)
+  if mapping is not None:
+    mapping.madvise(mmap.MADV_DONTNEED)
 
 
 def open_store(path: pathlib.Path) -> Store:

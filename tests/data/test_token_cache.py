@@ -97,3 +97,25 @@ def test_a_failed_build_leaves_nothing(source, tmp_path):
   with pytest.raises(ValueError, match=r"part3\.jsonl:32: no field 'text'"):
     _store(source, tokenizers.fit("byte", ""), "text", tmp_path / "cache", workers=2)
   assert not (tmp_path / "cache").exists()
+
+
+def _rss_file_kib() -> int:
+  with open("/proc/self/status") as f:
+    return next(int(line.split()[1]) for line in f if line.startswith("RssFile:"))
+
+
+def test_random_reads_keep_the_shards_out_of_rss(tmp_path):
+  """Training reads windows all over a corpus; the mapped pages must not pile up in RSS."""
+  tokens = np.random.default_rng(0).integers(0, 60000, 48 << 20, dtype=np.uint16)  # 96 MiB
+  (tmp_path / "shard_00000.bin").write_bytes(tokens.tobytes())
+  np.save(tmp_path / "documents.npy", np.array([0, tokens.size]))
+  (tmp_path / "manifest.json").write_text(json.dumps(
+      {"dtype": "uint16", "shards": [{"file": "shard_00000.bin", "tokens": int(tokens.size)}]}))
+  store = token_cache.open_store(tmp_path)
+  rng = np.random.default_rng(1)
+  before = _rss_file_kib()
+  for _ in range(100):  # 100 batches of 12 windows of 65 tokens
+    starts = rng.integers(0, tokens.size - 65, 12)
+    positions = starts[:, None] + np.arange(65)
+    np.testing.assert_array_equal(store.read(positions), tokens[positions])
+  assert _rss_file_kib() - before < 8 << 10
