@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from experiments.bench import gpu_check
+from treadle.train import perf
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "experiments" / "bench" / "gpu_check.sh"
@@ -50,7 +50,7 @@ def test_unknown_option_is_a_one_line_error():
     ("NVIDIA H200", 989e12), ("NVIDIA H200 NVL", 835e12), ("NVIDIA A100-SXM4-80GB", 312e12),
     ("NVIDIA L4", 121e12), ("NVIDIA L40S", None), ("TPU v4", 275e12), ("TPU v5 lite", 197e12),
     ("TPU v5e", 197e12), ("TPU v5", 459e12), ("TPU v5p", 459e12), ("TPU v6 lite", 918e12),
-    ("TPU v6e", 918e12), ("cpu", None), ("NVIDIA GeForce RTX 4090", None),
+    ("TPU v6e", 918e12), ("cpu", 370e9), ("NVIDIA GeForce RTX 4090", None),
 ])
 def test_peak_table_picks_the_most_specific_entry(device_kind, peak):
-  assert gpu_check.bf16_peak_flops(device_kind) == peak
+  assert perf.peak_flops(device_kind, "bfloat16") == peak

@@ -1,20 +1,41 @@
 """Model FLOPs per token and the peak-FLOPs table behind MFU."""
+import re
+
 from treadle.model import gpt
 
-# Dense peak FLOP/s per device. "cpu" entries are *measured* large-matmul throughput of
-# this project's 2-core AVX-512 dev machine (not a vendor figure), so CPU MFU elsewhere is
-# only indicative; experiments/bench/train_bench.py --peak_flops overrides the table.
+# Dense (no sparsity) peak FLOP/s per chip, by compute dtype: (pattern, FLOP/s), matched
+# against the lowercased jax `device_kind`, most specific pattern first. The "cpu" entries
+# are *measured* large-matmul throughput of this project's 2-core AVX-512 dev machine (not a
+# vendor figure), so CPU MFU elsewhere is only indicative; experiments/bench/train_bench.py
+# --peak_flops overrides the table. NVIDIA datasheets quote bf16 Tensor Core figures "with
+# sparsity"; the dense figure is half of it.
 PEAK_FLOPS = {
-    ("cpu", "float32"): 159e9,
-    ("cpu", "bfloat16"): 370e9,
-    ("h100", "bfloat16"): 989e12,
-    ("h100", "float32"): 67e12,
-    ("a100", "bfloat16"): 312e12,
-    ("a100", "float32"): 19.5e12,
-    ("h200", "bfloat16"): 989e12,
-    ("tpu v4", "bfloat16"): 275e12,
-    ("tpu v5e", "bfloat16"): 197e12,
-    ("tpu v5p", "bfloat16"): 459e12,
+    "bfloat16": [
+        (r"^cpu$", 370e9),
+        # NVIDIA H100 datasheet: PCIe 1,513 TFLOPS with sparsity, NVL 1,671 (per GPU),
+        # SXM 1,979 ("NVIDIA H100 80GB HBM3" is the SXM part).
+        (r"h100.*pcie", 756e12),
+        (r"h100.*nvl", 835e12),
+        (r"h100", 989e12),
+        # NVIDIA H200 datasheet: NVL 1,671 TFLOPS with sparsity, SXM 1,979.
+        (r"h200.*nvl", 835e12),
+        (r"h200", 989e12),
+        # NVIDIA A100 datasheet: 312 TFLOPS dense bf16, PCIe and SXM alike.
+        (r"a100", 312e12),
+        # NVIDIA L4 datasheet: 242 TFLOPS bf16 with sparsity. \b keeps "L40S" out.
+        (r"\bl4\b", 121e12),
+        # Google Cloud TPU system architecture pages, bf16 per chip: v4 275 TFLOPS, v5e 197,
+        # v5p 459, v6e (Trillium) 918. JAX names v5e "TPU v5 lite", v6e "TPU v6 lite".
+        (r"tpu v5 ?lite|tpu v5e", 197e12),
+        (r"tpu v5p|tpu v5$", 459e12),
+        (r"tpu v6 ?lite|tpu v6e", 918e12),
+        (r"tpu v4$", 275e12),
+    ],
+    "float32": [
+        (r"^cpu$", 159e9),
+        (r"h100", 67e12),   # NVIDIA H100 SXM datasheet, FP32 (not TF32)
+        (r"a100", 19.5e12),  # NVIDIA A100 datasheet, FP32
+    ],
 }
 
 
@@ -54,8 +75,7 @@ def flops_per_token(cfg: gpt.ModelConfig, seq_len: int) -> float:
 
 
 def peak_flops(device_kind: str, dtype: str) -> float | None:
-  kind = device_kind.lower()
-  for (name, d), value in PEAK_FLOPS.items():
-    if d == dtype and name in kind:
-      return value
-  return None
+  """The table's peak for this device kind ("cpu" for any CPU) and dtype, else None."""
+  kind = device_kind.lower().strip()
+  return next((peak for pattern, peak in PEAK_FLOPS.get(dtype, ()) if re.search(pattern, kind)),
+              None)

@@ -11,7 +11,6 @@ import argparse
 import dataclasses
 import os
 import pathlib
-import re
 import subprocess
 import sys
 import tempfile
@@ -19,37 +18,6 @@ import time
 import xml.etree.ElementTree as ET
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-
-# Dense (no sparsity) bf16 peak FLOP/s per chip, most specific pattern first; matched
-# against jax.devices()[0].device_kind lowercased. NVIDIA datasheets quote bf16 Tensor Core
-# figures "with sparsity"; the dense figure is half of it.
-BF16_PEAK_FLOPS = [
-    # NVIDIA H100 Tensor Core GPU datasheet: H100 PCIe 1,513 TFLOPS with sparsity,
-    # H100 NVL 1,671 (per GPU), H100 SXM 1,979 ("NVIDIA H100 80GB HBM3" is the SXM part).
-    (r"h100.*pcie", 756e12),
-    (r"h100.*nvl", 835e12),
-    (r"h100", 989e12),
-    # NVIDIA H200 datasheet: H200 NVL 1,671 TFLOPS with sparsity, H200 SXM 1,979.
-    (r"h200.*nvl", 835e12),
-    (r"h200", 989e12),
-    # NVIDIA A100 datasheet: 312 TFLOPS dense bf16 (624 with sparsity), PCIe and SXM alike.
-    (r"a100", 312e12),
-    # NVIDIA L4 datasheet: 242 TFLOPS bf16 with sparsity. \b keeps "L40S" out.
-    (r"\bl4\b", 121e12),
-    # Google Cloud TPU system architecture pages, bf16 peak per chip: v4 275 TFLOPS,
-    # v5e 197, v5p 459, v6e (Trillium) 918. JAX names v5e "TPU v5 lite", v6e "TPU v6 lite".
-    (r"tpu v5 ?lite|tpu v5e", 197e12),
-    (r"tpu v5p|tpu v5$", 459e12),
-    (r"tpu v6 ?lite|tpu v6e", 918e12),
-    (r"tpu v4$", 275e12),
-]
-
-
-def bf16_peak_flops(device_kind: str) -> float | None:
-  """The table's peak for this device kind, or None when it is not in the table."""
-  kind = device_kind.lower().strip()
-  return next((peak for pattern, peak in BF16_PEAK_FLOPS if re.search(pattern, kind)), None)
-
 
 @dataclasses.dataclass(frozen=True)
 class Sizes:
@@ -191,7 +159,7 @@ def report_training(model, sizes: Sizes, timed: int, seconds: float, compile_s: 
   flops_per_token = perf.flops_per_token(model, sizes.seq_len)  # 6N + attention
   achieved = tokens_per_second * flops_per_token
   device = jax.devices()[0]
-  peak = None if device.platform == "cpu" else bf16_peak_flops(device.device_kind)
+  peak = None if device.platform == "cpu" else perf.peak_flops(device.device_kind, "bfloat16")
   print(f"train: {perf.num_params(model) / 1e6:.1f}M params, {model.num_layers}L/"
         f"{model.embed_dim}d/{model.num_heads}H, T={sizes.seq_len}, batch {sizes.batch_size}, "
         f"bf16 compute, fp32 weights, {jax.device_count()} device(s)")
