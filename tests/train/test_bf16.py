@@ -1,17 +1,12 @@
 """bf16 compute trains like fp32: fp32 master weights and optimizer state, fp32 loss."""
+import dataclasses
 import json
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from tests.conftest import run_cli
-from treadle.train import config as config_lib
-from treadle.train import mesh as mesh_lib
-from treadle.train import optimizer
-from treadle.train import state as state_lib
-from treadle.train import step as step_lib
-from treadle.train.tasks import lm
+from tests.train import test_sharding
 
 STEPS = 200
 
@@ -35,21 +30,9 @@ def test_bf16_train_losses_track_fp32_within_2_percent(tmp_path, text_file):
 
 
 def test_bf16_step_keeps_fp32_master_weights_optimizer_state_and_loss():
-  model = config_lib.section("model", vocab_size=61, max_seq_len=16, num_layers=2, num_heads=4,
-                             embed_dim=32, compute_dtype="bfloat16")
-  opt = config_lib.section("optimizer", warmup_steps=1)
-  mesh = mesh_lib.make_mesh((1, 1, 1), jax.devices()[:1])
-  rules = mesh_lib.rules("dp")
-  tx = optimizer.build(opt, 10)
-  shardings = state_lib.shardings(model, tx, mesh, rules)
-  state = state_lib.create(model, tx, 0, shardings)
-  graphdef, _, _ = state_lib.model_graph(model)
-  batch_sharding = mesh_lib.batch_sharding(mesh)
-  train, _ = step_lib.compile_steps(lm.LanguageModeling(), graphdef, tx,
-                                    optimizer.schedule(opt, 10), 1, False, rules, shardings,
-                                    batch_sharding)
-  tokens = np.random.default_rng(0).integers(0, 61, (4, 17), dtype=np.int32)
-  state, metrics = train(state, {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]})
+  model = dataclasses.replace(test_sharding.MODEL, dropout=0.0, compute_dtype="bfloat16")
+  train, state, _ = test_sharding.compile_train((1, 1, 1), "dp", jax.devices()[:1], model=model)
+  state, metrics = train(state, test_sharding.batches(1)[0])
   floats = [x for x in jax.tree.leaves((state.params, state.opt_state))
             if jnp.issubdtype(x.dtype, jnp.floating)]
   assert floats and all(x.dtype == jnp.float32 for x in floats)

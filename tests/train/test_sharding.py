@@ -20,14 +20,14 @@ OPT = config_lib.section("optimizer", warmup_steps=1)
 BATCH = 16
 
 
-def _batches(n=3):
+def batches(n=3):
   rng = np.random.default_rng(0)
   tokens = rng.integers(0, MODEL.vocab_size, (n, BATCH, MODEL.max_seq_len + 1), dtype=np.int32)
   return [{"inputs": t[:, :-1], "targets": t[:, 1:]} for t in tokens]
 
 
-def train_steps(shape, rules_name, devices, accum_steps=1, model=MODEL):
-  """3 steps from seed 0 on the given mesh; returns (losses, params on host, state)."""
+def compile_train(shape, rules_name, devices, accum_steps=1, model=MODEL):
+  """(jitted train step, initial state from seed 0, batch sharding) on the given mesh."""
   mesh = mesh_lib.make_mesh(shape, devices)
   rules = mesh_lib.rules(rules_name)
   tx = optimizer.build(OPT, 10)
@@ -38,9 +38,15 @@ def train_steps(shape, rules_name, devices, accum_steps=1, model=MODEL):
   train, _ = step_lib.compile_steps(lm.LanguageModeling(), graphdef, tx,
                                     optimizer.schedule(OPT, 10), accum_steps,
                                     model.dropout > 0, rules, shardings, batch_sharding)
+  return train, state, batch_sharding
+
+
+def train_steps(shape, rules_name, devices, accum_steps=1, model=MODEL):
+  """3 steps from seed 0 on the given mesh; returns (losses, params on host, state)."""
+  train, state, batch_sharding = compile_train(shape, rules_name, devices, accum_steps, model)
   losses = []
   with jax.default_matmul_precision("highest"):
-    for b in _batches():
+    for b in batches():
       state, m = train(state, {k: jax.device_put(v, batch_sharding) for k, v in b.items()})
       losses.append(float(m["train_loss"]))
   return losses, jax.device_get(state.params), state
