@@ -95,7 +95,7 @@ def main(argv) -> None:
     sampler.encode_prompts(prompts)  # validate before generating anything
     _print_samples(sampler, prompts, args)
   except (ValueError, FileNotFoundError) as e:
-    entry.fail(str(e).splitlines()[0])
+    entry.fail_with(e)
 
 
 def run() -> None:

@@ -41,7 +41,7 @@ def main(argv) -> None:
         else:
           print(f"{path}[{i}]: {result['label']} ({result['probability']:.1%})")
   except (ValueError, FileNotFoundError) as e:
-    entry.fail(str(e).splitlines()[0])
+    entry.fail_with(e)
 
 
 def run() -> None:

@@ -95,12 +95,12 @@ class Sampler:
       out = mesh_lib.param_shardings(specs, mesh, mesh_lib.rules(rules))
       mesh_lib.check_divisible(abstract, out)
       return out
-    if dtype is not None:  # a bad name fails here, before any tensor is read
-      dataclasses.replace(cfg.model, compute_dtype=dtype)
-    read_as = None if merge_lora and cfg.model.lora_rank else dtype  # merge in float32
+    # the model config checks the name, before any tensor is read
+    weights = dataclasses.replace(cfg.model, compute_dtype=dtype).dtype if dtype else None
+    merging = merge_lora and cfg.model.lora_rank  # merges in float32; __init__ casts after
     params, step = checkpoint.load_params(workdir, step, cfg.model, shardings,
-                                          read_as and jnp.dtype(read_as))
-    if merge_lora and cfg.model.lora_rank:
+                                          None if merging else weights)
+    if merging:
       merged_cfg = dataclasses.replace(cfg.model, lora_rank=0)
       merged_shardings = mesh_lib.param_shardings(state_lib.model_graph(merged_cfg)[2], mesh,
                                                   mesh_lib.rules(rules))

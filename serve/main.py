@@ -94,7 +94,7 @@ def main(argv) -> None:
   try:
     sampler = _load(_WORKDIR.value)
   except (ValueError, FileNotFoundError) as e:
-    entry.fail(str(e).splitlines()[0])
+    entry.fail_with(e)
   engine = engine_lib.Engine(sampler, _MAX_BATCH.value, _MAX_QUEUE.value)
   engine.warm_up()
   name = pathlib.Path(_WORKDIR.value).resolve().name
