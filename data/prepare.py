@@ -37,14 +37,12 @@ def main(argv) -> None:
   from treadle.train import config as config_lib
   from treadle.train import logs
   logs.setup()
-  try:
+  with entry.one_line_errors(ValueError, FileNotFoundError, RuntimeError):
     cfg = config_lib.split(_CONFIG.value)
     if cfg.task != "lm":
       raise ValueError(f"task={cfg.task!r}: treadle-prepare tokenizes text corpora (task=lm)")
     start = time.perf_counter()
     data = corpus.load(cfg.data)
-  except (ValueError, FileNotFoundError, RuntimeError) as e:
-    entry.fail_with(e)
   print(_report(data, time.perf_counter() - start))
   logging.getLogger("treadle").info("token cache ready")
 

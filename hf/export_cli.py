@@ -31,11 +31,9 @@ def main(argv) -> None:
   from treadle.hf import exporter
   from treadle.train import logs
   logs.setup()
-  try:
+  with entry.one_line_errors():
     exporter.export(_WORKDIR.value, _HF_DIR.value, step, _MERGE_LORA.value,
                     _MAX_SHARD_MB.value * 1024**2)
-  except (ValueError, FileNotFoundError) as e:
-    entry.fail_with(e)
 
 
 def run() -> None:

@@ -35,10 +35,8 @@ def main(argv) -> None:
   from treadle.hf import importer
   from treadle.train import logs
   logs.setup()
-  try:
+  with entry.one_line_errors():
     importer.import_model(_HF_DIR.value, _WORKDIR.value, _CONFIG.value)
-  except (ValueError, FileNotFoundError) as e:
-    entry.fail_with(e)
 
 
 def run() -> None:

@@ -83,7 +83,7 @@ def main(argv) -> None:
   from treadle.infer import sampler as sampler_lib  # after flag parsing: a bad flag never starts jax
   from treadle.train import logs
   logs.setup()
-  try:
+  with entry.one_line_errors():
     shape = tuple(int(x) for x in _MESH.value.split(","))
     args = dict(max_new_tokens=_MAX_NEW.value, temperature=_TEMPERATURE.value,
                 top_k=_TOP_K.value, top_p=_TOP_P.value)
@@ -94,8 +94,6 @@ def main(argv) -> None:
         merge_lora=_MERGE_LORA.value, dtype=_DTYPE.value)
     sampler.encode_prompts(prompts)  # validate before generating anything
     _print_samples(sampler, prompts, args)
-  except (ValueError, FileNotFoundError) as e:
-    entry.fail_with(e)
 
 
 def run() -> None:

@@ -26,7 +26,7 @@ def main(argv) -> None:
     entry.fail("--workdir and --input are required")
   from treadle.train import logs
   logs.setup()
-  try:
+  with entry.one_line_errors():
     predictor = predictor_lib.Predictor.from_workdir(_WORKDIR.value,
                                                      entry.checkpoint_step(_STEP.value))
     for path in _INPUT.value:
@@ -40,8 +40,6 @@ def main(argv) -> None:
           print(json.dumps({"input": path, "index": i, **result}))
         else:
           print(f"{path}[{i}]: {result['label']} ({result['probability']:.1%})")
-  except (ValueError, FileNotFoundError) as e:
-    entry.fail_with(e)
 
 
 def run() -> None:

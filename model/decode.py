@@ -55,11 +55,15 @@ def sample_token(logits_BV: jax.Array, keys_B: jax.Array, params: SamplingParams
   greedy_B = jnp.argmax(logits, axis=-1)
   scaled = logits / jnp.maximum(params.temperature, 1e-6)
   V = logits.shape[-1]
+  # One sort serves both filters: masking below the k-th value keeps the sorted order, so
+  # the top-k-filtered values, sorted, are the sorted values masked the same way (each sort
+  # of a [32, 65] batch was ~5% of a batch-32 decode step at the CPU recipe size).
   sorted_desc = -jnp.sort(-scaled, axis=-1)
   kth = jnp.take(sorted_desc, jnp.clip(params.top_k - 1, 0, V - 1), axis=-1)[:, None]
-  scaled = jnp.where((params.top_k > 0) & (scaled < kth), -jnp.inf, scaled)
+  below_kth = lambda x: (params.top_k > 0) & (x < kth)
+  scaled = jnp.where(below_kth(scaled), -jnp.inf, scaled)
+  sorted_desc = jnp.where(below_kth(sorted_desc), -jnp.inf, sorted_desc)
   # nucleus: the smallest set of top tokens whose probability reaches top_p
-  sorted_desc = -jnp.sort(-scaled, axis=-1)
   probs = jax.nn.softmax(sorted_desc, axis=-1)
   kept = jnp.sum((jnp.cumsum(probs, axis=-1) - probs) < params.top_p, axis=-1)
   threshold = jnp.take_along_axis(sorted_desc, jnp.maximum(kept, 1)[:, None] - 1, axis=-1)

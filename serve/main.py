@@ -91,10 +91,8 @@ def main(argv) -> None:
   from treadle.serve import engine as engine_lib
   from treadle.train import logs
   logs.setup()
-  try:
+  with entry.one_line_errors():
     sampler = _load(_WORKDIR.value)
-  except (ValueError, FileNotFoundError) as e:
-    entry.fail_with(e)
   engine = engine_lib.Engine(sampler, _MAX_BATCH.value, _MAX_QUEUE.value)
   engine.warm_up()
   name = pathlib.Path(_WORKDIR.value).resolve().name

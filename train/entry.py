@@ -2,6 +2,7 @@
 
 Imports nothing heavy: entry points choose jax's device layout after parsing flags.
 """
+import contextlib
 import os
 import sys
 import threading
@@ -35,6 +36,16 @@ def first_line(error: BaseException) -> str:
 
 def fail_with(error: BaseException, code: int = 2) -> NoReturn:
   fail(first_line(error), code)
+
+
+@contextlib.contextmanager
+def one_line_errors(*kinds: type[Exception]):
+  """A command's body: these errors (default ValueError and FileNotFoundError, how treadle
+  reports bad input) end it with `error: <first line>` and exit code 2, no traceback."""
+  try:
+    yield
+  except (kinds or (ValueError, FileNotFoundError)) as e:
+    fail_with(e)
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -1,16 +1,19 @@
 """Decode tokens/second: treadle cached vs full-recompute decoding, beside nanoGPT's sampler.
 
-Model: the shakespeare_char size (6 layers, 6 heads, 384 wide, context 256, vocab 65), fp32,
-random parameters. Each case samples (temperature 0.8, top_k 200, as nanoGPT's sample.py)
-from 1-token prompts; 500 new tokens run past the 256 context, where treadle's cache slides.
-Prompt and output lengths round up to multiples of 64 as in infer/sampler.py.
+Two model sizes (`--size`), random parameters: `shakespeare_char` (6 layers, 6 heads, 384
+wide, context 256) and `cpu_recipe` (nanoGPT's CPU recipe: 4 layers, 4 heads, 128 wide,
+context 64), vocab 65. Weights in `--dtype` (float32, or bfloat16 cast at load as
+`treadle-sample --dtype bfloat16` does; nanoGPT stays fp32). Each case samples (temperature
+0.8, top_k 200, as nanoGPT's sample.py) from 1-token prompts; 500 new tokens run past the
+context, where treadle's cache slides. Prompt and output lengths round up to multiples of 64
+as in infer/sampler.py.
 
 Compile time is excluded (a 2-new-token run with the same shapes compiles each case first).
 Cases run interleaved, one of each per round; the table gives medians over rounds and the
 median of the per-round ratios, so a neighbour's load on the shared CPU hits every case alike.
 
-  .venv/bin/python -m experiments.bench.decode_bench --nanogpt_dir ../peers/nanoGPT \
-      --torch_python ../peers/torchvenv/bin/python
+  .venv/bin/python -m experiments.bench.decode_bench --size cpu_recipe \
+      --nanogpt_dir ../peers/nanoGPT --torch_python ../peers/torchvenv/bin/python
 """
 import argparse
 import dataclasses
@@ -30,23 +33,25 @@ from treadle.model import decode
 from treadle.train import config as config_lib
 from treadle.train import state as state_lib
 
-MODEL = config_lib.section(
-    "model", vocab_size=65, max_seq_len=256, num_layers=6, num_heads=6, embed_dim=384)
+# name: (layers, heads, width, context), both nanoGPT recipes' shapes
+SIZES = {"shakespeare_char": (6, 6, 384, 256), "cpu_recipe": (4, 4, 128, 64)}
+VOCAB = 65
 TEMPERATURE, TOP_K = 0.8, 200
 _BUCKET = 64  # as infer/sampler.py
 
 # Runs in the peer's own venv: nanoGPT's GPT.generate re-encodes the (cropped) context for
-# every new token. argv: nanogpt_dir new_tokens threads seed; prints tokens/second.
+# every new token. argv: nanogpt_dir new_tokens threads seed layers heads width context;
+# prints tokens/second.
 _NANOGPT_DRIVER = """
 import sys, time
 sys.path.insert(0, sys.argv[1])
 import torch
 from model import GPT, GPTConfig  # nanoGPT's model.py (sys.path above)
-new_tokens, threads, seed = map(int, sys.argv[2:5])
+new_tokens, threads, seed, layers, heads, width, context = map(int, sys.argv[2:9])
 torch.set_num_threads(threads)
 torch.manual_seed(seed)
-cfg = GPTConfig(block_size=256, vocab_size=65, n_layer=6, n_head=6, n_embd=384, dropout=0.0,
-                bias=False)
+cfg = GPTConfig(block_size=context, vocab_size=65, n_layer=layers, n_head=heads, n_embd=width,
+                dropout=0.0, bias=False)
 model = GPT(cfg).eval()  # fp32 on the CPU
 idx = torch.zeros((1, 1), dtype=torch.long)
 with torch.no_grad():
@@ -73,12 +78,21 @@ def _round_up(n: int, multiple: int) -> int:
   return -(-n // multiple) * multiple
 
 
+def model_config(size: str, dtype: str):
+  layers, heads, width, context = SIZES[size]
+  return config_lib.section("model", vocab_size=VOCAB, max_seq_len=context, num_layers=layers,
+                            num_heads=heads, embed_dim=width, compute_dtype=dtype)
+
+
 class TreadleDecoder:
   """Random parameters; prefill and the two decode loops jitted as infer/sampler.py does."""
 
-  def __init__(self, seed: int):
-    self.graphdef, _, _ = state_lib.model_graph(MODEL)
-    self.params = state_lib.random_params(MODEL, seed)
+  def __init__(self, size: str, dtype: str, seed: int):
+    model = model_config(size, dtype)
+    self.graphdef, _, _ = state_lib.model_graph(model)
+    params = state_lib.random_params(model, seed)  # fp32 master weights, as a run saves them
+    self.params = jax.tree.map(lambda x: x.astype(model.dtype) if x.dtype == jnp.float32 else x,
+                               params)  # cast at load, as Sampler(..., dtype) does
     self.seed = seed
     self.sampling = decode.SamplingParams(jnp.float32(TEMPERATURE), jnp.int32(TOP_K),
                                           jnp.float32(1.0))
@@ -96,7 +110,7 @@ class TreadleDecoder:
     return loop
 
   def _inputs(self, case: Case) -> tuple[jax.Array, jax.Array, int]:
-    prompts = np.random.default_rng(self.seed).integers(0, MODEL.vocab_size, (case.batch_size, 1))
+    prompts = np.random.default_rng(self.seed).integers(0, VOCAB, (case.batch_size, 1))
     prompt_len = _BUCKET
     total_len = prompt_len + _round_up(case.new_tokens, _BUCKET)
     tokens, pad = decode.left_pad(prompts.tolist(), total_len, prompt_len)
@@ -127,8 +141,9 @@ class TreadleDecoder:
 
 def nanogpt_tokens_per_second(args: argparse.Namespace, case: Case) -> float:
   """One timed nanoGPT generate in a fresh peer process (its start-up is not timed)."""
+  shape = [str(n) for n in SIZES[args.size]]
   out = subprocess.run([args.torch_python, "-c", _NANOGPT_DRIVER, args.nanogpt_dir,
-                        str(case.new_tokens), str(args.cores), str(args.seed)],
+                        str(case.new_tokens), str(args.cores), str(args.seed), *shape],
                        check=True, capture_output=True, text=True)
   return float(out.stdout.strip().splitlines()[-1])
 
@@ -147,7 +162,7 @@ def cases(args: argparse.Namespace) -> list[Case]:
 
 def measure(args: argparse.Namespace) -> dict[Case, list[float]]:
   """Compiles each treadle case, then runs every case once per round."""
-  decoder = TreadleDecoder(args.seed)
+  decoder = TreadleDecoder(args.size, args.dtype, args.seed)
   listed = cases(args)
   for case in listed:
     if not case.nanogpt:
@@ -165,7 +180,7 @@ def ratios(samples: dict[Case, list[float]], batch_size: int) -> dict[str, float
   """Median over rounds of each per-round ratio of two cases' tokens/s."""
   by_key = {case.key: rates for case, rates in samples.items()}
   b = batch_size
-  pairs = {f"cached_b{b} / cached_b1 (issue: >= 10)": (f"cached_b{b}", "cached_b1"),
+  pairs = {f"cached_b{b} / cached_b1 (issue: >= 8)": (f"cached_b{b}", "cached_b1"),
            "cached_b1 / recompute_b1": ("cached_b1", "recompute_b1"),
            f"cached_b{b} / recompute_b{b}": (f"cached_b{b}", f"recompute_b{b}"),
            "cached_b1 / nanogpt_b1 (issue: >= 20)": ("cached_b1", "nanogpt_b1"),
@@ -178,16 +193,22 @@ def report(args: argparse.Namespace, samples: dict[Case, list[float]], load: tup
   cases_out = [{"key": c.key, "name": c.name, "batch_size": c.batch_size,
                 "new_tokens": c.new_tokens, "tokens_per_second": statistics.median(rates),
                 "samples": rates} for c, rates in samples.items()]
-  return {"date": datetime.date.today().isoformat(), "machine": machine.describe(),
+  return {"date": datetime.date.today().isoformat(), "size": args.size, "dtype": args.dtype,
+          "machine": machine.describe(),
           "cpus": os.cpu_count(), "cores_used": args.cores, "load_average_before_after": load,
           "jax": jax.__version__, "repeats": args.repeats, "cases": cases_out,
           "ratios": ratios(samples, args.batch_size)}
 
 
 def print_table(result: dict) -> None:
-  print(f"decode tokens/s: 6L/6H/384D, context 256, fp32, {result['cores_used']} of "
-        f"{result['cpus']} cores, {result['machine']}, median of {result['repeats']} rounds, "
+  layers, heads, width, context = SIZES[result["size"]]
+  print(f"decode tokens/s: {result['size']} ({layers}L/{heads}H/{width}D, context {context}), "
+        f"treadle weights {result['dtype']}, {result['cores_used']} of {result['cpus']} cores, "
+        f"{result['machine']}, jax {result['jax']}, median of {result['repeats']} rounds, "
         f"{result['date']}")
+  if result["dtype"] == "bfloat16" and "AVX512_BF16: no" in result["machine"]:
+    print("note: this CPU lacks AVX512_BF16, so XLA:CPU runs the bf16 dots in fp32 (no gain); "
+          "rerun with --dtype float32 for this machine's figures")
   print(f"{'case':20} {'batch':>5} {'new tokens':>10} {'tokens/s':>10}   rounds")
   for c in result["cases"]:
     rounds = " ".join(f"{s:.1f}" for s in c["samples"])
@@ -200,6 +221,9 @@ def print_table(result: dict) -> None:
 
 def parse_args() -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--size", choices=sorted(SIZES), default="shakespeare_char")
+  p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                 help="treadle's weights, cast at load (nanoGPT stays fp32)")
   p.add_argument("--new_tokens", type=int, default=500)
   p.add_argument("--batch_size", type=int, default=32)
   p.add_argument("--recompute_tokens", type=int, default=32,

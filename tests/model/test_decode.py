@@ -217,3 +217,29 @@ def test_decode_loop_updates_the_cache_in_place(batch):
   updates = [line for line in sized if "dynamic-update-slice" in line]
   assert len(updates) >= 2 * cfg.num_layers, sized
   assert copies == []
+
+
+def _two_sort_filter(logits_BV, params):
+  """The filters as first written: top-k, then a fresh sort for top-p."""
+  scaled = logits_BV / jnp.maximum(params.temperature, 1e-6)
+  V = logits_BV.shape[-1]
+  sorted_desc = -jnp.sort(-scaled, axis=-1)
+  kth = jnp.take(sorted_desc, jnp.clip(params.top_k - 1, 0, V - 1), axis=-1)[:, None]
+  scaled = jnp.where((params.top_k > 0) & (scaled < kth), -jnp.inf, scaled)
+  sorted_desc = -jnp.sort(-scaled, axis=-1)
+  probs = jax.nn.softmax(sorted_desc, axis=-1)
+  kept = jnp.sum((jnp.cumsum(probs, axis=-1) - probs) < params.top_p, axis=-1)
+  threshold = jnp.take_along_axis(sorted_desc, jnp.maximum(kept, 1)[:, None] - 1, axis=-1)
+  return jnp.where(scaled < threshold, -jnp.inf, scaled)
+
+
+@pytest.mark.parametrize("top_k,top_p", [(0, 1.0), (5, 1.0), (0, 0.8), (7, 0.6), (64, 0.3)])
+def test_one_sort_sampling_draws_what_two_sorts_drew(top_k, top_p):
+  """sample_token sorts once for both filters; it must draw exactly the tokens of the
+  two-sort form (ties included: logits are rounded so many rows repeat values)."""
+  logits = jnp.round(jax.random.normal(jax.random.key(1), (256, 65)) * 4) / 2
+  params = decode.SamplingParams(jnp.float32(0.8), jnp.int32(top_k), jnp.float32(top_p))
+  keys = decode.row_keys(jax.random.key(2), 256)
+  expected = jax.vmap(jax.random.categorical)(keys, _two_sort_filter(logits, params))
+  got = jax.jit(decode.sample_token)(logits, keys, params)
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))

@@ -29,3 +29,23 @@ def test_the_error_starts_its_own_line_when_other_threads_print():
 def test_a_command_without_threads_prints_only_the_error_line():
   proc = _run("from treadle.train import entry; entry.fail('bad --step')")
   assert (proc.returncode, proc.stderr) == (2, "error: bad --step\n")
+
+
+_ONE_LINE_ERRORS = """
+import sys
+from treadle.train import entry
+kinds = {"default": (), "runtime": (RuntimeError,)}[sys.argv[1]]
+with entry.one_line_errors(*kinds):
+  raise {"value": ValueError, "runtime": RuntimeError}[sys.argv[2]]("bad --x\\nmore detail")
+"""
+
+
+def test_one_line_errors_turns_the_named_errors_into_the_error_line_and_lets_others_through():
+  run = lambda kinds, raised: subprocess.run(
+      [sys.executable, "-c", _ONE_LINE_ERRORS, kinds, raised], cwd=REPO, capture_output=True,
+      text=True, timeout=60)
+  for kinds, raised in (("default", "value"), ("runtime", "runtime")):
+    proc = run(kinds, raised)
+    assert (proc.returncode, proc.stderr) == (2, "error: bad --x\n"), (kinds, proc.stderr)
+  proc = run("runtime", "value")  # not named: a traceback, exit 1
+  assert proc.returncode == 1 and "Traceback" in proc.stderr and "ValueError" in proc.stderr
