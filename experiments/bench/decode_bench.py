@@ -207,8 +207,8 @@ def print_table(result: dict) -> None:
         f"{result['machine']}, jax {result['jax']}, median of {result['repeats']} rounds, "
         f"{result['date']}")
   if result["dtype"] == "bfloat16" and "AVX512_BF16: no" in result["machine"]:
-    print("note: this CPU lacks AVX512_BF16, so XLA:CPU runs the bf16 dots in fp32 (no gain); "
-          "rerun with --dtype float32 for this machine's figures")
+    print("note: this CPU lacks AVX512_BF16: XLA:CPU converts bf16 dots to fp32, slower than "
+          "--dtype float32; this machine's figures are the float32 run's")
   print(f"{'case':20} {'batch':>5} {'new tokens':>10} {'tokens/s':>10}   rounds")
   for c in result["cases"]:
     rounds = " ".join(f"{s:.1f}" for s in c["samples"])

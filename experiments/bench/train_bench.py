@@ -26,7 +26,8 @@ from experiments.bench import machine  # noqa: E402
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WINDOWS = flags.DEFINE_integer("windows", 5, "Timed windows (the median is reported).")
 _STEPS = flags.DEFINE_integer("steps", 20, "Steps per timed window.")
-_PEAK = flags.DEFINE_float("peak_flops", 0.0, "Peak FLOP/s for MFU; 0 = the table in train/perf.py.")
+_PEAK = flags.DEFINE_float("peak_flops", 0.0, "Peak FLOP/s for MFU; 0 = measured on a CPU "
+                           "(matmul_peak), the table in train/perf.py on an accelerator.")
 _SAVE_EVERY = flags.DEFINE_integer("save_every", 10, "Steps between saves when timing checkpoints.")
 _JSON = flags.DEFINE_bool("json", False, "Print JSON instead of a table.")
 
@@ -52,6 +53,29 @@ def _pipeline_rate(run, data_iter, batches: int) -> float:
   for _ in range(batches):
     jax.block_until_ready(loop._global_batch(run, next(data_iter)))
   return batches / (time.perf_counter() - start)
+
+
+def matmul_peak(dtype: str, size: int = 2048, repeats: int = 5) -> float:
+  """FLOP/s of one large square matmul per device, all devices at once (best of `repeats`):
+  the peak a CPU's MFU is measured against here, in the run's compute dtype (the table's CPU
+  entries are another machine's)."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  n = jax.device_count()
+  mesh = jax.sharding.Mesh(np.array(jax.devices()), ("d",))
+  spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d"))
+  make = jax.jit(lambda k: jax.random.normal(k, (n, size, size), jnp.dtype(dtype)),
+                 out_shardings=spec)
+  a, b = make(jax.random.key(0)), make(jax.random.key(1))
+  matmul = jax.jit(lambda a, b: jnp.einsum("nij,njk->nik", a, b), out_shardings=spec)
+  jax.block_until_ready(matmul(a, b))
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(matmul(a, b))
+    best = min(best, time.perf_counter() - start)
+  return 2 * n * size**3 / best
 
 
 def measure(cfg) -> dict:
@@ -88,10 +112,13 @@ def measure(cfg) -> dict:
   tokens = cfg.train.batch_size * run.task.units_per_example(cfg)
   flops_token = run.task.flops_per_unit(cfg)
   device = jax.devices()[0]
-  peak = _PEAK.value or perf.peak_flops(
-      "cpu" if device.platform == "cpu" else device.device_kind, cfg.model.compute_dtype)
-  if peak and device.platform != "cpu":
-    peak *= jax.device_count()
+  if _PEAK.value:
+    peak, source = _PEAK.value, "--peak_flops"
+  elif device.platform == "cpu":
+    peak, source = matmul_peak(cfg.model.compute_dtype), "measured (matmul_peak)"
+  else:
+    peak, source = perf.peak_flops(device.device_kind, cfg.model.compute_dtype), "table"
+    peak = peak * jax.device_count() if peak else None
   pipeline = _pipeline_rate(run, data_iter, 200)
   return {
       "machine": machine.describe(),
@@ -100,6 +127,7 @@ def measure(cfg) -> dict:
       "step_ms_windows": [w * 1e3 for w in windows], "tokens_per_second": tokens / step_s,
       "time_to_first_step_s": first_step, "flops_per_token": flops_token,
       "achieved_flops": tokens / step_s * flops_token, "peak_flops": peak,
+      "peak_flops_source": source,
       "mfu": (tokens / step_s * flops_token / peak) if peak else None,
       "pipeline_batches_per_second": pipeline, "consumed_batches_per_second": 1 / step_s,
       "pipeline_headroom": pipeline * step_s,
