@@ -59,7 +59,7 @@ class Sampler:
     the floating weights and of the computation: weights are cast once, here."""
     if dtype is not None:
       cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, compute_dtype=dtype))
-      params = _cast(params, cfg.model.dtype)  # the model checks the dtype name
+      params = cast_weights(params, cfg.model.dtype)  # the model checks the dtype name
     self.cfg, self.tokenizer, self.params, self.mesh, self.step = cfg, tokenizer, params, mesh, step
     self.graphdef, _, _ = state_lib.model_graph(cfg.model)
     self.window = cfg.model.max_seq_len
@@ -193,7 +193,7 @@ class Sampler:
       produced += steps
 
 
-def _cast(params, dtype):
+def cast_weights(params, dtype):
   """Floating weights in `dtype`, on the shardings they had (no work if they already are)."""
   floating = lambda x: jnp.issubdtype(x.dtype, jnp.floating)
   if all(x.dtype == dtype for x in jax.tree.leaves(params) if floating(x)):

@@ -29,12 +29,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.bench import machine
+from experiments.bench.train_vs_nanogpt import SIZES  # the two nanoGPT recipes
+from treadle.infer import sampler as sampler_lib
 from treadle.model import decode
 from treadle.train import config as config_lib
 from treadle.train import state as state_lib
 
-# name: (layers, heads, width, context), both nanoGPT recipes' shapes
-SIZES = {"shakespeare_char": (6, 6, 384, 256), "cpu_recipe": (4, 4, 128, 64)}
 VOCAB = 65
 TEMPERATURE, TOP_K = 0.8, 200
 _BUCKET = 64  # as infer/sampler.py
@@ -78,8 +78,14 @@ def _round_up(n: int, multiple: int) -> int:
   return -(-n // multiple) * multiple
 
 
+def shape(size: str) -> tuple[int, int, int, int]:
+  """(layers, heads, width, context) of a nanoGPT recipe."""
+  s = SIZES[size]
+  return s.num_layers, s.num_heads, s.embed_dim, s.seq_len
+
+
 def model_config(size: str, dtype: str):
-  layers, heads, width, context = SIZES[size]
+  layers, heads, width, context = shape(size)
   return config_lib.section("model", vocab_size=VOCAB, max_seq_len=context, num_layers=layers,
                             num_heads=heads, embed_dim=width, compute_dtype=dtype)
 
@@ -91,8 +97,7 @@ class TreadleDecoder:
     model = model_config(size, dtype)
     self.graphdef, _, _ = state_lib.model_graph(model)
     params = state_lib.random_params(model, seed)  # fp32 master weights, as a run saves them
-    self.params = jax.tree.map(lambda x: x.astype(model.dtype) if x.dtype == jnp.float32 else x,
-                               params)  # cast at load, as Sampler(..., dtype) does
+    self.params = sampler_lib.cast_weights(params, model.dtype)  # as Sampler(..., dtype) does
     self.seed = seed
     self.sampling = decode.SamplingParams(jnp.float32(TEMPERATURE), jnp.int32(TOP_K),
                                           jnp.float32(1.0))
@@ -141,9 +146,9 @@ class TreadleDecoder:
 
 def nanogpt_tokens_per_second(args: argparse.Namespace, case: Case) -> float:
   """One timed nanoGPT generate in a fresh peer process (its start-up is not timed)."""
-  shape = [str(n) for n in SIZES[args.size]]
+  dims = [str(n) for n in shape(args.size)]
   out = subprocess.run([args.torch_python, "-c", _NANOGPT_DRIVER, args.nanogpt_dir,
-                        str(case.new_tokens), str(args.cores), str(args.seed), *shape],
+                        str(case.new_tokens), str(args.cores), str(args.seed), *dims],
                        check=True, capture_output=True, text=True)
   return float(out.stdout.strip().splitlines()[-1])
 
@@ -201,12 +206,12 @@ def report(args: argparse.Namespace, samples: dict[Case, list[float]], load: tup
 
 
 def print_table(result: dict) -> None:
-  layers, heads, width, context = SIZES[result["size"]]
+  layers, heads, width, context = shape(result["size"])
   print(f"decode tokens/s: {result['size']} ({layers}L/{heads}H/{width}D, context {context}), "
         f"treadle weights {result['dtype']}, {result['cores_used']} of {result['cpus']} cores, "
         f"{result['machine']}, jax {result['jax']}, median of {result['repeats']} rounds, "
         f"{result['date']}")
-  if result["dtype"] == "bfloat16" and "AVX512_BF16: no" in result["machine"]:
+  if result["dtype"] == "bfloat16" and not machine.has_native_bf16():
     print("note: this CPU lacks AVX512_BF16: XLA:CPU converts bf16 dots to fp32, slower than "
           "--dtype float32; this machine's figures are the float32 run's")
   print(f"{'case':20} {'batch':>5} {'new tokens':>10} {'tokens/s':>10}   rounds")
