@@ -24,7 +24,7 @@ from treadle.train import fileio
 from treadle.train import interrupts
 from treadle.train import metrics
 
-INTERRUPTED_EXIT_CODE = 75  # treadle-train's: checkpoint written, rerun the command to resume
+INTERRUPTED_EXIT_CODE = interrupts.EXIT_CODE  # treadle-train's
 POLL_SECONDS = 0.2
 
 

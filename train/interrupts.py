@@ -1,5 +1,39 @@
-"""SIGTERM/SIGINT as a request to stop cleanly: shared by the trainer and the sweep runner."""
+"""SIGTERM/SIGINT as a request to stop cleanly: shared by the trainer and the sweep runner.
+
+Light (no jax): treadle-train installs `exit_outside_training` before its first import.
+"""
 import signal
+import sys
+
+EXIT_CODE = 75  # EX_TEMPFAIL: whatever was trained is checkpointed; rerun the command to resume
+
+# A signal outside the training loop (imports, restore, compilation, the final evaluation)
+# exits by raising SystemExit wherever the main thread is. A few places swallow it: during an
+# import, a weakref callback of importlib's module locks reports "Exception ignored" and the
+# import carries on. The signal is remembered here so the trainer still stops at its next safe
+# point: the loop's StopSignal starts from it, and treadle-train exits EXIT_CODE at the end.
+_outside_training: str | None = None
+
+
+def exit_outside_training(signum, frame) -> None:
+  """Signal handler for the phases with nothing unsaved: exit EXIT_CODE at once."""
+  del frame
+  global _outside_training
+  first, _outside_training = _outside_training is None, signal.Signals(signum).name
+  if first:
+    print(f"{_outside_training} during start-up or the final evaluation: nothing to save "
+          "(rerun to resume)", file=sys.stderr)
+  sys.exit(EXIT_CODE)
+
+
+def install_exit_outside_training() -> None:
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, exit_outside_training)
+
+
+def received_outside_training() -> str | None:
+  """The signal `exit_outside_training` handled, if one came (its SystemExit may be lost)."""
+  return _outside_training
 
 
 class StopSignal:
@@ -11,8 +45,9 @@ class StopSignal:
   """
 
   def __init__(self):
-    self.received: str | None = None
-    self.count = 0
+    # a signal whose exit was swallowed before the loop began still stops it
+    self.received: str | None = _outside_training
+    self.count = int(_outside_training is not None)
     self._previous = {}
     try:
       for sig in (signal.SIGTERM, signal.SIGINT):

@@ -25,7 +25,7 @@ from treadle.train import tasks
 from treadle.train import workdir as workdir_lib
 
 log = logging.getLogger("treadle")
-INTERRUPTED_EXIT_CODE = 75  # EX_TEMPFAIL: checkpoint written, rerun the command to resume
+INTERRUPTED_EXIT_CODE = interrupts.EXIT_CODE
 
 
 class TrainingError(RuntimeError):
@@ -240,6 +240,8 @@ def train_steps(run: Run, mgr, state, data_iter, progress: Progress, val_batches
                 stop: interrupts.StopSignal) -> tuple[state_lib.TrainState, str]:
   """Runs to train.num_steps; returns (state, outcome) with outcome in
   {"completed", "early_stopped", "reached_target", "interrupted"}."""
+  if stop.received:  # before the first step (a start-up signal whose exit was lost): no new work
+    return state, "interrupted"
   cfg = run.cfg.train
   start = int(jax.device_get(state.step))
   throughput = _Throughput(run)

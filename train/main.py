@@ -6,27 +6,17 @@ Exit codes: 0 done, 2 bad input (config, data, mesh, incompatible or busy workdi
 workdir that can't be written, a full disk), 75 interrupted by SIGTERM/SIGINT (after writing
 a checkpoint once training has started; rerun to resume).
 """
-import signal
-import sys
-
-
-def _exit_interrupted(signum, frame) -> None:
-  del frame
-  # outside the loop's own handler: nothing trained since the last checkpoint, nothing to save
-  print(f"{signal.Signals(signum).name} during start-up or the final evaluation: nothing to "
-        "save (rerun to resume)", file=sys.stderr)
-  sys.exit(75)  # loop.INTERRUPTED_EXIT_CODE (the loop module imports jax: not yet)
-
+from treadle.train import interrupts
 
 # First thing: a signal during imports, restore or compilation exits 75 as one during training
 # does (not 143); the training loop's handler takes over while steps run.
-signal.signal(signal.SIGTERM, _exit_interrupted)
-signal.signal(signal.SIGINT, _exit_interrupted)
+interrupts.install_exit_outside_training()
 
 import errno  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import pathlib  # noqa: E402
+import sys  # noqa: E402
 
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
@@ -77,8 +67,8 @@ def main(argv) -> None:
       raise
     entry.fail(_describe_disk_error(disk))
   logging.getLogger("treadle").info("finished: %s", summary)
-  if summary["outcome"] == "interrupted":
-    sys.exit(loop.INTERRUPTED_EXIT_CODE)
+  if summary["outcome"] == "interrupted" or interrupts.received_outside_training():
+    sys.exit(interrupts.EXIT_CODE)
 
 
 _DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)

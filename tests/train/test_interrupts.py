@@ -1,6 +1,8 @@
 """StopSignal: SIGTERM/SIGINT become a flag and a count; leaving restores the old handlers."""
 import os
 import signal
+import subprocess
+import sys
 import threading
 
 from treadle.train import interrupts
@@ -24,3 +26,39 @@ def test_outside_the_main_thread_it_installs_nothing():
   thread.join()
   assert made and made[0].received is None
   assert signal.getsignal(signal.SIGTERM) is before
+
+
+# A signal handled inside a weakref callback: Python reports the handler's SystemExit as
+# "Exception ignored" and carries on, as it did during treadle-train's imports.
+_LOST_EXIT = """
+import os, signal, weakref
+from treadle.train import interrupts
+interrupts.install_exit_outside_training()
+class Obj: pass
+obj = Obj()
+def callback(_):
+  os.kill(os.getpid(), signal.SIGTERM)
+  sum(range(1000))  # the handler runs between these bytecodes
+ref = weakref.ref(obj, callback)
+del obj
+print("carried on", interrupts.received_outside_training(), interrupts.StopSignal().received)
+"""
+
+
+def test_a_signal_whose_exit_is_swallowed_is_remembered_for_the_loop():
+  proc = subprocess.run([sys.executable, "-c", _LOST_EXIT], capture_output=True, text=True,
+                        timeout=60)
+  assert proc.returncode == 0, proc.stderr
+  assert "Exception ignored" in proc.stderr and "SystemExit: 75" in proc.stderr
+  assert proc.stderr.count("SIGTERM during start-up") == 1
+  assert proc.stdout.split() == ["carried", "on", "SIGTERM", "SIGTERM"]
+
+
+def test_outside_training_a_signal_exits_75():
+  proc = subprocess.run([sys.executable, "-c", "import os, signal, time\n"
+                         "from treadle.train import interrupts\n"
+                         "interrupts.install_exit_outside_training()\n"
+                         "os.kill(os.getpid(), signal.SIGINT)\ntime.sleep(5)\nprint('not here')"],
+                        capture_output=True, text=True, timeout=60)
+  assert proc.returncode == interrupts.EXIT_CODE and not proc.stdout, proc.stderr
+  assert "SIGINT during start-up or the final evaluation: nothing to save" in proc.stderr

@@ -201,6 +201,32 @@ def test_sigterm_during_start_up_exits_75(tmp_path, data):
   assert not (workdir / "checkpoints").exists()
 
 
+# What happens when the start-up signal's SystemExit is swallowed (seen: raised inside a weakref
+# callback of importlib's module locks, Python prints "Exception ignored" and the import goes on):
+# the signal is remembered, the loop trains nothing, the command still exits 75.
+_SWALLOWED = """
+import runpy, sys
+from treadle.train import interrupts
+interrupts._outside_training = "SIGTERM"  # as exit_outside_training leaves it
+sys.argv = ["treadle-train", *sys.argv[1:]]
+runpy.run_module("treadle.train.main", run_name="__main__")
+"""
+
+
+def test_a_start_up_signal_whose_exit_was_swallowed_still_stops_before_training(tmp_path, data):
+  workdir = tmp_path / "run"
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  proc = subprocess.run([sys.executable, "-c", _SWALLOWED, "--config", TINY, "--workdir",
+                         str(workdir), f"--config.data.path={data}"], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 75, proc.stderr[-2000:]
+  assert json.loads((workdir / "summary.json").read_text())["outcome"] == "interrupted"
+  assert "step 1/" not in proc.stderr and not list((workdir / "checkpoints").iterdir())
+  rerun = _train(workdir, data)  # "rerun to resume": from the start, nothing was saved
+  assert rerun.returncode == 0, rerun.stderr[-2000:]
+  assert json.loads((workdir / "summary.json").read_text())["outcome"] == "completed"
+
+
 @pytest.mark.parametrize("content,match", [
     (None, "no such file"),
     ("def get_config(:\n  pass\n", "syntax error at line 1"),
