@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from treadle.train import perf
+from tests.conftest import child_env
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "experiments" / "bench" / "gpu_check.sh"
@@ -15,7 +16,7 @@ SCRIPT = REPO / "experiments" / "bench" / "gpu_check.sh"
 
 def _run_script(*args: str) -> subprocess.CompletedProcess:
   # one CPU device, as on a one-GPU machine: no simulated devices from conftest
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = child_env()
   env["PATH"] = f"{pathlib.Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
   return subprocess.run(["bash", str(SCRIPT), *args], cwd=REPO, env=env, capture_output=True,
                         text=True, timeout=300)

@@ -1,6 +1,5 @@
 """End to end: the real CLI trains a tiny run, then experiments/notebooks/sampling.ipynb runs
 top to bottom against it in a fresh Jupyter kernel."""
-import os
 import pathlib
 import subprocess
 import sys
@@ -9,6 +8,8 @@ import nbclient
 import nbformat
 import pytest
 from jupyter_client import kernelspec
+
+from tests.conftest import child_env
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO_ROOT / "experiments" / "notebooks" / "sampling.ipynb"
@@ -39,11 +40,6 @@ def _ensure_kernelspec() -> None:
                     "--name", KERNEL], check=True, capture_output=True, timeout=120)
 
 
-def _env(drop_xla_flags: bool = False) -> dict[str, str]:
-  env = {k: v for k, v in os.environ.items() if not (drop_xla_flags and k == "XLA_FLAGS")}
-  return env
-
-
 def _train_tiny_run(tmp_path: pathlib.Path) -> pathlib.Path:
   text = SHAKESPEARE if SHAKESPEARE.exists() else _synthetic_text(tmp_path / "input.txt")
   workdir = tmp_path / "run"
@@ -52,7 +48,7 @@ def _train_tiny_run(tmp_path: pathlib.Path) -> pathlib.Path:
        "--workdir", str(workdir), "--config.data.path", str(text),
        "--config.data.cache_dir", str(tmp_path / "cache")],
       # the trainer picks its own device layout (one per core), as the README's run does
-      cwd=REPO_ROOT, env=_env(drop_xla_flags=True), capture_output=True, text=True, timeout=300)
+      cwd=REPO_ROOT, env=child_env(), capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   return workdir
 

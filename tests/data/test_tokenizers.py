@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from treadle.data import corpus as corpus_lib
-from treadle.data import text
 from treadle.data import tokenizers
 from treadle.train import config as config_lib
 from tests.conftest import run_cli

@@ -1,12 +1,11 @@
 """treadle-import-hf streams: a model many layers deep is never in memory whole."""
-import os
 import subprocess
 import sys
 
 import jax
 import numpy as np
 
-from tests.conftest import REPO
+from tests.conftest import REPO, child_env
 from tests.hf import synthetic
 from treadle.hf import importer
 from treadle.train import checkpoint
@@ -24,7 +23,7 @@ _LAUNCHER = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], che
 
 def _peak_rss(args: list[str]) -> int:
   """Peak RSS in bytes of `python ARGS` run in a fresh process tree."""
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = child_env()
   proc = subprocess.run([sys.executable, "-c", _LAUNCHER, sys.executable, *args], cwd=REPO,
                         env=env, capture_output=True, text=True, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]

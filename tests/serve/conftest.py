@@ -1,5 +1,4 @@
 """A tiny trained run and treadle-serve processes on 127.0.0.1 for the serve tests."""
-import os
 import re
 import subprocess
 import sys
@@ -9,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, child_env, run_cli
 
 _LISTENING = re.compile(r"serving .* on (http://127\.0\.0\.1:\d+)")
 
@@ -18,7 +17,7 @@ class ServerProcess:
   """`python -m treadle.serve.main` on a free loopback port; its log kept for failures."""
 
   def __init__(self, workdir, *flags, timeout: float = 240):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # its own device layout
+    env = child_env()  # its own device layout
     self.proc = subprocess.Popen(
         [sys.executable, "-m", "treadle.serve.main", f"--workdir={workdir}", "--port=0",
          *flags], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

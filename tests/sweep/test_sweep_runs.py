@@ -12,7 +12,7 @@ import time
 from treadle.sweep import runner
 from treadle.sweep import spec
 from treadle.train import fileio
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, child_env, run_cli
 
 
 def _sweep_file(tmp_path, text_file, axes: str = "[]", seeds: str = "()", **fixed):
@@ -24,15 +24,9 @@ def _sweep_file(tmp_path, text_file, axes: str = "[]", seeds: str = "()", **fixe
   return path
 
 
-def _env(**extra) -> dict:
-  """As run_cli: the trainings choose their own device count."""
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  return {**env, **extra}
-
-
 def _popen(*args) -> subprocess.Popen:
   return subprocess.Popen([sys.executable, "-m", "treadle.sweep.cli", *map(str, args)], cwd=REPO,
-                          env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                          env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def test_a_failing_trial_is_recorded_the_rest_run_and_a_rerun_skips_finished(tmp_path,
@@ -158,11 +152,11 @@ def test_slurm_array_script_runs_each_trial_exactly_once(tmp_path, text_file):
   assert all(text.count(c) == 1 for c in commands)
   assert subprocess.run(["bash", "-n", script]).returncode == 0
 
-  task = subprocess.run(["bash", script], env=_env(SLURM_ARRAY_TASK_ID="2"), cwd=tmp_path,
+  task = subprocess.run(["bash", script], env=child_env(SLURM_ARRAY_TASK_ID="2"), cwd=tmp_path,
                         capture_output=True, text=True, timeout=300)
   assert task.returncode == 0, task.stderr
   assert [layout.workdir(t.name).exists() for t in trials] == [False, False, True, False]
-  beyond = subprocess.run(["bash", script], env=_env(SLURM_ARRAY_TASK_ID="4"),
+  beyond = subprocess.run(["bash", script], env=child_env(SLURM_ARRAY_TASK_ID="4"),
                           capture_output=True, text=True)
   assert beyond.returncode == 2 and "no trial for array task 4" in beyond.stderr
   run_cli("treadle.sweep.cli", path, "--root", layout.root, "--report")

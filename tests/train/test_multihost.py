@@ -1,6 +1,5 @@
 """Two processes x 4 CPU devices (jax.distributed over loopback) == one process x 8 devices."""
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -9,7 +8,7 @@ import jax
 import numpy as np
 
 from tests import numerics
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, child_env, run_cli
 from treadle.infer import sampler as sampler_lib
 from treadle.train import config as config_lib
 from treadle.train import state as state_lib
@@ -37,7 +36,7 @@ def test_two_processes_match_one_process(tmp_path, text_file):
           "--config.mesh.cpu_devices=8")
   multi = tmp_path / "multi"
   port = _free_port()
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = child_env()
   procs = [subprocess.Popen(
       [sys.executable, "-m", "treadle.train.main", *ARGS, "--workdir", str(multi),
        f"--config.data.path={text_file}", "--config.mesh.cpu_devices=4",

@@ -1,6 +1,5 @@
 """Exact resume across processes, SIGKILL at any moment, SIGTERM, and mismatch errors."""
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 
 from treadle.infer import sampler as sampler_lib
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, child_env, run_cli
 
 N = 10
 # decay_steps pinned so that a first process told num_steps=N has the same schedule as 2N
@@ -63,9 +62,7 @@ def test_resume_in_a_new_process_is_bitwise_identical(straight, tmp_path, text_f
 def _launch(workdir, text_file, steps, launcher=("-m", "treadle.train.main"), env=None):
   cmd = [sys.executable, *launcher, *COMMON, "--workdir", str(workdir),
          f"--config.data.path={text_file}", f"--config.train.num_steps={steps}"]
-  full_env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  full_env.update(env or {})
-  return subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE,
+  return subprocess.Popen(cmd, cwd=REPO, env=child_env(**(env or {})), stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
 
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, child_env, run_cli
 
 TINY = "configs/tiny.py"
 
@@ -162,7 +162,7 @@ def test_two_trainers_on_one_workdir(tmp_path, data):
   workdir = tmp_path / "run"
   cmd = [sys.executable, "-m", "treadle.train.main", "--config", TINY, "--workdir", str(workdir),
          f"--config.data.path={data}", "--config.train.num_steps=100000"]
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = child_env()
   first = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            text=True)
   try:
@@ -186,7 +186,7 @@ def test_sigterm_during_start_up_exits_75(tmp_path, data):
   workdir = tmp_path / "run"
   cmd = [sys.executable, "-m", "treadle.train.main", "--config", TINY, "--workdir", str(workdir),
          f"--config.data.path={data}"]
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = child_env()
   proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True)
   # as soon as the handler is installed (SigCgt bit 15 in /proc), while jax is still importing
@@ -215,7 +215,7 @@ runpy.run_module("treadle.train.main", run_name="__main__")
 
 def test_a_start_up_signal_whose_exit_was_swallowed_still_stops_before_training(tmp_path, data):
   workdir = tmp_path / "run"
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = child_env()
   proc = subprocess.run([sys.executable, "-c", _SWALLOWED, "--config", TINY, "--workdir",
                          str(workdir), f"--config.data.path={data}"], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=300)
@@ -265,7 +265,7 @@ def _in_mount_namespace(mount: str, command: list[str]) -> subprocess.CompletedP
     pytest.skip("needs util-linux unshare for a private mount namespace")
   flags = "-m" if os.geteuid() == 0 else "-rm"
   script = f"{mount} && exec \"$@\""
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = child_env()
   return subprocess.run(["unshare", flags, "sh", "-c", script, "sh", *command], cwd=REPO,
                         env=env, capture_output=True, text=True, timeout=300)
 
