@@ -83,10 +83,12 @@ def text_file(tmp_path_factory) -> pathlib.Path:
 
 def child_env(**extra: str) -> dict[str, str]:
   """The environment of a child process that picks its own device layout (no simulated device
-  count) and compiles as the tests do; `extra` (XLA_FLAGS included) is set on top."""
+  count) and compiles as the tests do; `extra` is set on top (XLA_FLAGS: added to the fast
+  compile flag)."""
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  if FAST_COMPILE:
-    env["XLA_FLAGS"] = FAST_COMPILE
+  xla_flags = f"{FAST_COMPILE} {extra.pop('XLA_FLAGS', '')}".strip()
+  if xla_flags:
+    env["XLA_FLAGS"] = xla_flags
   return {**env, **extra}
 
 
