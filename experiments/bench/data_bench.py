@@ -22,15 +22,13 @@ import os
 import pathlib
 import random
 import re
-import subprocess
 import sys
 import time
 
+from experiments.bench import machine
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
-# runs a command; prints its largest process's peak RSS and the CPU seconds of all its processes
-_RSS = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "
-        "u = resource.getrusage(resource.RUSAGE_CHILDREN); print('maxrss_kb', u.ru_maxrss, "
-        "'cpu_s', u.ru_utime + u.ru_stime, file=sys.stderr); sys.exit(rc)")
+
 
 
 def generate(directory: pathlib.Path, size_mb: float, files: int, seed: int = 0) -> None:
@@ -56,25 +54,18 @@ def generate(directory: pathlib.Path, size_mb: float, files: int, seed: int = 0)
 
 
 def _run(cmd: list[str], env: dict | None = None, pin_core: bool = False
-         ) -> tuple[float, float, str]:
-  """(seconds, peak RSS in MiB of the largest process, stderr + stdout) of a command; the
-  output ends with `cpu_s X`: CPU seconds of all its processes (see _cpu_seconds)."""
-  full = [sys.executable, "-c", _RSS, *cmd]
-  if pin_core:
-    full = ["taskset", "-c", "0", *full]
-  start = time.perf_counter()
-  proc = subprocess.run(full, cwd=REPO, capture_output=True, text=True,
-                        env={**os.environ, **(env or {})})
-  seconds = time.perf_counter() - start
-  if proc.returncode:
-    raise RuntimeError(f"{' '.join(map(str, cmd))} failed:\n{proc.stderr[-3000:]}")
-  rss = int(re.findall(r"maxrss_kb (\d+)", proc.stderr)[-1]) / 1024
-  return seconds, rss, proc.stderr + proc.stdout
+         ) -> machine.ProcessUsage:
+  """Runs a command from the repository root: its wall and CPU time (on a shared machine CPU
+  time depends much less on the other users), its largest process's peak RSS, its output."""
+  usage = machine.measure_process(cmd, REPO, {**os.environ, **(env or {})},
+                                  0 if pin_core else None)
+  if usage.returncode:
+    raise RuntimeError(f"{' '.join(map(str, cmd))} failed:\n{usage.stderr[-3000:]}")
+  return usage
 
 
-def _cpu_seconds(output: str) -> float:
-  """On a shared machine wall time depends on the other users; CPU time much less."""
-  return float(re.findall(r"cpu_s ([\d.]+)", output)[-1])
+def _mib(usage: machine.ProcessUsage) -> float:
+  return usage.peak_rss_bytes / 2**20
 
 
 def _prepare_args(corpus: pathlib.Path, cache: pathlib.Path, workers: int, vocab: int):
@@ -95,25 +86,24 @@ def tokenize(corpus: pathlib.Path, work: pathlib.Path, vocab: int) -> dict:
   out = {}
   fit_cache = work / "cache_fit"
   shutil.rmtree(fit_cache, ignore_errors=True)
-  seconds, rss, err = _run(_prepare_args(corpus, fit_cache, 2, vocab))
-  mb_s, tok_s = _tokenized(err)
-  out["fit_and_tokenize_2_workers"] = {"seconds": seconds, "peak_rss_mib": rss,
-                                       "fit_seconds_approx": seconds - tok_s}
+  fit = _run(_prepare_args(corpus, fit_cache, 2, vocab))
+  _, tok_s = _tokenized(fit.stderr)
+  out["fit_and_tokenize_2_workers"] = {"seconds": fit.seconds, "peak_rss_mib": _mib(fit),
+                                       "fit_seconds_approx": fit.seconds - tok_s}
   for workers, pin in ((2, False), (1, True)):
     cache = work / f"cache_{workers}"
     shutil.rmtree(cache, ignore_errors=True)
     shutil.copytree(fit_cache / "tokenizers", cache / "tokenizers")  # time tokenizing only
     env = {"RAYON_NUM_THREADS": "1"} if pin else None
-    seconds, rss, err = _run(_prepare_args(corpus, cache, workers, vocab), env, pin)
-    mb_s, tok_seconds = _tokenized(err)
+    run = _run(_prepare_args(corpus, cache, workers, vocab), env, pin)
+    mb_s, tok_seconds = _tokenized(run.stderr)
     (entry,) = (cache / "tokens").iterdir()
     tokens = json.loads((entry / "manifest.json").read_text())["tokens"]
-    cpu = _cpu_seconds(err)
     out[f"tokenize_{workers}_worker{'s' * (workers > 1)}"] = {
-        "command_seconds": seconds, "tokenize_seconds": tok_seconds, "mb_per_s": mb_s,
-        "tokens": tokens, "tokens_per_s": tokens / tok_seconds, "peak_rss_mib": rss,
-        "pinned_to_one_core": pin, "command_cpu_seconds": cpu,
-        "tokens_per_cpu_second_whole_command": tokens / cpu}
+        "command_seconds": run.seconds, "tokenize_seconds": tok_seconds, "mb_per_s": mb_s,
+        "tokens": tokens, "tokens_per_s": tokens / tok_seconds, "peak_rss_mib": _mib(run),
+        "pinned_to_one_core": pin, "command_cpu_seconds": run.cpu_seconds,
+        "tokens_per_cpu_second_whole_command": tokens / run.cpu_seconds}
   out["cache_entry_mib"] = sum(p.stat().st_size for p in entry.iterdir()) / 2**20
   record = next((fit_cache / "tokenizers").iterdir())
   out["tokenizer_record"] = str(record)
@@ -156,12 +146,12 @@ def nanogpt_prepare(corpus: pathlib.Path, work: pathlib.Path, record: str) -> di
     import tiktoken  # noqa: F401
   except ImportError:
     return None
-  seconds, rss, err = _run([sys.executable, "-c", _TIKTOKEN, record, str(corpus),
-                            str(work / "nanogpt.bin")], pin_core=True)
-  result = json.loads(_last_json(err))
-  cpu = _cpu_seconds(err)
-  return {"peak_rss_mib": rss, "pinned_to_one_core": True, "command_cpu_seconds": cpu,
-          "tokens_per_cpu_second_whole_command": result["tokens"] / cpu, **result}
+  run = _run([sys.executable, "-c", _TIKTOKEN, record, str(corpus), str(work / "nanogpt.bin")],
+             pin_core=True)
+  result = json.loads(_last_json(run.stdout))
+  return {"peak_rss_mib": _mib(run), "pinned_to_one_core": True,
+          "command_cpu_seconds": run.cpu_seconds,
+          "tokens_per_cpu_second_whole_command": result["tokens"] / run.cpu_seconds, **result}
 
 
 def _last_json(text: str) -> str:
@@ -181,12 +171,12 @@ def train_once(data_path: str, work: pathlib.Path, name: str, steps: int) -> dic
   import shutil
   cmd = _train_command(data_path, work, name, steps)
   shutil.rmtree(work / f"run_{name}", ignore_errors=True)
-  seconds, rss, out = _run(cmd)
+  run = _run(cmd)
   rows = [json.loads(x) for x in (work / f"run_{name}" / "metrics.jsonl").read_text()
           .splitlines()]
   rates = sorted(r["tokens_per_second"] for r in rows if "tokens_per_second" in r)[1:]
   median = rates[len(rates) // 2]
-  return {"seconds": seconds, "peak_rss_mib": rss, "cpu_seconds": _cpu_seconds(out),
+  return {"seconds": run.seconds, "peak_rss_mib": _mib(run), "cpu_seconds": run.cpu_seconds,
           "median_tokens_per_s": median, "steps_per_s": median / (12 * 64)}
 
 

@@ -1,21 +1,21 @@
 """Peak RSS and wall time of treadle-import-hf on a randomly initialised GPT-2-124M-sized
 Hugging Face model (transformers' default GPT2Config: 12 layers, 768 wide, vocab 50257).
 
-  python experiments/hf_import/measure_memory.py [--keep DIR]
+  python -m experiments.hf_import.measure_memory [--keep DIR]   (from the repository root)
 
 Needs torch and transformers (the hf-test extra) to build the model; the import itself
-runs in its own process (`python -m treadle.hf.import_cli`), whose peak RSS is read with
-os.wait4; so is the RSS of a process that only imports the importer's modules (the floor
+runs in its own process (`python -m treadle.hf.import_cli`), whose peak RSS is measured;
+so is the RSS of a process that only imports the importer's modules (the floor
 of the Python, jax and Orbax runtime, whatever the model).
 """
 import argparse
 import json
 import pathlib
-import os
 import subprocess
 import sys
 import tempfile
-import time
+
+from experiments.bench import machine
 
 
 def build(hf_dir: pathlib.Path) -> int:
@@ -47,7 +47,8 @@ def main() -> None:
   root.mkdir(parents=True, exist_ok=True)
   # torch is loaded in a child, never here: a child forked from a large parent would count
   # the parent's pages in its own peak RSS
-  fp32_bytes = int(subprocess.run([sys.executable, __file__, f"--build={root / 'hf'}"],
+  fp32_bytes = int(subprocess.run([sys.executable, "-m", "experiments.hf_import.measure_memory",
+                                   f"--build={root / 'hf'}"],
                                   check=True, capture_output=True, text=True).stdout.split()[-1])
   floor, _ = _peak_rss([sys.executable, "-c", "import treadle.hf.importer"])
   peak, seconds = _peak_rss([sys.executable, "-m", "treadle.hf.import_cli",
@@ -61,13 +62,11 @@ def main() -> None:
 
 
 def _peak_rss(command: list[str]) -> tuple[int, float]:
-  """(peak RSS in bytes, wall seconds) of one child process."""
-  start = time.perf_counter()
-  proc = subprocess.Popen(command)
-  _, status, usage = os.wait4(proc.pid, 0)
-  if os.waitstatus_to_exitcode(status):
-    raise SystemExit(f"{command} failed")
-  return usage.ru_maxrss * 1024, time.perf_counter() - start
+  """(peak RSS in bytes, wall seconds) of one command."""
+  usage = machine.measure_process(command)
+  if usage.returncode:
+    raise SystemExit(f"{command} failed:\n{usage.stderr[-3000:]}")
+  return usage.peak_rss_bytes, usage.seconds
 
 
 if __name__ == "__main__":

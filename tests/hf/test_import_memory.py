@@ -1,10 +1,10 @@
 """treadle-import-hf streams: a model many layers deep is never in memory whole."""
-import subprocess
 import sys
 
 import jax
 import numpy as np
 
+from experiments.bench import machine
 from tests.conftest import REPO, child_env
 from tests.hf import synthetic
 from treadle.hf import importer
@@ -14,20 +14,11 @@ from treadle.train import checkpoint
 DEEP_GPT2 = {**synthetic.GPT2_CONFIG, "n_embd": 768, "n_layer": 8, "n_head": 12}
 
 
-# A fresh Python starts the measured command and reports its peak RSS: a child forked from
-# pytest itself would count pytest's pages (Linux keeps the pre-exec peak in ru_maxrss).
-_LAUNCHER = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, "
-             "stdout=subprocess.DEVNULL); "
-             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)")
-
-
 def _peak_rss(args: list[str]) -> int:
   """Peak RSS in bytes of `python ARGS` run in a fresh process tree."""
-  env = child_env()
-  proc = subprocess.run([sys.executable, "-c", _LAUNCHER, sys.executable, *args], cwd=REPO,
-                        env=env, capture_output=True, text=True, check=False)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return int(proc.stdout.split()[-1])
+  usage = machine.measure_process([sys.executable, *args], cwd=REPO, env=child_env())
+  assert usage.returncode == 0, usage.stderr[-3000:]
+  return usage.peak_rss_bytes
 
 
 def test_import_holds_about_one_layer_not_the_model(tmp_path, text_file):
