@@ -16,6 +16,17 @@ TOP_LOGPROBS = 20      # = slots.TOP_LOGPROBS (kept here so the schema imports n
 _Unsupported = pydantic.Field(None, description="Not supported: leave unset.")
 
 
+def _refuse(*fields: str, unless=(None,), hint: str = ""):
+  """A validator that refuses an unsupported field set to anything but its OpenAI default
+  (`unless`), naming the field; the accepted default is dropped (None)."""
+  def check(cls, value, info):
+    del cls
+    if value not in unless:
+      raise ValueError(f"{info.field_name} {hint or 'is not supported by this server'}")
+    return None
+  return pydantic.field_validator(*fields)(classmethod(check))
+
+
 class _Sampling(pydantic.BaseModel):
   """Fields shared by completions and chat completions."""
   model_config = pydantic.ConfigDict(extra="ignore")
@@ -44,12 +55,8 @@ class _Sampling(pydantic.BaseModel):
       raise ValueError(f"at most {MAX_STOP} stop strings (got {len(stops)})")
     return stops
 
-  @pydantic.field_validator("presence_penalty", "frequency_penalty", "logit_bias")
-  @classmethod
-  def _check_unsupported(cls, value, info):
-    if value:
-      raise ValueError(f"{info.field_name} is not supported by this server")
-    return None
+  _check_unsupported = _refuse("presence_penalty", "frequency_penalty", "logit_bias",
+                               unless=(None, 0, 0.0, {}))
 
 
 class CompletionRequest(_Sampling):
@@ -63,19 +70,9 @@ class CompletionRequest(_Sampling):
   best_of: int | None = _Unsupported
   suffix: str | None = _Unsupported
 
-  @pydantic.field_validator("best_of")
-  @classmethod
-  def _check_best_of(cls, value):
-    if value not in (None, 1):
-      raise ValueError("best_of is not supported by this server (use n)")
-    return None
-
-  @pydantic.field_validator("suffix")
-  @classmethod
-  def _check_suffix(cls, value):
-    if value:
-      raise ValueError("suffix is not supported by this server")
-    return None
+  _check_best_of = _refuse("best_of", unless=(None, 1),
+                           hint="is not supported by this server (use n)")
+  _check_suffix = _refuse("suffix", unless=(None, ""))
 
 
 class ChatMessage(pydantic.BaseModel):
@@ -89,12 +86,8 @@ class ChatCompletionRequest(_Sampling):
   max_completion_tokens: int | None = pydantic.Field(None, ge=1, le=MAX_TOKENS)
   logprobs: bool | None = _Unsupported
 
-  @pydantic.field_validator("logprobs")
-  @classmethod
-  def _check_logprobs(cls, value):
-    if value:
-      raise ValueError("logprobs are not supported on chat completions (use /v1/completions)")
-    return None
+  _check_logprobs = _refuse("logprobs", unless=(None, False),
+                            hint="is not supported on chat completions (use /v1/completions)")
 
 
 class Usage(pydantic.BaseModel):

@@ -5,9 +5,11 @@ import threading
 import time
 
 import httpx
+import pydantic
 import pytest
 
 from tests.serve.conftest import ServerProcess
+from treadle.serve import schemas
 
 LONG = 8000  # new tokens: many seconds of decoding, so a request is surely in flight
 
@@ -62,6 +64,24 @@ def test_each_bad_field_is_a_400_naming_it(small, change, param):
   error = r.json()["error"]
   assert error["param"] == param and param in error["message"], error
   assert error["type"] == "invalid_request_error"
+
+
+_BASES = {schemas.CompletionRequest: {"prompt": "x"},
+          schemas.ChatCompletionRequest: {"messages": [{"role": "user", "content": "x"}]}}
+
+
+@pytest.mark.parametrize("model,field,default,refused", [
+    (schemas.CompletionRequest, "best_of", 1, 3),
+    (schemas.CompletionRequest, "suffix", "", "end"),
+    (schemas.CompletionRequest, "presence_penalty", 0, 0.5),
+    (schemas.ChatCompletionRequest, "frequency_penalty", 0.0, -1.0),
+    (schemas.CompletionRequest, "logit_bias", {}, {"1": 5}),
+    (schemas.ChatCompletionRequest, "logprobs", False, True),
+])
+def test_unsupported_fields_take_only_their_openai_default(model, field, default, refused):
+  assert getattr(model(**_BASES[model], **{field: default}), field) is None
+  with pytest.raises(pydantic.ValidationError, match=f"{field} is not supported"):
+    model(**_BASES[model], **{field: refused})
 
 
 @pytest.mark.parametrize("path,body,param", [
