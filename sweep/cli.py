@@ -22,6 +22,7 @@ from treadle.sweep import runner
 from treadle.sweep import slurm
 from treadle.sweep import spec
 from treadle.train import entry
+from treadle.train import interrupts
 
 _PARALLEL = flags.DEFINE_integer("parallel", 1, "Trials trained at once.", lower_bound=1)
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the trials and their commands only.")
@@ -95,7 +96,7 @@ def main(argv) -> None:
   if _REPORT.value:
     return
   if "interrupted" in outcomes.values() or "not started" in outcomes.values():
-    sys.exit(runner.INTERRUPTED_EXIT_CODE)
+    sys.exit(interrupts.EXIT_CODE)
   if "failed" in outcomes.values():
     sys.exit(1)
 

@@ -24,7 +24,6 @@ from treadle.train import fileio
 from treadle.train import interrupts
 from treadle.train import metrics
 
-INTERRUPTED_EXIT_CODE = interrupts.EXIT_CODE  # treadle-train's
 POLL_SECONDS = 0.2
 
 
@@ -216,7 +215,7 @@ def _finish(layout: Layout, active: _Active, stopping: bool) -> str:
   status["attempts"][-1].update(end=time.time(), returncode=code)
   if code == 0:
     status["state"] = "finished"
-  elif code == INTERRUPTED_EXIT_CODE or (code < 0 and stopping):
+  elif code == interrupts.EXIT_CODE or (code < 0 and stopping):
     status["state"] = "interrupted"
   else:
     status["state"] = "failed"

@@ -25,7 +25,6 @@ from treadle.train import tasks
 from treadle.train import workdir as workdir_lib
 
 log = logging.getLogger("treadle")
-INTERRUPTED_EXIT_CODE = interrupts.EXIT_CODE
 
 
 class TrainingError(RuntimeError):

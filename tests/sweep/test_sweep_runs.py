@@ -12,6 +12,7 @@ import time
 from treadle.sweep import runner
 from treadle.sweep import spec
 from treadle.train import fileio
+from treadle.train import interrupts
 from tests.conftest import REPO, child_env, run_cli
 
 
@@ -66,7 +67,7 @@ def test_sigterm_interrupts_the_sweep_and_a_rerun_resumes_the_trial(tmp_path, te
     time.sleep(0.05)
   proc.send_signal(signal.SIGTERM)
   out, err = proc.communicate(timeout=180)
-  assert proc.returncode == runner.INTERRUPTED_EXIT_CODE, out + err
+  assert proc.returncode == interrupts.EXIT_CODE, out + err
   assert runner.read_status(layout, "base")["state"] == "interrupted"
   saved = [int(p.name) for p in (layout.workdir("base") / "checkpoints").iterdir()]
   assert len(saved) == 1 and 0 < saved[0] < 400  # checkpointed where it stopped
@@ -77,7 +78,7 @@ def test_sigterm_interrupts_the_sweep_and_a_rerun_resumes_the_trial(tmp_path, te
   assert rows[-1]["step"] == 400 and "test_loss" in rows[-1]
   assert [r["step"] for r in rows if "val_loss" in r] == [200, 400]
   attempts = runner.read_status(layout, "base")["attempts"]
-  assert [a["returncode"] for a in attempts] == [runner.INTERRUPTED_EXIT_CODE, 0]
+  assert [a["returncode"] for a in attempts] == [interrupts.EXIT_CODE, 0]
 
 
 def test_a_trial_locked_by_another_process_is_left_alone(tmp_path, text_file):
