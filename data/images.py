@@ -7,7 +7,7 @@ import pathlib
 import grain
 import numpy as np
 
-from treadle.train import fileio
+from treadle.common import fileio
 
 FILENAME = "preprocess.json"
 

@@ -9,7 +9,7 @@ import sys
 import tarfile
 import tempfile
 
-from treadle.train import fileio
+from treadle.common import fileio
 
 # The package index is the only network a training machine is promised, so the text
 # comes from the sdist rather than from Project Gutenberg.

@@ -15,7 +15,7 @@ from tokenizers import models as hf_models
 from tokenizers import pre_tokenizers as hf_pre_tokenizers
 from tokenizers import trainers as hf_trainers
 
-from treadle.train import fileio
+from treadle.common import fileio
 
 FILENAME = "tokenizer.json"
 EOT_TEXT = "<|endoftext|>"  # the BPE special token (GPT-2's name for it)

@@ -10,7 +10,7 @@ biases). An option with no HF equivalent: one line, exit 2, nothing written.
 """
 from absl import flags
 
-from treadle.train import entry
+from treadle.common import entry
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "treadle run directory to export.")
 _HF_DIR = flags.DEFINE_string("hf_dir", None, "Hugging Face model directory to create.")
@@ -26,10 +26,10 @@ def main(argv) -> None:
   if _MAX_SHARD_MB.value < 1:
     entry.fail(f"--max_shard_mb={_MAX_SHARD_MB.value} must be positive")
   step = entry.checkpoint_step(_STEP.value)
-  from treadle.train import hosts  # noqa: E402  (before jax starts: one device is enough)
+  from treadle.common import hosts  # noqa: E402  (before jax starts: one device is enough)
   hosts.configure(1, "default")
   from treadle.hf import exporter
-  from treadle.train import logs
+  from treadle.common import logs
   logs.setup()
   with entry.one_line_errors():
     exporter.export(_WORKDIR.value, _HF_DIR.value, step, _MERGE_LORA.value,

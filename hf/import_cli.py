@@ -13,7 +13,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from treadle.configs import shakespeare_char_cpu
-from treadle.train import entry
+from treadle.common import entry
 
 # one device by default: an import only converts and saves; the checkpoint restores onto
 # any mesh later, and a replicated (dp) placement would hold one copy per device
@@ -30,10 +30,10 @@ def main(argv) -> None:
   del argv
   if not _HF_DIR.value or not _WORKDIR.value:
     entry.fail("both --hf_dir and --workdir are required")
-  from treadle.train import hosts  # noqa: E402  (after flags: device count before jax starts)
+  from treadle.common import hosts  # noqa: E402  (after flags: device count before jax starts)
   hosts.configure(_CONFIG.value.mesh.cpu_devices, _CONFIG.value.train.matmul_precision)
   from treadle.hf import importer
-  from treadle.train import logs
+  from treadle.common import logs
   logs.setup()
   with entry.one_line_errors():
     importer.import_model(_HF_DIR.value, _WORKDIR.value, _CONFIG.value)

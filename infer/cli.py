@@ -13,7 +13,7 @@ import time
 
 from absl import flags
 
-from treadle.train import entry
+from treadle.common import entry
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by treadle-train.")
 _PROMPT = flags.DEFINE_multi_string("prompt", None, "Prompt text (repeatable). Default: newline.")
@@ -81,7 +81,7 @@ def main(argv) -> None:
   if _NUM_SAMPLES.value < 1:
     entry.fail(f"--num_samples={_NUM_SAMPLES.value} must be positive")
   from treadle.infer import sampler as sampler_lib  # after flag parsing: a bad flag never starts jax
-  from treadle.train import logs
+  from treadle.common import logs
   logs.setup()
   with entry.one_line_errors():
     shape = tuple(int(x) for x in _MESH.value.split(","))

@@ -12,7 +12,7 @@ import json
 from absl import flags
 
 from treadle.infer import predictor as predictor_lib
-from treadle.train import entry
+from treadle.common import entry
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory of an image-classification run.")
 _INPUT = flags.DEFINE_multi_string("input", None, ".npy or image file (repeatable).")
@@ -24,7 +24,7 @@ def main(argv) -> None:
   del argv
   if not _WORKDIR.value or not _INPUT.value:
     entry.fail("--workdir and --input are required")
-  from treadle.train import logs
+  from treadle.common import logs
   logs.setup()
   with entry.one_line_errors():
     predictor = predictor_lib.Predictor.from_workdir(_WORKDIR.value,

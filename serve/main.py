@@ -15,7 +15,7 @@ import socket
 
 from absl import flags
 
-from treadle.train import entry
+from treadle.common import entry
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by treadle-train.")
 _STEP = flags.DEFINE_string("step", None, "Checkpoint step: a number, 'best' or latest (default).")
@@ -89,7 +89,7 @@ def main(argv) -> None:
   sock = _bind(_HOST.value, _PORT.value)  # before loading: a taken port fails fast
   from treadle.serve import api
   from treadle.serve import engine as engine_lib
-  from treadle.train import logs
+  from treadle.common import logs
   logs.setup()
   with entry.one_line_errors():
     sampler = _load(_WORKDIR.value)

@@ -21,7 +21,7 @@ from treadle.sweep import report
 from treadle.sweep import runner
 from treadle.sweep import slurm
 from treadle.sweep import spec
-from treadle.train import entry
+from treadle.common import entry
 from treadle.train import interrupts
 
 _PARALLEL = flags.DEFINE_integer("parallel", 1, "Trials trained at once.", lower_bound=1)

@@ -11,7 +11,7 @@ from absl import flags
 from matplotlib import figure
 
 from treadle.sweep import runner
-from treadle.train import entry
+from treadle.common import entry
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by treadle-train.")
 _OUT = flags.DEFINE_string("out", None, "PNG to write (default WORKDIR/loss_curves.png).")

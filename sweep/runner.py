@@ -20,7 +20,7 @@ import time
 from typing import Any, Callable
 
 from treadle.sweep import spec
-from treadle.train import fileio
+from treadle.common import fileio
 from treadle.train import interrupts
 from treadle.train import metrics
 

@@ -40,7 +40,7 @@ def test_generic_names_stay_the_users(user_dir):
   assert proc.stdout.strip() == "user model | user data | treadle.infer.sampler"
 
 
-@pytest.mark.parametrize("name", ["model", "train", "data", "configs", "infer", "sweep"])
+@pytest.mark.parametrize("name", ["common", "model", "train", "data", "configs", "infer", "sweep", "hf", "serve"])
 def test_treadle_claims_no_generic_top_level_name(tmp_path, name):
   proc = _python(f"import {name}", tmp_path)
   assert proc.returncode == 1 and f"No module named '{name}'" in proc.stderr

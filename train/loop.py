@@ -11,7 +11,7 @@ import jax
 from treadle.model import lora
 from treadle.train import checkpoint
 from treadle.train import config as config_lib
-from treadle.train import fileio
+from treadle.common import fileio
 from treadle.train import finetune
 from treadle.train import interrupts
 from treadle.train import mesh as mesh_lib

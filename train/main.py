@@ -21,7 +21,7 @@ import sys  # noqa: E402
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from treadle.train import entry  # noqa: E402
+from treadle.common import entry  # noqa: E402
 
 # Nothing here imports jax at module level: the CPU device count must be chosen from the
 # config before jax initialises its backends.
@@ -48,11 +48,11 @@ def main(argv) -> None:
     workdir_lib.check_usable(pathlib.Path(_WORKDIR.value))  # early: before jax starts (seconds)
   except ValueError as e:
     entry.fail(str(e))
-  from treadle.train import hosts  # noqa: E402  (after flags: sets device counts before jax starts)
+  from treadle.common import hosts  # noqa: E402  (after flags: sets device counts before jax starts)
   hosts.configure(config.mesh.cpu_devices, config.train.matmul_precision,
                   _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _MULTIHOST.value)
   from treadle.train import config as config_lib
-  from treadle.train import logs
+  from treadle.common import logs
   from treadle.train import loop
   logs.setup()
   try:

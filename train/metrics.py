@@ -8,7 +8,7 @@ import uuid
 
 from tensorboardX import SummaryWriter
 
-from treadle.train import fileio
+from treadle.common import fileio
 
 FILENAME = "metrics.jsonl"
 WANDB_ID_FILE = "wandb_run_id"  # a resumed run keeps logging to the same W&B run

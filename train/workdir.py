@@ -1,7 +1,7 @@
 """A run directory's one owner and its identity: the exclusive lock held for the whole run, and
 fingerprints of the data and of the files inference reads (tokenizer.json, preprocess.json).
 
-- `claim(W)` takes a non-blocking flock on W/lock (train/fileio.py's, shared with the sweep
+- `claim(W)` takes a non-blocking flock on W/lock (common/fileio.py's, shared with the sweep
   runner) and writes the owner's pid into it; a second trainer gets
   `workdir W is in use by pid N`. The kernel drops the lock with its process, SIGKILL included.
 - W/fingerprints.json records sha256 digests of the training data (all splits as the model sees
@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from treadle.train import fileio
+from treadle.common import fileio
 
 LOCK_FILENAME = "lock"
 FINGERPRINTS_FILENAME = "fingerprints.json"

@@ -69,7 +69,7 @@ def _mib(usage: machine.ProcessUsage) -> float:
 
 
 def _prepare_args(corpus: pathlib.Path, cache: pathlib.Path, workers: int, vocab: int):
-  return [sys.executable, "-m", "treadle.data.prepare", "--config",
+  return [sys.executable, "-m", "treadle.train.prepare", "--config",
           "configs/shakespeare_char_cpu.py", f"--config.data.path={corpus}",
           "--config.data.tokenizer=bpe", f"--config.data.vocab_size={vocab}",
           f"--config.data.cache_dir={cache}", f"--config.data.prepare_workers={workers}"]
@@ -185,7 +185,7 @@ def train(corpus: str, reference: str, work: pathlib.Path, steps: int, rounds: i
   see the same machine; steps/s ratio corpus / tinyshakespeare per round."""
   for data_path, name in ((corpus, "corpus"), (reference, "tiny")):
     cmd = _train_command(data_path, work, name, steps)
-    _run([sys.executable, "-m", "treadle.data.prepare", *cmd[3:5], *cmd[7:9]])  # fills the cache
+    _run([sys.executable, "-m", "treadle.train.prepare", *cmd[3:5], *cmd[7:9]])  # fills the cache
   out = {"corpus": [], "tinyshakespeare": []}
   for _ in range(rounds):
     out["corpus"].append(train_once(corpus, work, "corpus", steps))

@@ -139,8 +139,8 @@ def measure(cfg) -> dict:
 def main(argv) -> None:
   del argv
   from treadle.train import config as config_lib
-  from treadle.train import hosts
-  from treadle.train import logs
+  from treadle.common import hosts
+  from treadle.common import logs
   hosts.configure(_CONFIG.value.mesh.cpu_devices, _CONFIG.value.train.matmul_precision)
   logs.setup()
   result = measure(config_lib.split(_CONFIG.value))

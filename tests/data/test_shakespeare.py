@@ -10,7 +10,7 @@ import tarfile
 import pytest
 
 from treadle.data import shakespeare
-from treadle.train import fileio
+from treadle.common import fileio
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import time
 
 from treadle.sweep import runner
 from treadle.sweep import spec
-from treadle.train import fileio
+from treadle.common import fileio
 from treadle.train import interrupts
 from tests.conftest import REPO, child_env, run_cli
 

@@ -10,7 +10,7 @@ import numpy as np
 from flax import nnx
 
 from treadle.data import images
-from treadle.train import fileio
+from treadle.common import fileio
 from treadle.train import state as state_lib
 from treadle.train.tasks import base
 

@@ -34,7 +34,7 @@ def mixture(tmp_path_factory):
 
 def test_prepared_cache_is_reused_by_training(tmp_path, mixture):
   cache = f"--config.data.cache_dir={tmp_path / 'cache'}"
-  out = run_cli("treadle.data.prepare", *TINY, mixture, cache)
+  out = run_cli("treadle.train.prepare", *TINY, mixture, cache)
   assert "web: 300 documents" in out.stdout and "books: 120 documents" in out.stdout
   assert out.stderr.count("tokenized ") == 2
   entries = sorted((tmp_path / "cache" / "tokens").iterdir())
@@ -64,7 +64,7 @@ def _bad_inputs(tmp_path):
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path):
   cache = tmp_path / "cache"
   for i, (flag, message) in enumerate(_bad_inputs(tmp_path)):
-    module = "treadle.train.main" if i == 0 else "treadle.data.prepare"
+    module = "treadle.train.main" if i == 0 else "treadle.train.prepare"
     extra = ["--workdir", tmp_path / "run"] if i == 0 else []
     proc = run_cli(module, *TINY, flag, f"--config.data.cache_dir={cache}", *extra, check=False)
     lines = proc.stderr.strip().splitlines()

@@ -11,7 +11,7 @@ import time
 
 from ml_collections import config_flags
 
-from treadle.train import entry
+from treadle.common import entry
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/NAME.py).",
                                           lock_config=True)
@@ -35,7 +35,7 @@ def main(argv) -> None:
     entry.fail("--config is required")
   from treadle.data import corpus  # noqa: E402  (after flags, like the other entry points)
   from treadle.train import config as config_lib
-  from treadle.train import logs
+  from treadle.common import logs
   logs.setup()
   with entry.one_line_errors(ValueError, FileNotFoundError, RuntimeError):
     cfg = config_lib.split(_CONFIG.value)

@@ -6,7 +6,7 @@ from tests.conftest import REPO
 
 _FAIL_WHILE_A_THREAD_PRINTS = """
 import sys, threading
-from treadle.train import entry
+from treadle.common import entry
 release = threading.Event()
 threading.Thread(target=release.wait, daemon=True).start()  # e.g. an Orbax writer thread
 sys.stderr.write("  File 'a traceback line another thread has not ended'")
@@ -27,13 +27,13 @@ def test_the_error_starts_its_own_line_when_other_threads_print():
 
 
 def test_a_command_without_threads_prints_only_the_error_line():
-  proc = _run("from treadle.train import entry; entry.fail('bad --step')")
+  proc = _run("from treadle.common import entry; entry.fail('bad --step')")
   assert (proc.returncode, proc.stderr) == (2, "error: bad --step\n")
 
 
 _ONE_LINE_ERRORS = """
 import sys
-from treadle.train import entry
+from treadle.common import entry
 kinds = {"default": (), "runtime": (RuntimeError,)}[sys.argv[1]]
 with entry.one_line_errors(*kinds):
   raise {"value": ValueError, "runtime": RuntimeError}[sys.argv[2]]("bad --x\\nmore detail")
