@@ -54,6 +54,8 @@ def parse_flags(argv: list[str]) -> list[str]:
     return flags.FLAGS(argv)
   except SyntaxError as e:  # a --config file that is not valid Python
     fail(f"--config {e.filename!r}: syntax error at line {e.lineno}: {e.msg}")
+  except OSError:  # an override read the --config file ml_collections had failed to load
+    fail(f"--config {_config_arg(argv)!r}: no such file (or it cannot be read)")
   except flags.Error as e:
     fail(_first_and_cause(str(e)) if str(e) else type(e).__name__)
   except (AttributeError, KeyError, TypeError, ValueError) as e:
@@ -77,6 +79,16 @@ def config_file(holder, sections: tuple[str, ...]) -> "ml_collections.ConfigDict
   if missing:
     fail(f"--config {path!r}: get_config() lacks the section(s) {', '.join(missing)}")
   return cfg
+
+
+def _config_arg(argv: list[str]) -> str | None:
+  """The file named by --config in argv (either spelling), without its `:arg` suffix."""
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      return arg.split("=", 1)[1].split(":")[0]
+    if arg == "--config" and i + 1 < len(argv):
+      return argv[i + 1].split(":")[0]
+  return None
 
 
 def _first_and_cause(message: str) -> str:

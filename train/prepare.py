@@ -37,8 +37,9 @@ def main(argv) -> None:
   from treadle.train import config as config_lib
   from treadle.common import logs
   logs.setup()
+  config = entry.config_file(_CONFIG, ("data",))
   with entry.one_line_errors(ValueError, FileNotFoundError, RuntimeError):
-    cfg = config_lib.split(_CONFIG.value)
+    cfg = config_lib.split(config)
     if cfg.task != "lm":
       raise ValueError(f"task={cfg.task!r}: treadle-prepare tokenizes text corpora (task=lm)")
     start = time.perf_counter()

@@ -2,6 +2,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
 
 _FAIL_WHILE_A_THREAD_PRINTS = """
@@ -49,3 +51,18 @@ def test_one_line_errors_turns_the_named_errors_into_the_error_line_and_lets_oth
     assert (proc.returncode, proc.stderr) == (2, "error: bad --x\n"), (kinds, proc.stderr)
   proc = run("runtime", "value")  # not named: a traceback, exit 1
   assert proc.returncode == 1 and "Traceback" in proc.stderr and "ValueError" in proc.stderr
+
+
+@pytest.mark.parametrize("module", ["treadle.train.main", "treadle.train.prepare"])
+@pytest.mark.parametrize("overrides", [(), ("--config.train.num_steps=5",)])
+def test_a_missing_config_file_is_one_line_naming_it_with_or_without_overrides(
+    module, overrides, tmp_path):
+  # ml_collections reads an override before the load error surfaces: that was a traceback
+  workdir = ("--workdir", str(tmp_path / "run")) if module.endswith("main") else ()
+  proc = subprocess.run([sys.executable, "-m", module, "--config", "configs/no_such.py",
+                         *workdir, *overrides], cwd=REPO,
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2, proc.stderr
+  assert proc.stderr.splitlines() == [
+      "error: --config 'configs/no_such.py': no such file (or it cannot be read)"], proc.stderr
+  assert not (tmp_path / "run").exists()
