@@ -76,10 +76,11 @@ def load(cfg, tokenizer: tokenizers.Tokenizer | None = None) -> Corpus:
   the cache, and splits each; all errors come before anything is written."""
   srcs = corpus_sources(cfg)
   root = token_cache.cache_root(cfg.cache_dir)
-  tokenizer, sample_ends, record = _tokenizer_and_sample(srcs, cfg, root, tokenizer)
+  prints = [sources_lib.fingerprint(s.files) for s in srcs]  # hashed once, keys both caches
+  tokenizer, sample_ends, record = _tokenizer_and_sample(srcs, prints, cfg, root, tokenizer)
   try:
     stores = token_cache.build_or_load(srcs, tokenizer, cfg.text_field, root,
-                                       cfg.prepare_workers)
+                                       cfg.prepare_workers, prints)
   except tokenizers.UnknownCharacterError as e:
     raise tokenizers.UnknownCharacterError(f"{e} (inherited tokenizer)") from None
   if record is not None:  # written only once every source has tokenized cleanly
@@ -92,13 +93,13 @@ def load(cfg, tokenizer: tokenizers.Tokenizer | None = None) -> Corpus:
 
 # -- the tokenizer and the sample it learns from -------------------------------------------
 
-def _tokenizer_and_sample(srcs, cfg, root: pathlib.Path, tokenizer):
+def _tokenizer_and_sample(srcs, prints: list, cfg, root: pathlib.Path, tokenizer):
   """(tokenizer, per source: index after the last sampled document, the (path, record) to
   cache them under); keyed by the sources' fingerprints and the fitting settings, so a
   second run reads no text for them."""
   key = token_cache.digest({
       "version": token_cache.VERSION, "text_field": cfg.text_field,
-      "files": [sources_lib.fingerprint(s.files) for s in srcs],
+      "files": prints,
       "weights": [s.weight for s in srcs], "kind": cfg.tokenizer, "vocab_size": cfg.vocab_size,
       "sample_bytes": cfg.tokenizer_sample_bytes, "val": cfg.val_fraction,
       "test": cfg.test_fraction})

@@ -8,6 +8,7 @@ file; `.jsonl`, `.jsonl.gz`, `.jsonl.zst` one document per line in the field
 import dataclasses
 import glob
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -190,9 +191,18 @@ def _read_parquet(path: str, field: str) -> Iterator[str]:
 
 
 def fingerprint(files: tuple[str, ...]) -> list[list]:
-  """(path, size, modification time) of each file: a changed file changes its cache key."""
-  out = []
-  for f in files:
-    st = os.stat(f)
-    out.append([f, st.st_size, st.st_mtime_ns])
-  return out
+  """(path, size, sha256 of the bytes) of each file: the caches' key. Content, not the
+  modification time: a file rewritten with other text of the same size and mtime (a copy
+  with preserved times, a restored backup) must not be served the old text's tokens."""
+  return [[f, os.path.getsize(f), _file_sha256(f)] for f in files]
+
+
+def _file_sha256(path: str) -> str:
+  """Streamed, so a corpus larger than memory hashes in constant memory. sha256 over
+  blake2b: measured on this machine's AMD EPYC (Zen 3, family 25 model 1, SHA-NI),
+  best of 3 with a warm page cache, sha256 took 0.8 ms for the 1.1 MB tinyshakespeare
+  and 75 ms for 100 MB (1.3 GB/s), blake2b 2.2 ms and 134 ms. Tokenizing that 1.1 MB
+  took 0.06-1 s (byte 18 MB/s, char 9, BPE 1.2 per worker): hashing is about 1% of a first
+  build, and under a tenth of a second per 100 MB on every later run."""
+  with open(path, "rb") as f:
+    return hashlib.file_digest(f, "sha256").hexdigest()

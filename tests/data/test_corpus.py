@@ -1,6 +1,7 @@
 """Corpora of many documents: held-out documents, BPE's bounded sample, mixtures drawn by
 weight, packed windows with segment ids, per-process rows and exact resume."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -137,3 +138,18 @@ def test_resume_is_exact_with_a_mixture(tmp_path, packed):
     assert x.keys() == y.keys()
     for k in x:
       np.testing.assert_array_equal(x[k], y[k])
+
+
+def test_a_rewrite_of_the_same_size_and_mtime_fits_a_new_tokenizer(tmp_path):
+  """The issue's failure: the char tokenizer cached for the old text lacked the new text's
+  characters, so sampling failed on 'x'. The tokenizer's cache key is the content too."""
+  path = _write(tmp_path / "d.jsonl", ["abc abc abc " * 20] * 40)
+  first = corpus.load(_cfg(tmp_path, path=str(path), tokenizer="char"))
+  stat = path.stat()
+  _write(path, ["xyz xyz xyz " * 20] * 40)
+  os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+  assert path.stat().st_size == stat.st_size
+  again = corpus.load(_cfg(tmp_path, path=str(path), tokenizer="char"))
+  assert "x" not in first.tokenizer.decode(list(range(first.tokenizer.vocab_size - 1)))
+  tokens, _ = again.train.views[0].read(np.arange(12))
+  assert again.tokenizer.decode(tokens) == "xyz xyz xyz "

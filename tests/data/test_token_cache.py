@@ -1,6 +1,7 @@
 """Token cache: built once and reused, rebuilt when a file or the tokenizer changes, the same
 tokens from parallel workers as from one, uint16/uint32 shards, nothing left on failure."""
 import json
+import os
 import pathlib
 
 import numpy as np
@@ -119,3 +120,87 @@ def test_random_reads_keep_the_shards_out_of_rss(tmp_path):
     positions = starts[:, None] + np.arange(65)
     np.testing.assert_array_equal(store.read(positions), tokens[positions])
   assert _rss_file_kib() - before < 8 << 10
+
+
+def test_same_size_and_mtime_with_other_content_rebuilds(tmp_path):
+  """The key is the files' content: a rewrite that keeps size and mtime is not the old text."""
+  path = tmp_path / "corpus.txt"
+  path.write_text("abcabc")
+  source = sources.Source("data", (str(path),))
+  tok = tokenizers.fit("byte", "")
+  first = _store(source, tok, "text", tmp_path / "cache", workers=1)
+  stat = path.stat()
+  path.write_text("xyzxyz")
+  os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+  assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
+  again = _store(source, tok, "text", tmp_path / "cache", workers=1)
+  assert again.path != first.path
+  np.testing.assert_array_equal(again.read(np.arange(6)), tok.encode("xyzxyz"))
+
+
+def _damage_manifest(change):
+  def damage(entry: pathlib.Path):
+    manifest = json.loads((entry / "manifest.json").read_text())
+    change(manifest)
+    (entry / "manifest.json").write_text(json.dumps(manifest))
+  return damage
+
+
+def _set_shard_file(manifest):
+  manifest["shards"][0]["file"] = "../x"
+
+
+def _set_dtype(manifest):
+  manifest["dtype"] = "int8"
+
+
+def _set_shard_tokens(manifest):
+  manifest["shards"][0]["tokens"] += 1
+
+
+def _truncate_shard(entry: pathlib.Path):
+  shard = entry / "shard_00000.bin"
+  shard.write_bytes(shard.read_bytes()[:-2])
+
+
+def _token_out_of_vocabulary(entry: pathlib.Path):
+  shard = entry / "shard_00000.bin"
+  tokens = np.fromfile(shard, np.uint16)
+  tokens[3] = 300  # the byte tokenizer's vocabulary is 257
+  shard.write_bytes(tokens.tobytes())
+
+
+def _truncate_documents(entry: pathlib.Path):
+  np.save(entry / "documents.npy", np.load(entry / "documents.npy")[:-1])
+
+
+def _garble_manifest(entry: pathlib.Path):
+  (entry / "manifest.json").write_text('{"dtype": "uint16", "shar')
+
+
+@pytest.mark.parametrize("damage,reason", [
+    (_damage_manifest(_set_shard_file), "'../x' is not a shard file name"),
+    (_damage_manifest(_set_dtype), "dtype 'int8', expected 'uint16'"),
+    (_damage_manifest(_set_shard_tokens), "holds 178 bytes, the manifest says 180"),
+    (_truncate_shard, "holds 176 bytes, the manifest says 178"),
+    (_token_out_of_vocabulary, "token id 300 >= the vocabulary size 257"),
+    (_truncate_documents, "documents.npy"),
+    (_garble_manifest, "manifest.json is not readable"),
+])
+def test_a_damaged_entry_is_rebuilt_with_a_warning(tmp_path, caplog, damage, reason):
+  """The cache is only a cache: an entry that fails its checks is never read but rebuilt."""
+  path = tmp_path / "corpus.txt"
+  text = "to be or not to be " * 4 + "x" * 11  # 89 tokens with end of text: 178 bytes
+  path.write_text(text + "\n")
+  source = sources.Source("data", (str(path),))
+  tok = tokenizers.fit("byte", "")
+  first = _store(source, tok, "text", tmp_path / "cache", workers=1)
+  expected = first.read(np.arange(first.num_tokens))
+  damage(first.path)
+  with caplog.at_level("WARNING", logger="treadle"):
+    again = _store(source, tok, "text", tmp_path / "cache", workers=1)
+  warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+  assert len(warnings) == 1 and reason in warnings[0] and "rebuilding" in warnings[0], warnings
+  assert again.path == first.path
+  np.testing.assert_array_equal(again.read(np.arange(again.num_tokens)), expected)
+  assert [p.name for p in (tmp_path / "cache" / "tokens").iterdir()] == [first.path.name]
