@@ -13,6 +13,7 @@ EXIT_CODE = 75  # EX_TEMPFAIL: whatever was trained is checkpointed; rerun the c
 # import carries on. The signal is remembered here so the trainer still stops at its next safe
 # point: the loop's StopSignal starts from it, and treadle-train exits EXIT_CODE at the end.
 _outside_training: str | None = None
+_previous_unraisablehook = sys.__unraisablehook__
 
 
 def exit_outside_training(signum, frame) -> None:
@@ -29,6 +30,19 @@ def exit_outside_training(signum, frame) -> None:
 def install_exit_outside_training() -> None:
   for sig in (signal.SIGTERM, signal.SIGINT):
     signal.signal(sig, exit_outside_training)
+  global _previous_unraisablehook
+  if sys.unraisablehook is not _quiet_lost_exit:
+    _previous_unraisablehook, sys.unraisablehook = sys.unraisablehook, _quiet_lost_exit
+
+
+def _quiet_lost_exit(unraisable) -> None:
+  """Python reports an exception it cannot raise (one in a gc or weakref callback, such as
+  jax's _xla_gc_callback) as "Exception ignored" with a traceback. The handler's exit is
+  remembered and acted on later, so that report would only alarm: drop it, pass others on."""
+  exit_code = getattr(unraisable.exc_value, "code", None)
+  if not (isinstance(unraisable.exc_value, SystemExit) and exit_code == EXIT_CODE
+          and _outside_training is not None):
+    _previous_unraisablehook(unraisable)
 
 
 def received_outside_training() -> str | None:

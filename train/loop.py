@@ -322,7 +322,24 @@ def train(cfg: config_lib.RunConfig, workdir) -> dict:
   of the outcome."""
   workdir = pathlib.Path(workdir)
   with workdir_lib.claim(workdir, enabled=jax.process_index() == 0):
-    return _train_owned(cfg, workdir)
+    try:
+      return _train_owned(cfg, workdir)
+    except SystemExit:  # a signal before the loop or in the final evaluation
+      if interrupts.received_outside_training() and jax.process_index() == 0:
+        _summarize_interrupted(workdir)
+      raise
+
+
+def _summarize_interrupted(workdir: pathlib.Path) -> None:
+  """summary.json of a run a signal stopped outside the loop, where its last checkpoint left
+  it; nothing if its files were never written (a fresh workdir is then removed again)."""
+  if not (workdir / "config.json").exists():
+    return
+  saved = checkpoint.directory(workdir)
+  steps = [int(p.name) for p in saved.iterdir() if p.name.isdigit()] if saved.is_dir() else []
+  # best_val_loss is saved inside the checkpoint: unknown (null) without restoring it
+  _write_json(workdir / "summary.json", {"outcome": "interrupted", "step": max(steps, default=0),
+                                         "best_val_loss": None if steps else float("inf")})
 
 
 def _train_owned(cfg: config_lib.RunConfig, workdir: pathlib.Path) -> dict:

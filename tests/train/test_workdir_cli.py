@@ -198,6 +198,7 @@ def test_sigterm_during_start_up_exits_75(tmp_path, data):
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == 75, err[-2000:]
   assert "SIGTERM during start-up or the final evaluation: nothing to save" in err
+  assert "Traceback" not in err and "Exception ignored" not in err, err[-2000:]
   assert not (workdir / "checkpoints").exists()
 
 
