@@ -13,9 +13,9 @@ VENV=$(mktemp -d)/venv
 if [ "$VERSION" = "3.11" ]; then
   # torch's CPU build lies on this machine's disk for 3.11 only; elsewhere pip takes a CUDA build
   "$VENV/bin/pip" install --quiet torch==2.13.0
-  EXTRAS="test,hf-test"
+  EXTRAS="test,hf-test,docs"
 else
-  EXTRAS="test"
+  EXTRAS="test,docs"
 fi
 "$VENV/bin/pip" install --quiet -e ".[$EXTRAS]"
 {
