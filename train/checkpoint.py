@@ -1,6 +1,8 @@
 """Orbax checkpoints: train state + Grain iterator state + resolved config in one step."""
 import logging
+import math
 import pathlib
+import re
 from typing import Any, Callable
 
 import grain
@@ -27,7 +29,7 @@ def manager(workdir, keep: int = 2, keep_best: bool = True,
   policies = [ocp.checkpoint_managers.LatestN(n=keep)]
   if keep_best:
     policies.append(ocp.checkpoint_managers.BestN(
-        get_metric_fn=lambda m: m["val_loss"], reverse=True, n=1,
+        get_metric_fn=lambda m: _ranked(m["val_loss"]), reverse=True, n=1,
         keep_checkpoints_without_metrics=False))
   options = ocp.CheckpointManagerOptions(
       preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
@@ -93,7 +95,8 @@ def resolve_step(mgr: ocp.CheckpointManager, step: int | str | None) -> int:
   if step is None or step == "latest":
     return max(steps)
   if step == "best":
-    return best_step(mgr) or max(steps)
+    best = best_step(mgr)
+    return best if best is not None else _latest_not_nan(mgr, steps)
   if int(step) not in steps:
     raise FileNotFoundError(f"no checkpoint step {step} in {str(mgr.directory)!r} "
                             f"(have {sorted(steps)})")
@@ -111,10 +114,30 @@ def locate(path) -> tuple[pathlib.Path, int | None]:
 
 
 def best_step(mgr: ocp.CheckpointManager) -> int | None:
-  """The kept step with the lowest recorded val_loss (None if none recorded one)."""
-  scored = [(m["val_loss"], s) for s in mgr.all_steps()
-            if (m := mgr.metrics(s)) and "val_loss" in m]
+  """The kept step with the lowest recorded val_loss (None if none recorded one); a NaN
+  val_loss is never the best."""
+  scored = [(v, s) for s, v in _val_losses(mgr, mgr.all_steps()) if not math.isnan(v)]
   return min(scored)[1] if scored else None
+
+
+def _val_losses(mgr: ocp.CheckpointManager, steps) -> list[tuple[int, float]]:
+  return [(s, float(m["val_loss"])) for s in steps if (m := mgr.metrics(s)) and "val_loss" in m]
+
+
+def _ranked(val_loss: float) -> float:
+  """NaN compares false both ways, so sorted() may rank it anywhere, even as the best; as
+  +inf it ranks last."""
+  return math.inf if math.isnan(val_loss) else val_loss
+
+
+def _latest_not_nan(mgr: ocp.CheckpointManager, steps) -> int:
+  """"best" when no step has a usable val_loss: the latest step that is not NaN."""
+  nan = {s for s, v in _val_losses(mgr, steps) if math.isnan(v)}
+  usable = [s for s in steps if s not in nan]
+  if not usable:
+    raise ValueError(f"--step=best: every checkpoint in {str(mgr.directory)!r} has a NaN "
+                     f"val_loss (steps {sorted(steps)}); pass a step number")
+  return max(usable)
 
 
 def restore_extra(mgr: ocp.CheckpointManager, step: int) -> dict:
@@ -157,7 +180,8 @@ def restore_newest_intact(mgr: ocp.CheckpointManager, abstract: state_lib.TrainS
 
   A newer step that fails (a missing or truncated shard, a missing iterator state, missing
   metadata) is moved to WORKDIR/damaged_checkpoints/ for inspection (by process 0:
-  `move_aside`), with one warning line.
+  `move_aside`), with one warning line. Any other failure (an I/O error, out of memory)
+  says nothing about the files: it is raised as a one-line RuntimeError and nothing moves.
   If no step restores, nothing is moved and the newest step's error is raised."""
   steps = sorted(mgr.all_steps(), reverse=True)
   failures = []
@@ -166,6 +190,9 @@ def restore_newest_intact(mgr: ocp.CheckpointManager, abstract: state_lib.TrainS
       state = restore(mgr, step, abstract, data_iter)
       extra = restore_extra(mgr, step)
     except Exception as e:  # Orbax, TensorStore and Grain raise many types for damaged files
+      if not is_damage(e):
+        raise RuntimeError(f"checkpoint step {step} in {str(mgr.directory)!r} could not be "
+                           f"read ({_first_line(e)}); left in place") from e
       failures.append((step, _first_line(e)))
       continue
     for bad, reason in failures:
@@ -180,6 +207,42 @@ def restore_newest_intact(mgr: ocp.CheckpointManager, abstract: state_lib.TrainS
     raise RuntimeError(f"no checkpoint in {str(mgr.directory)!r} restores; the newest, step "
                        f"{step}: {reason}")
   return None
+
+
+# TensorStore's status codes (at the start of its ValueErrors) that mean the files are
+# wrong: a truncated or zeroed shard, a missing one, an unreadable manifest. Others
+# (UNAVAILABLE for EIO, RESOURCE_EXHAUSTED for ENOSPC/ENOMEM, PERMISSION_DENIED) are not.
+_DAMAGE_CODES = {"DATA_LOSS", "OUT_OF_RANGE", "FAILED_PRECONDITION", "NOT_FOUND",
+                 "INVALID_ARGUMENT"}
+_MISSING = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
+
+
+def is_damage(error: BaseException) -> bool:
+  """Whether a restore failed because of the step's files (missing, truncated,
+  unparseable), looking through the causes Orbax wraps them in. A failure that is also
+  an I/O error or out of memory anywhere in its chain is not damage."""
+  chain = []
+  while error is not None and error not in chain:
+    chain.append(error)
+    error = error.__cause__ or error.__context__
+  return (not any(map(_passing, chain))) and any(map(_damaged, chain))
+
+
+def _status_code(error: BaseException) -> str | None:
+  match = re.match(r"([A-Z][A-Z_]+): ", str(error))
+  return match.group(1) if match else None
+
+
+def _passing(error: BaseException) -> bool:
+  code = _status_code(error)
+  return (isinstance(error, MemoryError) or (isinstance(error, OSError)
+          and not isinstance(error, _MISSING)) or (code is not None and code not in _DAMAGE_CODES))
+
+
+def _damaged(error: BaseException) -> bool:
+  if isinstance(error, KeyError):  # Orbax: 'Item "data_iter" was not found in the checkpoint'
+    return "not found in the checkpoint" in str(error)
+  return isinstance(error, (*_MISSING, ValueError, EOFError))  # json's errors are ValueErrors
 
 
 def _first_line(error: Exception) -> str:

@@ -1,4 +1,8 @@
 """Checkpoints: full round trip, other meshes, the data iterator, parameters-only sampling."""
+import errno
+import json
+import logging
+
 import jax
 import numpy as np
 import pytest
@@ -127,3 +131,107 @@ def test_load_params_closes_the_reader_when_the_restore_fails(monkeypatch, step,
     checkpoint.load_params("run", step, MODEL,
                            lambda abstract, _: jax.tree.map(lambda _: device, abstract))
   assert opened.closed
+
+
+class _Steps:
+  """Stands in for a CheckpointManager over step directories 1 and 2 (restore is patched)."""
+  def __init__(self, root):
+    self.directory = root / "checkpoints"
+    for step in (1, 2):
+      (self.directory / str(step)).mkdir(parents=True)
+
+  def all_steps(self):
+    return [1, 2]
+
+  def reload(self):
+    pass
+
+
+def _wrapped(outer: Exception, cause: Exception) -> Exception:
+  """As Orbax raises a TensorStore failure: a plain Exception whose cause says what it is."""
+  outer.__cause__ = cause
+  return outer
+
+
+def _restore_failing_at_step_2(monkeypatch, error: BaseException) -> None:
+  def restore(mgr, step, abstract, data_iter):
+    if step == 2:
+      raise error
+    return "state 1"
+  monkeypatch.setattr(checkpoint, "restore", restore)
+  monkeypatch.setattr(checkpoint, "restore_extra", lambda mgr, step: {})
+
+
+@pytest.mark.parametrize("error", [
+    FileNotFoundError(2, "No such file or directory", "checkpoints/2/state/_METADATA"),
+    json.JSONDecodeError("Expecting value", "{", 1),
+    KeyError('Item "data_iter" was not found in the checkpoint. Available items: [state]'),
+    _wrapped(Exception("Encountered error while reading array index"),
+             ValueError('OUT_OF_RANGE: Error reading "params.token_embed/0.0"')),
+    ValueError('DATA_LOSS: Error opening "zarr" driver'),
+], ids=["missing file", "unparseable json", "missing item", "truncated shard", "data loss"])
+def test_a_damaged_step_is_moved_aside(tmp_path, monkeypatch, caplog, error):
+  mgr = _Steps(tmp_path)
+  _restore_failing_at_step_2(monkeypatch, error)
+  step, state, _ = checkpoint.restore_newest_intact(mgr, None, None, logging.getLogger("t"))
+  assert (step, state) == (1, "state 1")
+  assert (tmp_path / "damaged_checkpoints" / "2").is_dir()
+  assert not (tmp_path / "checkpoints" / "2").exists()
+  assert "checkpoint step 2 is damaged" in caplog.text
+
+
+@pytest.mark.parametrize("error,message", [
+    (OSError(errno.EIO, "Input/output error", "checkpoints/2/state/d/x"), "Input/output error"),
+    (OSError(errno.ENOSPC, "No space left on device"), "No space left on device"),
+    (MemoryError(), "MemoryError"),
+    (_wrapped(Exception("Encountered error while reading array index"),
+              ValueError("RESOURCE_EXHAUSTED: Out of memory allocating 4096 bytes")),
+     "Encountered error"),
+    (ValueError("UNAVAILABLE: Error reading local file"), "UNAVAILABLE"),
+], ids=["EIO", "ENOSPC", "out of memory", "tensorstore out of memory", "unavailable"])
+def test_a_read_failure_that_is_not_damage_fails_and_moves_nothing(tmp_path, monkeypatch,
+                                                                   error, message):
+  """A passing I/O error or out-of-memory says nothing about the files: the step is kept
+  where it is and the run stops with the error in one line."""
+  mgr = _Steps(tmp_path)
+  _restore_failing_at_step_2(monkeypatch, error)
+  with pytest.raises(RuntimeError, match="checkpoint step 2 .* could not be read") as raised:
+    checkpoint.restore_newest_intact(mgr, None, None, logging.getLogger("t"))
+  assert message in str(raised.value) and "\n" not in str(raised.value)
+  assert raised.value.__cause__ is error  # the disk-error report in main.py walks the chain
+  assert (tmp_path / "checkpoints" / "2").is_dir()
+  assert not (tmp_path / "damaged_checkpoints").exists()
+
+
+def test_an_interrupt_while_restoring_moves_nothing(tmp_path, monkeypatch):
+  mgr = _Steps(tmp_path)
+  _restore_failing_at_step_2(monkeypatch, KeyboardInterrupt())
+  with pytest.raises(KeyboardInterrupt):
+    checkpoint.restore_newest_intact(mgr, None, None, logging.getLogger("t"))
+  assert (tmp_path / "checkpoints" / "2").is_dir()
+  assert not (tmp_path / "damaged_checkpoints").exists()
+
+
+def test_best_never_picks_a_nan_val_loss(tmp_path):
+  """Nor does retention keep a NaN step as the best: NaN compares false both ways, so a
+  plain min() or sort can rank it first."""
+  tx, shardings, _ = _setup((8, 1, 1), "dp")
+  state = state_lib.create(MODEL, tx, 0, shardings)
+  mgr = checkpoint.manager(tmp_path, keep=1, keep_best=True)
+  for step, val in [(1, float("nan")), (2, 2.0), (3, float("nan")), (4, 3.0)]:
+    checkpoint.save(mgr, step, state, None, {}, val_loss=val)
+    mgr.wait_until_finished()
+  assert sorted(mgr.all_steps()) == [2, 4]
+  assert checkpoint.best_step(mgr) == 2 and checkpoint.resolve_step(mgr, "best") == 2
+  mgr.close()
+
+
+def test_best_of_only_nan_steps_is_the_latest_without_nan(tmp_path):
+  tx, shardings, _ = _setup((8, 1, 1), "dp")
+  state = state_lib.create(MODEL, tx, 0, shardings)
+  mgr = checkpoint.manager(tmp_path, keep=3, keep_best=False)
+  for step, val in [(1, None), (2, float("nan")), (3, float("nan"))]:
+    checkpoint.save(mgr, step, state, None, {}, val_loss=val)
+    mgr.wait_until_finished()
+  assert checkpoint.best_step(mgr) is None and checkpoint.resolve_step(mgr, "best") == 1
+  mgr.close()
