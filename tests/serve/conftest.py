@@ -11,6 +11,7 @@ import pytest
 from tests.conftest import REPO, child_env, run_cli
 
 _LISTENING = re.compile(r"serving .* on (http://127\.0\.0\.1:\d+)")
+_STARTED: list["ServerProcess"] = []  # every server of this worker, for failure reports
 
 
 class ServerProcess:
@@ -23,6 +24,8 @@ class ServerProcess:
          *flags], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         text=True)
     self.log: list[str] = []
+    self.flags, self.stopped = flags, False
+    _STARTED.append(self)
     found = threading.Event()
 
     def drain():  # read the log to the end so the pipe never fills
@@ -53,10 +56,32 @@ class ServerProcess:
         raise AssertionError(f"timed out; last /health: {health}")
       time.sleep(0.05)
 
+  def exit_report(self) -> str | None:
+    """How this server ended, if it did without `stop`: its exit code and the end of its log."""
+    code = self.proc.poll()
+    if code is None or self.stopped:
+      return None
+    how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+    return (f"treadle-serve {' '.join(self.flags)} (pid {self.proc.pid}) {how}; "
+            "the end of its log:\n" + "".join(self.log[-60:]))
+
   def stop(self) -> None:
+    self.stopped = True
     if self.proc.poll() is None:
       self.proc.kill()
       self.proc.wait(timeout=30)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+  """A test that failed while a server of this worker was gone says how it ended (a dead
+  shared server otherwise shows only as "connection refused" in whichever test came next)."""
+  outcome = yield
+  report = outcome.get_result()
+  if report.failed:
+    for server in _STARTED:
+      if (ended := server.exit_report()) is not None:
+        report.sections.append(("treadle-serve ended", ended))
 
 
 @pytest.fixture(scope="session")
