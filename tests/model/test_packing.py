@@ -8,6 +8,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from treadle.data import corpus
+from treadle.data import token_cache
+from treadle.data import windows
 from treadle.model import gpt
 from treadle.train import config as config_lib
 from treadle.train.tasks import lm
@@ -46,24 +49,29 @@ def test_packed_attention_equals_separate_forward_passes(options):
   assert not np.allclose(mixed[:, 5:], packed[:, 5:], atol=1e-3)
 
 
-def test_packed_loss_is_the_mean_over_unmasked_targets():
+def _pipeline_batch(seed=1) -> tuple[dict, list[np.ndarray]]:
+  """Two packed rows as the data pipeline builds them (windows.gather: its segment ids,
+  positions and loss mask) from a stream of documents, and those documents."""
+  rng = np.random.default_rng(seed)
+  lengths = np.array([5, 8, 4] * 2)  # each row of 16 inputs + 1 target holds three whole docs
+  stream = rng.integers(0, CFG.vocab_size, lengths.sum()).astype(np.int32)
+  store = token_cache.Store(None, [stream], np.array([0, stream.size]),
+                            np.concatenate([[0], np.cumsum(lengths)]))
+  view = corpus.View.of(store, np.cumsum(lengths) - lengths, lengths)
+  batch = windows.gather(view, np.array([0, 17]), 16, packed=True)
+  return batch, np.split(stream, np.cumsum(lengths)[:-1])
+
+
+def test_packed_loss_is_the_mean_of_each_documents_own_loss():
+  """The pipeline's packed rows give the loss of the documents trained one by one: nothing
+  predicted across a boundary (the mask), nothing attended across it (segments)."""
+  batch, docs = _pipeline_batch()
   model = gpt.Decoder(CFG, nnx.Rngs(0))
-  tokens, segment_ids, positions = _packed(1)
-  targets = jnp.roll(tokens, -1, axis=1)
-  mask = (segment_ids == jnp.roll(segment_ids, -1, axis=1)).astype(jnp.float32).at[:, -1].set(1)
-  batch = {"inputs": tokens, "targets": targets, "segment_ids": segment_ids,
-           "positions": positions, "loss_mask": mask}
   graphdef, params = nnx.split(model)
   loss, _ = jax.jit(lambda b: lm.LanguageModeling().loss(nnx.merge(graphdef, params), b,
                                                             None))(batch)
-  forward = _forward(CFG)
-  per_doc, start = [], 0
-  for n in LENGTHS:
-    logits = forward(tokens[:, start:start + n])
-    logp = jax.nn.log_softmax(logits, -1)
-    nll = -jnp.take_along_axis(logp, targets[:, start:start + n, None], -1)[..., 0]
-    per_doc.append(nll * mask[:, start:start + n])
-    start += n
-  expected = jnp.concatenate(per_doc, axis=1).sum() / mask.sum()
-  np.testing.assert_allclose(loss, expected, rtol=1e-5)
-  assert float(mask.sum()) == 2 * (16 - len(LENGTHS) + 1)  # two boundaries masked per row
+  forward, nll = _forward(CFG), []
+  for doc in docs:  # each document alone, each of its tokens predicting the next
+    logp = jax.nn.log_softmax(forward(jnp.asarray(doc[None, :-1])), -1)
+    nll.append(-np.take_along_axis(np.asarray(logp[0]), doc[1:, None], -1)[:, 0])
+  np.testing.assert_allclose(loss, np.concatenate(nll).mean(), rtol=1e-5)
