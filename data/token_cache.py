@@ -136,7 +136,10 @@ def _usable(path: pathlib.Path, tokenizer: tokenizers.Tokenizer) -> bool:
     return True
   log.warning("token cache entry %s is damaged (%s); rebuilding it", path, reason)
   trash = pathlib.Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.damaged-"))
-  os.rename(path, trash / path.name)  # out of the way at once, even if removal is slow
+  try:
+    os.rename(path, trash / path.name)  # out of the way at once, even if removal is slow
+  except FileNotFoundError:
+    pass  # another process found it damaged too and moved it first
   shutil.rmtree(trash, ignore_errors=True)
   return False
 
