@@ -1,6 +1,5 @@
 """Decoding: KV cache == full recomputation, sampling filters, reproducibility, sharding."""
 import collections
-import functools
 import re
 
 import jax
@@ -9,94 +8,48 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from tests.model import decode_helpers as helpers
+from tests.model.decode_helpers import GREEDY, PROMPT_LEN, PROMPTS, TOTAL
 from treadle.model import decode
-from treadle.train import mesh as mesh_lib
 from treadle.train import state as state_lib
 from treadle.train import config as config_lib
 
 CFG = config_lib.section(
     "model", vocab_size=61, max_seq_len=32, num_layers=2, num_heads=4, embed_dim=32)
-PROMPTS = [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11, 12, 13, 14, 15, 16, 17]]
-PROMPT_LEN, TOTAL = 16, 48
-GREEDY = decode.SamplingParams(jnp.float32(0), jnp.int32(0), jnp.float32(1))
 
 
 def _params(seed=0):
   return state_lib.model_graph(CFG)[0], state_lib.random_params(CFG, seed)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _run(graphdef, cached, params, tokens, pad, key, steps, sampling):
-  model = nnx.merge(graphdef, params)
-  carry = decode.prefill(model, tokens, pad, PROMPT_LEN, key, sampling)
-  loop = decode.decode_steps if cached else decode.recompute_steps
-  return loop(model, carry, steps, sampling).tokens_BN
-
-
-def _generate(graphdef, params, steps, cached=True, sampling=GREEDY, seed=0):
-  tokens, pad = decode.left_pad(PROMPTS, TOTAL, PROMPT_LEN)
-  return np.asarray(_run(graphdef, cached, params, tokens, pad, jax.random.key(seed),
-                         jnp.int32(steps), sampling))
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _forward(graphdef, params, tokens):
-  return nnx.merge(graphdef, params)(tokens)[0]
-
-
 def test_cached_greedy_equals_full_recompute_within_the_window():
   graphdef, params = _params()
   steps = CFG.max_seq_len - PROMPT_LEN - 1  # stays inside the 32-token window
-  cached = _generate(graphdef, params, steps)
-  assert np.array_equal(cached, _generate(graphdef, params, steps, cached=False))
+  cached = helpers.generate(graphdef, params, steps)
+  assert np.array_equal(cached, helpers.generate(graphdef, params, steps, cached=False))
   for row, prompt in enumerate(PROMPTS):  # and equals plain decoding of the unpadded prompt
     ids = list(prompt)
     for _ in range(steps + 1):
       # right-padded to one shape (one compilation); causality makes the padding invisible
       buffer = np.zeros((1, CFG.max_seq_len), np.int32)
       buffer[0, :len(ids)] = ids
-      logits = _forward(graphdef, params, jnp.asarray(buffer))
+      logits = helpers.forward(graphdef, params, jnp.asarray(buffer))
       ids.append(int(jnp.argmax(logits[0, len(ids) - 1])))
     assert ids[len(prompt):] == cached[row, PROMPT_LEN:PROMPT_LEN + steps + 1].tolist()
 
 
 def _shard(params, rules="fsdp_tp"):
-  """Params split over an 8-device (data=2, fsdp=2, tensor=2) mesh."""
-  mesh = mesh_lib.make_mesh((2, 2, 2))
-  _, _, specs = state_lib.model_graph(CFG)
-  sharded = jax.device_put(params,
-                           mesh_lib.param_shardings(specs, mesh, mesh_lib.rules(rules)))
+  sharded = helpers.shard(CFG, params, rules)
   qkv = sharded["blocks"][0]["attn"]["qkv"]["w"]
   assert qkv.sharding.shard_shape(qkv.shape) != qkv.shape  # really split
   return sharded
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _encode(graphdef, params, tokens, slot, pad, cache):
-  model = nnx.merge(graphdef, params)
-  return decode.encode(model, tokens, slot, pad, cache, jnp.int32(0))
 
 
 @pytest.mark.parametrize("sharded", [False, pytest.param(True, marks=pytest.mark.devices(8))])
 def test_cached_logits_match_full_forward(sharded):
   graphdef, params = _params(1)
   params = _shard(params) if sharded else params
-  tokens, pad = decode.left_pad(PROMPTS, TOTAL, PROMPT_LEN)
-  rng = np.random.default_rng(0)
-  tokens[:, PROMPT_LEN:] = rng.integers(0, CFG.vocab_size, (len(PROMPTS), TOTAL - PROMPT_LEN))
-  cache = nnx.merge(graphdef, params).init_cache(len(PROMPTS), CFG.max_seq_len)
-  prefill_logits, cache = _encode(graphdef, params, tokens[:, :PROMPT_LEN], jnp.int32(0), pad,
-                                  cache)
-  step_logits = [prefill_logits[:, -1]]
-  for slot in range(PROMPT_LEN, CFG.max_seq_len):
-    logits, cache = _encode(graphdef, params, tokens[:, slot:slot + 1], jnp.int32(slot), pad,
-                            cache)
-    step_logits.append(logits[:, 0])
-  cached = np.stack(step_logits, axis=1)  # predictions for slots PROMPT_LEN..W
-  for row, n_pad in enumerate(pad):
-    full = _forward(graphdef, params, jnp.asarray(tokens[row:row + 1, n_pad:CFG.max_seq_len]))
-    reference = np.asarray(full[0, PROMPT_LEN - 1 - n_pad:, :CFG.vocab_size])
-    np.testing.assert_allclose(cached[row, :, :CFG.vocab_size], reference, rtol=1e-5, atol=1e-5)
+  helpers.assert_cached_logits_match_full_forward(CFG, graphdef, params)
 
 
 def _greedy_after_slides(graphdef, params, out: np.ndarray, pad) -> np.ndarray:
@@ -110,28 +63,29 @@ def _greedy_after_slides(graphdef, params, out: np.ndarray, pad) -> np.ndarray:
       base = cur - W // 2  # the slide: keep the last W/2 slots
     for row, n_pad in enumerate(pad):
       context = jnp.asarray(out[row:row + 1, max(base, int(n_pad)):cur + 1])
-      logits = _forward(graphdef, params, context)[0, -1, :CFG.vocab_size]
+      logits = helpers.forward(graphdef, params, context)[0, -1, :CFG.vocab_size]
       expected[row, cur + 1] = int(jnp.argmax(logits))
   return expected
 
 
 def test_generation_past_the_window_slides():
   graphdef, params = _params()
-  out = _generate(graphdef, params, TOTAL)  # 48 slots > 32-token window: slides at slot 32
+  out = helpers.generate(graphdef, params, TOTAL)  # 48 slots > the 32 window: slides at 32
   _, pad = decode.left_pad(PROMPTS, TOTAL, PROMPT_LEN)
   expected = _greedy_after_slides(graphdef, params, out, np.asarray(pad))
   assert TOTAL - 1 - CFG.max_seq_len > 8  # tokens after the slide are compared
   np.testing.assert_array_equal(out[:, PROMPT_LEN:], expected[:, PROMPT_LEN:])
-  within = _generate(graphdef, params, CFG.max_seq_len - PROMPT_LEN - 1)
+  within = helpers.generate(graphdef, params, CFG.max_seq_len - PROMPT_LEN - 1)
   np.testing.assert_array_equal(out[:, :CFG.max_seq_len], within[:, :CFG.max_seq_len])
 
 
 @pytest.mark.devices(8)
 def test_sharded_params_decode_the_same_tokens():
   graphdef, params = _params(2)
-  single = _generate(graphdef, params, 20)
-  np.testing.assert_array_equal(_generate(graphdef, _shard(params), 20), single)
-  np.testing.assert_array_equal(_generate(graphdef, _shard(params), 20, cached=False), single)
+  single = helpers.generate(graphdef, params, 20)
+  np.testing.assert_array_equal(helpers.generate(graphdef, _shard(params), 20), single)
+  np.testing.assert_array_equal(helpers.generate(graphdef, _shard(params), 20, cached=False),
+                                single)
 
 
 PROBS = np.array([0.4, 0.3, 0.15, 0.1, 0.05])
@@ -167,9 +121,9 @@ def test_temperature_sharpens_and_zero_is_greedy():
 def test_same_seed_same_samples_other_seed_differs():
   graphdef, params = _params()
   sampling = decode.SamplingParams(jnp.float32(1.0), jnp.int32(0), jnp.float32(0.95))
-  a = _generate(graphdef, params, 15, sampling=sampling, seed=5)
-  b = _generate(graphdef, params, 15, sampling=sampling, seed=5)
-  c = _generate(graphdef, params, 15, sampling=sampling, seed=6)
+  a = helpers.generate(graphdef, params, 15, sampling=sampling, seed=5)
+  b = helpers.generate(graphdef, params, 15, sampling=sampling, seed=5)
+  c = helpers.generate(graphdef, params, 15, sampling=sampling, seed=6)
   np.testing.assert_array_equal(a, b)
   assert not np.array_equal(a, c)
 

@@ -1,6 +1,5 @@
 """Decoder options: cache == recompute for each, scan/remat == plain, RoPE, GQA, soft-cap, errors."""
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -8,11 +7,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from treadle.model import decode
 from treadle.model import gpt
 from treadle.model import lora
 from tests import numerics
-from treadle.train import mesh as mesh_lib
+from tests.model import decode_helpers as helpers
 from treadle.train import state as state_lib
 from treadle.train import config as config_lib
 
@@ -33,11 +31,6 @@ VARIANTS = {
                                        norm_eps=1e-5, rope_scaling="llama3",
                                        rope_original_max_len=8),
 }
-PROMPTS = [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11, 12, 13, 14, 15, 16, 17]]
-PROMPT_LEN, TOTAL = 16, 48
-GREEDY = decode.SamplingParams(jnp.float32(0), jnp.int32(0), jnp.float32(1))
-
-
 def _params(cfg, seed=0):
   """Random parameters; LoRA's zero-initialised B is perturbed so adapters matter."""
   params = state_lib.random_params(cfg, seed)
@@ -47,69 +40,24 @@ def _params(cfg, seed=0):
   return state_lib.model_graph(cfg)[0], params
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _forward(graphdef, params, tokens):
-  return nnx.merge(graphdef, params)(tokens)[0]
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _encode(graphdef, params, tokens, slot, pad, cache):
-  return decode.encode(nnx.merge(graphdef, params), tokens, slot, pad, cache, jnp.int32(0))
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _run(graphdef, cached, params, tokens, pad, steps):
-  model = nnx.merge(graphdef, params)
-  carry = decode.prefill(model, tokens, pad, PROMPT_LEN, jax.random.key(0), GREEDY)
-  loop = decode.decode_steps if cached else decode.recompute_steps
-  return loop(model, carry, steps, GREEDY).tokens_BN
-
-
-def _generate(graphdef, params, steps, cached):
-  tokens, pad = decode.left_pad(PROMPTS, TOTAL, PROMPT_LEN)
-  return np.asarray(_run(graphdef, cached, params, tokens, pad, jnp.int32(steps)))
-
-
-def _cached_vs_full(cfg, graphdef, params):
-  """Logits of prefill + one-token cached steps against a full forward of each row."""
-  tokens, pad = decode.left_pad(PROMPTS, TOTAL, PROMPT_LEN)
-  rng = np.random.default_rng(0)
-  tokens[:, PROMPT_LEN:] = rng.integers(0, cfg.vocab_size, (len(PROMPTS), TOTAL - PROMPT_LEN))
-  cache = nnx.merge(graphdef, params).init_cache(len(PROMPTS), cfg.max_seq_len)
-  logits, cache = _encode(graphdef, params, tokens[:, :PROMPT_LEN], jnp.int32(0), pad, cache)
-  steps = [logits[:, -1]]
-  for slot in range(PROMPT_LEN, cfg.max_seq_len):
-    logits, cache = _encode(graphdef, params, tokens[:, slot:slot + 1], jnp.int32(slot), pad,
-                            cache)
-    steps.append(logits[:, 0])
-  cached = np.stack(steps, axis=1)
-  for row, n_pad in enumerate(pad):
-    full = _forward(graphdef, params, jnp.asarray(tokens[row:row + 1, n_pad:cfg.max_seq_len]))
-    reference = np.asarray(full[0, PROMPT_LEN - 1 - n_pad:, :cfg.vocab_size])
-    np.testing.assert_allclose(cached[row, :, :cfg.vocab_size], reference, rtol=1e-5, atol=1e-5)
-
-
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_cache_matches_recompute(name):
   cfg = VARIANTS[name]
   graphdef, params = _params(cfg)
-  _cached_vs_full(cfg, graphdef, params)
-  steps = cfg.max_seq_len - PROMPT_LEN - 1
-  np.testing.assert_array_equal(_generate(graphdef, params, steps, cached=True),
-                                _generate(graphdef, params, steps, cached=False))
+  helpers.assert_cached_logits_match_full_forward(cfg, graphdef, params)
+  steps = cfg.max_seq_len - helpers.PROMPT_LEN - 1
+  np.testing.assert_array_equal(helpers.generate(graphdef, params, steps, cached=True),
+                                helpers.generate(graphdef, params, steps, cached=False))
 
 
 def test_llama_cache_matches_recompute_sharded_fsdp_tp():
   graphdef, params = _params(LLAMA)
-  mesh = mesh_lib.make_mesh((2, 2, 2))
-  _, _, specs = state_lib.model_graph(LLAMA)
-  sharded = jax.device_put(params, mesh_lib.param_shardings(specs, mesh,
-                                                            mesh_lib.rules("fsdp_tp")))
+  sharded = helpers.shard(LLAMA, params)
   kv = sharded["blocks"][0]["attn"]["kv"]["w"]
   assert kv.sharding.shard_shape(kv.shape) != kv.shape  # kv heads really split over tensor
-  _cached_vs_full(LLAMA, graphdef, sharded)
-  np.testing.assert_array_equal(_generate(graphdef, sharded, 12, cached=True),
-                                _generate(graphdef, params, 12, cached=True))
+  helpers.assert_cached_logits_match_full_forward(LLAMA, graphdef, sharded)
+  np.testing.assert_array_equal(helpers.generate(graphdef, sharded, 12, cached=True),
+                                helpers.generate(graphdef, params, 12, cached=True))
 
 
 def _stack_blocks(params):
@@ -171,8 +119,8 @@ def test_gqa_with_repeated_kv_heads_equals_multi_head():
   mha_shape = state_lib.model_graph(mha)[1]["blocks"][0]["attn"]["qkv"]["w"].shape
   assert p_mha["blocks"][0]["attn"]["qkv"]["w"].shape == mha_shape
   tokens = jnp.asarray(np.random.default_rng(3).integers(0, BASE.vocab_size, (2, 20)))
-  np.testing.assert_allclose(_forward(state_lib.model_graph(mha)[0], p_mha, tokens),
-                             _forward(state_lib.model_graph(gqa)[0], p, tokens),
+  np.testing.assert_allclose(helpers.forward(state_lib.model_graph(mha)[0], p_mha, tokens),
+                             helpers.forward(state_lib.model_graph(gqa)[0], p, tokens),
                              rtol=1e-5, atol=1e-5)
 
 
@@ -180,7 +128,7 @@ def test_softcap_bounds_logits_and_untied_head_is_used():
   cfg = dataclasses.replace(BASE, logit_softcap=2.0, tie_embeddings=False)
   graphdef, params = _params(cfg)
   params["lm_head"] = params["lm_head"] * 1000.0
-  logits = np.asarray(_forward(graphdef, params, jnp.ones((1, 8), jnp.int32)))
+  logits = np.asarray(helpers.forward(graphdef, params, jnp.ones((1, 8), jnp.int32)))
   real = logits[..., :cfg.vocab_size]
   assert np.abs(real).max() <= 2.0 and np.abs(real).max() > 1.9
 
@@ -189,16 +137,16 @@ def test_lora_merge_equals_adapters_and_zero_init_is_identity():
   cfg = VARIANTS["lora"]
   graphdef, params = _params(cfg)
   tokens = jnp.asarray(np.random.default_rng(4).integers(0, cfg.vocab_size, (2, 20)))
-  with_adapters = _forward(graphdef, params, tokens)
+  with_adapters = helpers.forward(graphdef, params, tokens)
   merged, merged_cfg = lora.merge(params, cfg)
   assert merged_cfg.lora_rank == 0 and "lora" not in merged["blocks"][0]["attn"]["q"]
-  np.testing.assert_allclose(_forward(state_lib.model_graph(merged_cfg)[0], merged, tokens),
+  np.testing.assert_allclose(helpers.forward(state_lib.model_graph(merged_cfg)[0], merged, tokens),
                              with_adapters, rtol=1e-5, atol=1e-5)
   base = lora.base_params(params)
-  base_logits = _forward(state_lib.model_graph(merged_cfg)[0], base, tokens)
+  base_logits = helpers.forward(state_lib.model_graph(merged_cfg)[0], base, tokens)
   assert not np.allclose(base_logits, with_adapters, atol=1e-3)  # adapters change the model
   fresh = state_lib.random_params(cfg, 0)  # B = 0: adapters start as no-ops
-  np.testing.assert_allclose(_forward(graphdef, lora.with_adapters(base, fresh), tokens),
+  np.testing.assert_allclose(helpers.forward(graphdef, lora.with_adapters(base, fresh), tokens),
                              base_logits, rtol=1e-6, atol=1e-6)
 
 
@@ -207,8 +155,8 @@ def test_scanned_lora_merge():
   graphdef, params = _params(cfg)
   tokens = jnp.asarray(np.random.default_rng(5).integers(0, cfg.vocab_size, (2, 10)))
   merged, merged_cfg = lora.merge(params, cfg)
-  np.testing.assert_allclose(_forward(state_lib.model_graph(merged_cfg)[0], merged, tokens),
-                             _forward(graphdef, params, tokens), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(helpers.forward(state_lib.model_graph(merged_cfg)[0], merged, tokens),
+                             helpers.forward(graphdef, params, tokens), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("change, message", [
