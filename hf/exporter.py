@@ -11,6 +11,7 @@ import shutil
 import jax
 import numpy as np
 
+from treadle.common import entry
 from treadle.data import tokenizers
 from treadle.hf import architectures
 from treadle.hf import safetensors_io
@@ -83,6 +84,47 @@ def _entries(links: list, params: dict) -> list[safetensors_io.Entry]:
   return entries
 
 
+def _param_paths(tree, prefix=()) -> list[tuple]:
+  if not isinstance(tree, dict):
+    return [prefix]
+  return [p for k, v in tree.items() for p in _param_paths(v, (*prefix, k))]
+
+
+def check_mapping(links: list, params: dict, arch: str) -> None:
+  """Every treadle parameter goes into exactly one HF tensor group, and no HF name twice
+  (a parameter without a link would be silently lost: transformers initialises the tensor)."""
+  written: dict[tuple, int] = {}
+  for link in links:
+    if link.path is not None:
+      written[tuple(link.path)] = written.get(tuple(link.path), 0) + 1
+  names = [n for link in links for n in link.hf_names]
+  for path in _param_paths(params):
+    count = written.pop(path, 0)
+    if count != 1:
+      where = "/".join(map(str, path))
+      raise HfFormatError(f"parameter {where} is written twice to {arch}" if count else
+                          f"parameter {where} is not written: {arch} has no tensor for it")
+  if written:
+    raise HfFormatError(f"{arch} tensor from {'/'.join(map(str, next(iter(written))))}, "
+                        "which the run does not have")
+  twice = sorted({n for n in names if names.count(n) > 1})
+  if twice:
+    raise HfFormatError(f"tensor {twice[0]!r} is written twice")
+
+
+def check_written(out: pathlib.Path) -> None:
+  """What was written reads back as the importer reads it: every tensor the written
+  config.json implies exists with its shape, and no tensor has no place in it."""
+  from treadle.hf import importer  # noqa: PLC0415 (the reader of what this module writes)
+  try:
+    arch, options = architectures.model_options(json.loads((out / "config.json").read_text()))
+    cfg = importer.run_config(options, None).model
+    tensors = safetensors_io.scan(out)
+    importer.check_tensors(weights.links(cfg, arch), tensors, cfg)
+  except (HfFormatError, ValueError) as e:
+    raise HfFormatError(f"the export does not load back: {entry.first_line(e)}") from None
+
+
 def _fresh_target(out: pathlib.Path) -> None:
   if out.exists() and (not out.is_dir() or any(out.iterdir())):
     raise HfFormatError(f"--hf_dir={str(out)!r} exists and is not empty")
@@ -96,13 +138,15 @@ def export(workdir, hf_dir, step=None, merge_lora: bool = False,
   model_cfg, params, tokenizer, step = load_run(workdir, step, merge_lora)
   token_ids = getattr(tokenizer, "token_ids", {})
   arch, body = architectures.hf_config(model_cfg, token_ids)
+  links = weights.links(model_cfg, arch)
+  check_mapping(links, params, arch)
   tmp = out.with_name(f".{out.name}.exporting-{os.getpid()}")
   shutil.rmtree(tmp, ignore_errors=True)
   tmp.mkdir(parents=True)
   try:
     (tmp / "config.json").write_text(json.dumps(body, indent=2))
-    files = safetensors_io.write(tmp, _entries(weights.links(model_cfg, arch), params),
-                                 max_shard_bytes)
+    files = safetensors_io.write(tmp, _entries(links, params), max_shard_bytes)
+    check_written(tmp)
     tokenizer_files.save(tokenizer, tmp, model_cfg.max_seq_len)
     if out.exists():
       out.rmdir()

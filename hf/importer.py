@@ -60,7 +60,7 @@ def run_config(options: dict, base: ml_collections.ConfigDict | None) -> config_
   return config_lib.split(d)
 
 
-def _check_tensors(links: list, tensors: dict, model_cfg) -> None:
+def check_tensors(links: list, tensors: dict, model_cfg) -> None:
   used = set()
   for link in links:
     for name, shape in zip(link.hf_names, link.hf_shapes):
@@ -89,7 +89,7 @@ def plan(hf_dir, base: ml_collections.ConfigDict | None = None) -> Plan:
   tensors = safetensors_io.scan(hf_dir)
   prefix = "" if "wte.weight" in tensors else "transformer."  # files before transformers 5
   links = weights.links(cfg.model, arch, prefix)
-  _check_tensors(links, tensors, cfg.model)
+  check_tensors(links, tensors, cfg.model)
   tokenizer = tokenizer_files.load(hf_dir, cfg.model.vocab_size)
   tokenizer.token_ids.update({k: hf_config.get(k) for k in architectures.TOKEN_ID_KEYS})
   return Plan(cfg, arch, links, tensors, tokenizer)

@@ -110,7 +110,7 @@ def _llama_attention(cfg: gpt.ModelConfig, b: tuple, h: str) -> list[Link]:
     to_t, to_h = _fused_linear(len(projs), out_shape) if fused else _linear(out_shape)
     links.append(Link((*b, "attn", weight, "w"), names("weight", projs),
                       tuple((r, D) for r in rows), to_t, to_h))
-    if cfg.qkv_bias:
+    if cfg.qkv_bias or cfg.use_bias:  # use_bias: q/k/v carry biases as every Linear does
       to_t, to_h = (_fused_bias(len(projs), out_shape) if fused else
                     (lambda x, s=out_shape: x.reshape(s), _one(lambda x: x.reshape(-1))))
       links.append(Link((*b, "attn", weight, "bias"), names("bias", projs),
