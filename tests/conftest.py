@@ -92,6 +92,18 @@ def child_env(**extra: str) -> dict[str, str]:
   return {**env, **extra}
 
 
+def metric_rows(workdir) -> list[dict]:
+  """The rows of WORKDIR/metrics.jsonl as treadle reads them (`train.metrics.read`), asserting
+  that the file holds each step's rows once, as the trainer leaves it: a resumed run first
+  drops the rows past its checkpoint, so `read` must have had no repeated rows to drop."""
+  from treadle.train import metrics
+  rows = metrics.read(workdir)
+  path = pathlib.Path(workdir) / metrics.FILENAME
+  lines = path.read_text().count("\n")  # whole lines: a torn last one is not a row either
+  assert len(rows) == lines, f"{path}: {lines - len(rows)} rows repeat a step"
+  return rows
+
+
 def run_cli(module: str, *args, timeout: int = 300, env: dict | None = None,
             check: bool = True) -> subprocess.CompletedProcess:
   """Runs a treadle entry point in a fresh process (its own device count and jax state)."""

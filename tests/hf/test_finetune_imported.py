@@ -1,17 +1,16 @@
 """An imported model is a run like any other: LoRA fine-tuning on local text with its own
 HF tokenizer (configs/imported.py), then sampling. Needs neither torch nor transformers."""
-import json
 
 import numpy as np
 
-from tests.conftest import run_cli
+from tests.conftest import metric_rows, run_cli
 from tests.hf import synthetic
 from treadle.hf import importer
 from treadle.infer import sampler as sampler_lib
 
 
 def _train_losses(workdir) -> list[float]:
-  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  rows = metric_rows(workdir)
   return [r["train_loss"] for r in rows if "train_loss" in r]
 
 

@@ -1,11 +1,10 @@
 """bf16 compute trains like fp32: fp32 master weights and optimizer state, fp32 loss."""
 import dataclasses
-import json
 
 import jax
 import jax.numpy as jnp
 
-from tests.conftest import run_cli
+from tests.conftest import metric_rows, run_cli
 from tests.train import test_sharding
 
 STEPS = 200
@@ -16,7 +15,7 @@ def _train_losses(workdir, text_file, dtype) -> dict[int, float]:
           f"--config.data.path={text_file}", f"--config.model.compute_dtype={dtype}",
           f"--config.train.num_steps={STEPS}", "--config.train.log_every=10",
           "--config.train.eval_every=100", "--config.train.checkpoint_every=200")
-  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  rows = metric_rows(workdir)
   return {r["step"]: r["train_loss"] for r in rows if "train_loss" in r}
 
 

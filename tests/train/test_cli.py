@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import metric_rows, run_cli
 
 TINY = "configs/tiny.py"
 
@@ -46,7 +46,7 @@ def trained(tmp_path_factory, text_file):
 def test_train_writes_config_metrics_tensorboard_checkpoints(trained):
   config = json.loads((trained / "config.json").read_text())
   assert config["train"]["num_steps"] == 20 and config["model"]["vocab_size"] > 0
-  rows = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+  rows = metric_rows(trained)
   assert all("step" in r for r in rows)
   train_rows = [r for r in rows if "train_loss" in r]
   assert {"learning_rate", "tokens_per_second"} <= set(train_rows[0])
@@ -154,7 +154,7 @@ def test_llama_preset_trains_sharded_fsdp_tp_and_samples(tmp_path, text_file):
           "--config.train.checkpoint_every=6", "--config.train.batch_size=8")
   layout = json.loads((workdir / "sharding.json").read_text())
   assert "tensor" in json.dumps(layout) and "fsdp" in json.dumps(layout)
-  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  rows = metric_rows(workdir)
   assert "test_loss" in rows[-1]
   sample = run_cli("treadle.infer.cli", "--workdir", workdir, "--prompt", "ROMEO:", "--max_new_tokens",
                    "20", "--json", "--mesh_shape", "1,1,2", "--rules", "fsdp_tp",

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from tests.conftest import run_cli
+from tests.conftest import metric_rows, run_cli
 from treadle.train import config as config_lib
 from treadle.train import mesh as mesh_lib
 from treadle.train import optimizer
@@ -16,7 +16,7 @@ from treadle.train.tasks import lm
 
 
 def _rows(workdir):
-  return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return metric_rows(workdir)
 
 
 def _train(workdir, text_file, *overrides, check=True):

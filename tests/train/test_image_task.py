@@ -8,7 +8,7 @@ import pytest
 from treadle.data import images
 from treadle.infer import predictor
 from tests import numerics
-from tests.conftest import run_cli
+from tests.conftest import metric_rows, run_cli
 from treadle.train import config as config_lib
 from treadle.train import mesh as mesh_lib
 from treadle.train import optimizer
@@ -80,7 +80,7 @@ COMMON = ["--config", "configs/digits_cnn.py", "--config.train.log_every=1",
 
 
 def _rows(workdir):
-  return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return metric_rows(workdir)
 
 
 @pytest.fixture(scope="module")

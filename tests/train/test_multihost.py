@@ -1,5 +1,4 @@
 """Two processes x 4 CPU devices (jax.distributed over loopback) == one process x 8 devices."""
-import json
 import socket
 import subprocess
 import sys
@@ -8,7 +7,7 @@ import jax
 import numpy as np
 
 from tests import numerics
-from tests.conftest import REPO, child_env, run_cli
+from tests.conftest import REPO, child_env, metric_rows, run_cli
 from treadle.infer import sampler as sampler_lib
 from treadle.train import config as config_lib
 from treadle.train import state as state_lib
@@ -26,7 +25,7 @@ def _free_port() -> int:
 
 
 def _losses(workdir):
-  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  rows = metric_rows(workdir)
   return [r["train_loss"] for r in rows if "train_loss" in r]
 
 

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import metric_rows, run_cli
 from treadle.train import config as config_lib
 from treadle.train import metrics
 
@@ -23,7 +23,7 @@ def test_without_a_terminal_a_run_prints_a_line_per_log_step_and_eval(tmp_path, 
              for l in train), train
   evals = [l for l in lines if "val loss" in l and "best val loss" in l]
   assert [int(re.search(r"step (\d+)/", l).group(1)) for l in evals] == [10, 20]
-  rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+  rows = metric_rows(tmp_path / "run")
   loss_at_10 = next(r["train_loss"] for r in rows if r["step"] == 10 and "train_loss" in r)
   assert f"step 10/20  loss {loss_at_10:.4f}" in "\n".join(train)
   profile = tmp_path / "run" / "profile"

@@ -1,5 +1,4 @@
 """Exact resume across processes, SIGKILL at any moment, SIGTERM, and mismatch errors."""
-import json
 import signal
 import subprocess
 import sys
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 
 from treadle.infer import sampler as sampler_lib
-from tests.conftest import REPO, child_env, run_cli
+from tests.conftest import REPO, child_env, metric_rows, run_cli
 
 N = 10
 # decay_steps pinned so that a first process told num_steps=N has the same schedule as 2N
@@ -25,13 +24,9 @@ def _train(workdir, text_file, steps, **kw):
 
 
 def _losses(workdir) -> dict[int, float]:
-  """step -> train loss; a step logged twice (by a killed and a resumed process) must agree."""
-  out = {}
-  for line in (workdir / "metrics.jsonl").read_text().splitlines():
-    row = json.loads(line)
-    if "train_loss" in row:
-      assert out.setdefault(row["step"], row["train_loss"]) == row["train_loss"]
-  return out
+  """step -> train loss (metric_rows: a step logged twice, by a killed and a resumed process,
+  fails)."""
+  return {r["step"]: r["train_loss"] for r in metric_rows(workdir) if "train_loss" in r}
 
 
 def _params(workdir, step):
@@ -97,15 +92,13 @@ def test_sigkill_while_a_checkpoint_is_written_restores_the_previous_one(tmp_pat
   proc.wait(timeout=60)
   steps = sorted(p.name for p in (workdir / "checkpoints").iterdir())
   assert str(N) in steps and str(2 * N) not in steps  # only a temporary dir for 2N
-  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  rows = metric_rows(workdir)
   assert any(r["step"] > N for r in rows)  # the killed process logged past checkpoint N
   out = _train(workdir, text_file, 2 * N)
   assert f"resumed from step {N}" in out.stderr
   assert (workdir / "checkpoints" / str(2 * N)).is_dir()
   # the replayed steps N+1..2N (train and val rows) are in metrics.jsonl once each
-  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-  keyed = [(r["step"], tuple(sorted(r))) for r in rows]
-  assert len(keyed) == len(set(keyed))
+  rows = metric_rows(workdir)  # (it asserts that)
   assert [r["step"] for r in rows if "train_loss" in r] == list(range(1, 2 * N + 1))
   assert not [p for p in (workdir / "checkpoints").iterdir() if "tmp" in p.name]
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.conftest import REPO, child_env, run_cli
+from tests.conftest import REPO, child_env, metric_rows, run_cli
 
 TINY = "configs/tiny.py"
 
@@ -151,8 +151,8 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_step(run_copy, t
   assert "restoring step 10" in warnings[0] and "resumed from step 10" in proc.stderr
   assert (run_copy / "damaged_checkpoints" / "20").is_dir()  # kept for inspection
   # steps 11..20 trained again from step 10: the same losses as the first time, logged once
-  rows = [json.loads(line) for line in (run_copy / "metrics.jsonl").read_text().splitlines()]
-  first = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+  rows = metric_rows(run_copy)
+  first = metric_rows(trained)
   assert [r["step"] for r in rows if "train_loss" in r] == [5, 10, 15, 20]
   assert ([r["train_loss"] for r in rows if "train_loss" in r]
           == [r["train_loss"] for r in first if "train_loss" in r])
