@@ -21,15 +21,6 @@ class DataConfig:
   split_seed: int
   max_shift: int
 
-  def __post_init__(self):
-    if self.dataset != "digits":
-      raise ValueError(f"data.dataset={self.dataset!r} is not one of ['digits']")
-    for name in ("val_fraction", "test_fraction"):
-      if not 0.0 < getattr(self, name) < 0.5:
-        raise ValueError(f"data.{name}={getattr(self, name)} must be in (0, 0.5)")
-    if self.max_shift < 0:
-      raise ValueError(f"data.max_shift={self.max_shift} must be >= 0")
-
 
 @dataclasses.dataclass(frozen=True)
 class Preprocess:

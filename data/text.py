@@ -30,22 +30,9 @@ class DataConfig:
   cache_dir: str
   prepare_workers: int
 
-  def __post_init__(self):
-    if self.seq_len < 1:
-      raise ValueError(f"data.seq_len={self.seq_len} must be positive")
-    for name in ("val_fraction", "test_fraction"):
-      if not 0.0 < getattr(self, name) < 0.5:
-        raise ValueError(f"data.{name}={getattr(self, name)} must be in (0, 0.5)")
-    if self.tokenizer not in tokenizers.KINDS:
-      raise ValueError(f"data.tokenizer={self.tokenizer!r} is not one of "
-                       f"{list(tokenizers.KINDS)}")
-    if self.vocab_size < 0:
-      raise ValueError(f"data.vocab_size={self.vocab_size} must be >= 0")
+  def __post_init__(self):  # each key's own range: configs/base.py, checked by config.split()
     if self.tokenizer == "bpe":
       tokenizers.check_bpe_vocab_size(self.vocab_size)
-    if self.tokenizer_sample_bytes < 1 or self.prepare_workers < 0:
-      raise ValueError(f"data.tokenizer_sample_bytes={self.tokenizer_sample_bytes} must be "
-                       f"positive and data.prepare_workers={self.prepare_workers} >= 0")
     if self.mixture:
       if self.path:
         raise ValueError("set data.path or data.mixture, not both")

@@ -16,9 +16,6 @@ from treadle.model import layers
 from treadle.model.layers import DecodeState, LayerCache  # noqa: F401  (the cache types, re-exported)
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-_CHOICES = {"position": ("learned", "rope"), "norm": ("layernorm", "rmsnorm"),
-            "mlp": ("gelu", "swiglu"), "remat": ("none", "full", "dots", "dots_no_batch"),
-            "rope_scaling": ("none", "llama3")}
 _REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.checkpoint_dots,
                    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 # LoRA targets: weight names, or groups of them
@@ -67,38 +64,23 @@ class ModelConfig:
   lora_targets: str
 
   def __post_init__(self):
-    for name, choices in _CHOICES.items():
-      if getattr(self, name) not in choices:
-        raise ValueError(f"model.{name}={getattr(self, name)!r} is not one of {list(choices)}")
-    if self.compute_dtype not in _DTYPES:
-      raise ValueError(f"model.compute_dtype={self.compute_dtype!r} is not one of "
-                       f"{sorted(_DTYPES)}")
-    for name in ("num_layers", "num_heads", "mlp_ratio", "vocab_multiple"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"model.{name}={getattr(self, name)} must be positive")
-    for name in ("vocab_size", "max_seq_len", "num_kv_heads", "mlp_hidden_dim", "lora_rank",
-                 "attn_head_dim", "norm_eps"):
-      if getattr(self, name) < 0:
-        raise ValueError(f"model.{name}={getattr(self, name)} must be >= 0")
+    # each key's own type, range or choices: configs/base.py, checked by config.split();
+    # here only the rules that tie keys together
     if not self.attn_head_dim and self.embed_dim % self.num_heads:
       raise ValueError(f"model.embed_dim={self.embed_dim} is not divisible by "
                        f"model.num_heads={self.num_heads}")
     if self.num_heads % self.kv_heads:
       raise ValueError(f"model.num_heads={self.num_heads} is not divisible by "
                        f"model.num_kv_heads={self.num_kv_heads}")
-    if self.position == "rope" and (self.head_dim % 2 or self.rope_base <= 0):
+    if self.position == "rope" and self.head_dim % 2:
       raise ValueError(f"model.position=rope needs an even head dim (embed_dim/num_heads="
-                       f"{self.head_dim}) and model.rope_base > 0 (got {self.rope_base})")
+                       f"{self.head_dim})")
     if self.rope_scaling == "llama3" and not (
         self.rope_scaling_factor > 0 and self.rope_original_max_len > 0
         and 0 < self.rope_low_freq_factor < self.rope_high_freq_factor):
       raise ValueError("model.rope_scaling=llama3 needs rope_scaling_factor > 0, "
                        "rope_original_max_len > 0 and 0 < rope_low_freq_factor < "
                        "rope_high_freq_factor")
-    if not 0.0 <= self.dropout < 1.0:
-      raise ValueError(f"model.dropout={self.dropout} must be in [0, 1)")
-    if self.logit_softcap < 0:
-      raise ValueError(f"model.logit_softcap={self.logit_softcap} must be >= 0 (0 = off)")
     self._check_lora()
 
   def _check_lora(self):

@@ -11,23 +11,15 @@ from typing import Any
 import ml_collections
 
 from treadle.configs import base
+from treadle.configs import keys
 from treadle.data import images
 from treadle.data import text
 from treadle.model import classifier
 from treadle.model import gpt
-from treadle.train import values
 
-# The only keys a resumed run may change: how long it trains, how often it logs, evaluates
-# and checkpoints, what it keeps and when it stops, and where it runs (mesh: checkpoints
-# restore onto any mesh). Any other change (seed, batch size, data, model, optimizer,
-# fine-tuning, ...) would make a different experiment under the same name: refused.
-RESUMABLE_KEYS = frozenset({
-    "train.num_steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
-    "train.keep_checkpoints", "train.keep_best", "train.early_stopping_patience",
-    "train.early_stopping_min_delta", "train.target_val_loss", "train.max_nonfinite_steps",
-    "train.profile_steps", "train.wandb_project", "data.cache_dir", "data.prepare_workers",
-    "mesh.data", "mesh.fsdp", "mesh.tensor", "mesh.rules", "mesh.cpu_devices"})
-OPTIMIZERS = ("adamw", "lion", "muon")
+# The only keys a resumed run may change: those declared with resume=True in configs/base.py.
+RESUMABLE_KEYS = base.resumable()
+OPTIMIZERS = base.declared("lm")["optimizer.name"].check.choices
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,17 +36,6 @@ class OptimizerConfig:
   grad_clip_norm: float
   muon_learning_rate: float
   muon_momentum: float
-
-  def __post_init__(self):
-    if self.name not in OPTIMIZERS:
-      raise ValueError(f"optimizer.name={self.name!r} is not one of {list(OPTIMIZERS)}")
-    if self.learning_rate <= 0 or self.muon_learning_rate <= 0:
-      raise ValueError(f"optimizer.learning_rate={self.learning_rate} and optimizer."
-                       f"muon_learning_rate={self.muon_learning_rate} must be positive")
-    if not 0 <= self.muon_momentum < 1:
-      raise ValueError(f"optimizer.muon_momentum={self.muon_momentum} must be in [0, 1)")
-    if self.warmup_steps < 0 or self.decay_steps < 0:
-      raise ValueError("optimizer.warmup_steps and optimizer.decay_steps must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,19 +60,10 @@ class TrainConfig:
   profile_steps: str
   wandb_project: str
 
-  def __post_init__(self):
-    for name in ("num_steps", "batch_size", "grad_accum_steps", "log_every", "eval_every",
-                 "checkpoint_every", "keep_checkpoints"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"train.{name}={getattr(self, name)} must be positive")
-    if self.eval_batches < 0:
-      raise ValueError(f"train.eval_batches={self.eval_batches} must be >= 0 (0 = whole split)")
+  def __post_init__(self):  # each key's own range: configs/base.py, checked by split()
     if self.batch_size % self.grad_accum_steps:
       raise ValueError(f"train.batch_size={self.batch_size} is not divisible by "
                        f"train.grad_accum_steps={self.grad_accum_steps}")
-    if self.matmul_precision not in ("default", "high", "highest"):
-      raise ValueError(f"train.matmul_precision={self.matmul_precision!r} is not one of "
-                       "['default', 'high', 'highest']")
     self.profile_window  # validates the "START:STOP" form
 
   @property
@@ -113,12 +85,6 @@ class FinetuneConfig:
   lora_rank: int
   lora_alpha: float
   lora_targets: str
-
-  def __post_init__(self):
-    if self.lora_rank < 0:
-      raise ValueError(f"finetune.lora_rank={self.lora_rank} must be >= 0 (0 = off)")
-    if self.lora_alpha <= 0:
-      raise ValueError(f"finetune.lora_alpha={self.lora_alpha} must be positive")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,9 +148,12 @@ def _check_keys(d: dict) -> None:
 
 def split(cfg: ml_collections.ConfigDict | dict) -> RunConfig:
   """One ConfigDict -> frozen dataclasses; missing or unknown keys and bad values raise
-  ValueError."""
+  ValueError. Each value is checked against its declaration in configs/base.py (type, finite,
+  range or choices) before any dataclass, so the cross-key checks there see sane values."""
   d = cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
   _check_keys(d)
+  if problem := keys.first_problem(base.declared(d["task"]), _flatten(d)):
+    raise ValueError(problem)
   model_type, data_type = _SECTION_TYPES[d["task"]]
   finetune = _build(FinetuneConfig, "finetune", d["finetune"])
   train = _build(TrainConfig, "train", d["train"])
@@ -197,7 +166,6 @@ def split(cfg: ml_collections.ConfigDict | dict) -> RunConfig:
       mesh=_build(MeshConfig, "mesh", d["mesh"]),
       finetune=finetune,
   )
-  values.check(run)
   return run
 
 

@@ -1,5 +1,4 @@
 """Every config file loads, splits and builds; configs/base.py is the one schema."""
-import ast
 import dataclasses
 import importlib
 import json
@@ -18,7 +17,10 @@ from treadle.train import optimizer
 from treadle.train import state as state_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-CONFIG_FILES = sorted(p.stem for p in (REPO / "configs").glob("*.py") if p.stem != "__init__")
+# configs/ also holds the declaration vocabulary (keys) and the reference generator
+NOT_CONFIG_FILES = {"__init__", "keys", "reference"}
+CONFIG_FILES = sorted(p.stem for p in (REPO / "configs").glob("*.py")
+                      if p.stem not in NOT_CONFIG_FILES)
 
 
 def _with_data_fields(cfg: config_lib.RunConfig) -> config_lib.RunConfig:
@@ -102,15 +104,11 @@ def test_typed_configs_have_no_defaults_of_their_own():
     assert not with_default, (cls.__name__, with_default)
 
 
-def test_every_base_key_has_a_one_line_comment():
-  source = (REPO / "configs" / "base.py").read_text().splitlines()
-  tree = ast.parse("\n".join(source))
-  assigned = [node for node in ast.walk(tree) if isinstance(node, ast.Assign)
-              and isinstance(node.targets[0], ast.Attribute)]
-  assert len(assigned) > 60
-  uncommented = [source[n.lineno - 1].strip() for n in assigned
-                 if "#" not in source[n.lineno - 1]]
-  assert not uncommented, uncommented
+def test_every_base_key_has_a_one_line_doc():
+  declared = {k: v for task in base.TASKS for k, v in base.declared(task).items()}
+  assert len(declared) > 60
+  undocumented = [k for k, v in declared.items() if not v.doc.strip() or "\n" in v.doc]
+  assert not undocumented, undocumented
 
 
 def test_saved_run_configs_gain_keys_added_later(tmp_path):

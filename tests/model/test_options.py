@@ -161,18 +161,27 @@ def test_scanned_lora_merge():
 
 @pytest.mark.parametrize("change, message", [
     (dict(num_kv_heads=3), "num_heads=4 is not divisible by model.num_kv_heads=3"),
-    (dict(position="alibi"), "model.position='alibi' is not one of"),
-    (dict(norm="batchnorm"), "model.norm="),
-    (dict(mlp="relu"), "model.mlp="),
-    (dict(remat="some"), "model.remat="),
     (dict(position="rope", num_heads=8, embed_dim=24), "even head dim"),
-    (dict(logit_softcap=-1.0), "logit_softcap"),
     (dict(lora_rank=2, lora_targets="attn,ffn"), "lora_targets"),
     (dict(lora_rank=2, num_kv_heads=2, lora_targets="qkv"), r"\['qkv'\] not in this model"),
 ])
 def test_bad_combinations_are_one_line_errors(change, message):
   with pytest.raises(ValueError, match=message) as e:
     dataclasses.replace(BASE, **change)
+  assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(position="alibi"), "model.position='alibi' is not one of"),
+    (dict(norm="batchnorm"), "model.norm="),
+    (dict(mlp="relu"), "model.mlp="),
+    (dict(remat="some"), "model.remat="),
+    (dict(logit_softcap=-1.0), "model.logit_softcap=-1.0 must be >= 0"),
+])
+def test_bad_values_of_one_key_are_one_line_errors(change, message):
+  # one key's own choices and ranges are declared in configs/base.py and checked by split()
+  with pytest.raises(ValueError, match=message) as e:
+    config_lib.section("model", **change)
   assert "\n" not in str(e.value)
 
 

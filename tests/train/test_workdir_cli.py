@@ -310,7 +310,23 @@ def test_a_full_disk_is_one_line_and_keeps_the_written_checkpoint(tmp_path, data
   if proc.returncode != 2 and "Operation not permitted" in proc.stderr:
     pytest.skip("mount namespaces are not permitted here")
   assert "No space left on device" in _error(proc)
+  # only that line: no traceback of Orbax's writer threads, asyncio or tensorboardX around it
+  assert proc.stderr.splitlines()[-1].startswith("error: ") and "Traceback" not in proc.stderr
+  assert "Exception" not in proc.stderr and "RESOURCE_EXHAUSTED" not in proc.stderr
   assert (kept / "checkpoints" / "10" / "commit_success.txt").exists()
   assert not (kept / "checkpoints" / "20").exists()
   from treadle.infer import sampler as sampler_lib
   assert sampler_lib.Sampler.from_workdir(kept).step == 10  # the written step still loads
+
+
+@pytest.mark.parametrize("override,key", [
+    ("--config.model.embed_dim=0", "model.embed_dim"),
+    ("--config.model.num_layers=0", "model.num_layers"),
+    ("--config.model.max_seq_len=-1", "model.max_seq_len"),
+])
+def test_a_model_size_out_of_range_names_the_key_and_writes_nothing(tmp_path, data, override,
+                                                                     key):
+  # embed_dim=0 used to write a checkpoint directory, then fail saving a zero-size array
+  line = _error(_train(tmp_path / "run", data, override))
+  assert f"{key}=" in line and "must be" in line
+  assert not (tmp_path / "run").exists()
