@@ -11,9 +11,12 @@ Adding a key means declaring it here and adding it to its dataclass, nowhere els
 Command (the base LM is nanoGPT's CPU recipe, configs/shakespeare_char_cpu.py):
   treadle-train --config configs/base.py --workdir runs/base
 """
+import dataclasses
+
 import ml_collections
 
 # the declaration vocabulary of this file (a table reads better without a module prefix)
+from treadle.configs import keys
 from treadle.configs.keys import BELOW_ONE, HELD_OUT, NON_NEGATIVE, POSITIVE, Key, one_of
 
 TASKS = ("lm", "classify")
@@ -202,3 +205,13 @@ def declared(task: str) -> dict[str, Key]:
 def resumable() -> frozenset[str]:
   """The dotted keys a resumed run may change (any task)."""
   return frozenset(k for task in TASKS for k, key in declared(task).items() if key.resume)
+
+
+def check_fields(section: str, task: str, value) -> None:
+  """Raises a one-line ValueError for the first field of the dataclass `value` (section
+  `section` of a `task` config) that its declaration refuses: a dataclass built without
+  split() (a notebook, a test, the HF importer) is held to the same rules."""
+  declared_here = {f"{section}.{key.name}": key for key in SECTIONS[section][1][task]}
+  flat = {f"{section}.{f.name}": getattr(value, f.name) for f in dataclasses.fields(value)}
+  if problem := keys.first_problem(declared_here, flat):
+    raise ValueError(problem)

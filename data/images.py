@@ -8,6 +8,7 @@ import grain
 import numpy as np
 
 from treadle.common import fileio
+from treadle.configs import base
 
 FILENAME = "preprocess.json"
 
@@ -20,6 +21,9 @@ class DataConfig:
   test_fraction: float
   split_seed: int
   max_shift: int
+
+  def __post_init__(self):
+    base.check_fields("data", "classify", self)  # each key's own range: configs/base.py
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,6 +7,7 @@ import dataclasses
 import grain
 import numpy as np
 
+from treadle.configs import base
 from treadle.data import corpus
 from treadle.data import sources
 from treadle.data import token_cache
@@ -30,7 +31,8 @@ class DataConfig:
   cache_dir: str
   prepare_workers: int
 
-  def __post_init__(self):  # each key's own range: configs/base.py, checked by config.split()
+  def __post_init__(self):
+    base.check_fields("data", "lm", self)  # each key's own range: configs/base.py
     if self.tokenizer == "bpe":
       tokenizers.check_bpe_vocab_size(self.vocab_size)
     if self.mixture:

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from treadle.configs import base
 from treadle.model import axes
 from treadle.model import gpt
 from treadle.model import layers
@@ -28,7 +29,8 @@ class ClassifierConfig:
   image_height: int
   image_width: int
 
-  def __post_init__(self):  # each key's own range: configs/base.py, checked by config.split()
+  def __post_init__(self):
+    base.check_fields("model", "classify", self)  # each key's own range: configs/base.py
     if self.embed_dim % self.num_heads:
       raise ValueError(f"model.embed_dim={self.embed_dim} is not divisible by "
                        f"model.num_heads={self.num_heads}")

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from treadle.configs import base
 from treadle.model import axes
 from treadle.model import layers
 from treadle.model.layers import DecodeState, LayerCache  # noqa: F401  (the cache types, re-exported)
@@ -64,8 +65,9 @@ class ModelConfig:
   lora_targets: str
 
   def __post_init__(self):
-    # each key's own type, range or choices: configs/base.py, checked by config.split();
-    # here only the rules that tie keys together
+    # each key's own type, range or choices are declared in configs/base.py; here only the
+    # rules that tie keys together
+    base.check_fields("model", "lm", self)
     if not self.attn_head_dim and self.embed_dim % self.num_heads:
       raise ValueError(f"model.embed_dim={self.embed_dim} is not divisible by "
                        f"model.num_heads={self.num_heads}")

@@ -37,6 +37,9 @@ class OptimizerConfig:
   muon_learning_rate: float
   muon_momentum: float
 
+  def __post_init__(self):
+    base.check_fields("optimizer", "lm", self)  # each key's own range: configs/base.py
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -60,7 +63,8 @@ class TrainConfig:
   profile_steps: str
   wandb_project: str
 
-  def __post_init__(self):  # each key's own range: configs/base.py, checked by split()
+  def __post_init__(self):
+    base.check_fields("train", "lm", self)  # each key's own range: configs/base.py
     if self.batch_size % self.grad_accum_steps:
       raise ValueError(f"train.batch_size={self.batch_size} is not divisible by "
                        f"train.grad_accum_steps={self.grad_accum_steps}")
@@ -86,6 +90,9 @@ class FinetuneConfig:
   lora_alpha: float
   lora_targets: str
 
+  def __post_init__(self):
+    base.check_fields("finetune", "lm", self)  # each key's own range: configs/base.py
+
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
@@ -95,6 +102,9 @@ class MeshConfig:
   tensor: int
   rules: str
   cpu_devices: int
+
+  def __post_init__(self):
+    base.check_fields("mesh", "lm", self)  # each key's own range: configs/base.py
 
   @property
   def shape(self) -> tuple[int, int, int]:

@@ -91,3 +91,15 @@ def test_the_committed_reference_is_the_generated_one():
       "docs/config-keys.md is stale: python -m treadle.configs.reference > docs/config-keys.md")
   for (_, key), decl in DECLARED.items():
     assert f"| `{key}` | `{decl.default!r}` |" in committed
+
+
+@pytest.mark.parametrize("task,key", [tk for tk, v in DECLARED.items()
+                                      if v.check and "." in tk[1]])
+def test_a_dataclass_built_without_split_holds_the_same_rules(task, key):
+  # notebooks, tests and the HF importer build these directly
+  section, name = key.split(".")
+  typed = getattr(config_lib.split(base.get_config(task)), section)
+  value = _refused(DECLARED[task, key])
+  with pytest.raises(ValueError) as e:
+    dataclasses.replace(typed, **{name: value})
+  assert str(e.value).startswith(f"{key}={value!r} ")
