@@ -6,7 +6,8 @@ numbers and has no treadle equivalent is a one-line HfFormatError naming the fie
 """
 from typing import Any
 
-from treadle.hf.safetensors_io import HfFormatError
+from treadle.hf import config_fields as fields
+from treadle.hf.config_fields import HfFormatError
 from treadle.model import gpt
 
 GPT2 = "GPT2LMHeadModel"
@@ -16,102 +17,122 @@ QWEN2 = "Qwen2ForCausalLM"
 SUPPORTED = (GPT2, LLAMA, MISTRAL, QWEN2)
 _TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
+_EPS = (0.0, 1.0)  # a norm epsilon is in (0, 1]
+
+
+def _fields(hf_config: Any) -> fields.Fields:
+  return fields.Fields(hf_config, "config.json")
 
 
 def architecture(hf_config: dict) -> str:
-  names = hf_config.get("architectures") or []
+  c = _fields(hf_config)
+  names = c.strings("architectures", [])
   if len(names) != 1 or names[0] not in SUPPORTED:
     raise HfFormatError(f"config.json: architectures={names} is not supported "
                         f"(one of {list(SUPPORTED)})")
+  c.string("model_type", None)  # not used, but a model_type that is not a string is damage
   return names[0]
 
 
-def _require(hf_config: dict, field: str, allowed, default=None) -> None:
-  value = hf_config.get(field, default)
-  if value not in allowed:
-    raise HfFormatError(f"config.json: {field}={value!r} has no treadle equivalent "
-                        f"(supported: {list(allowed)})")
+def _dim(c: fields.Fields, key: str, default: Any = fields.REQUIRED) -> Any:
+  return c.integer(key, 1, fields.MAX_DIM, default)
 
 
-def _int(hf_config: dict, field: str) -> int:
-  value = hf_config.get(field)
-  if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-    raise HfFormatError(f"config.json: {field}={value!r} must be a positive integer")
-  return value
+def _gpt2_options(c: fields.Fields) -> dict:
+  c.choice("activation_function", _TANH_GELUS, "gelu_new")
+  for field, ok in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
+                    ("add_cross_attention", False)):
+    c.choice(field, (ok,), ok)
+  embed = _dim(c, "n_embd")
+  return dict(num_layers=c.integer("n_layer", 1, fields.MAX_LAYERS), num_heads=_dim(c, "n_head"),
+              num_kv_heads=0, embed_dim=embed, mlp="gelu",
+              mlp_hidden_dim=_dim(c, "n_inner", 4 * embed), norm="layernorm",
+              position="learned", max_seq_len=c.integer("n_positions", 1, fields.MAX_POSITIONS),
+              use_bias=True, qkv_bias=False,
+              norm_eps=c.number("layer_norm_epsilon", *_EPS, 1e-5),
+              tie_embeddings=c.boolean("tie_word_embeddings", True))
 
 
-def _gpt2_options(c: dict) -> dict:
-  _require(c, "activation_function", _TANH_GELUS, "gelu_new")
-  for field, ok in (("scale_attn_weights", (True,)), ("scale_attn_by_inverse_layer_idx", (False,)),
-                    ("add_cross_attention", (False,))):
-    _require(c, field, ok, ok[0])
-  embed = _int(c, "n_embd")
-  return dict(num_layers=_int(c, "n_layer"), num_heads=_int(c, "n_head"), num_kv_heads=0,
-              embed_dim=embed, mlp="gelu", mlp_hidden_dim=c.get("n_inner") or 4 * embed,
-              norm="layernorm", position="learned", max_seq_len=_int(c, "n_positions"),
-              use_bias=True, qkv_bias=False, norm_eps=float(c.get("layer_norm_epsilon", 1e-5)),
-              tie_embeddings=bool(c.get("tie_word_embeddings", True)))
-
-
-def _rope(c: dict) -> dict:
-  """rope_base and the llama3 scaling from either config form."""
-  params = c.get("rope_parameters") or {}
-  theta = params.get("rope_theta", c.get("rope_theta", 10000.0))
-  scaling = c.get("rope_scaling") or params
-  kind = scaling.get("rope_type", scaling.get("type", "default"))
+def _rope(c: fields.Fields) -> dict:
+  """rope_base and the llama3 scaling from either config form (4.x: top-level rope_theta and
+  rope_scaling; 5.x: both in rope_parameters)."""
+  params = c.mapping("rope_parameters")
+  theta = c.number("rope_theta", 0.0, 1e12, 10000.0)
+  if params is not None:
+    theta = params.number("rope_theta", 0.0, 1e12, theta)
+  scaling = c.mapping("rope_scaling")
+  if scaling is None or not scaling.body:
+    scaling = params
+  kind = "default"
+  if scaling is not None:
+    kind = scaling.string("rope_type", None) or scaling.string("type", "default")
   if kind not in ("default", "llama3"):
     raise HfFormatError(f"config.json: rope_scaling type {kind!r} has no treadle equivalent "
                         "(supported: ['default', 'llama3'])")
-  out = dict(rope_base=float(theta), rope_scaling="none")
+  out = dict(rope_base=theta, rope_scaling="none")
   if kind == "llama3":
-    out.update(rope_scaling="llama3", rope_scaling_factor=float(scaling["factor"]),
-               rope_low_freq_factor=float(scaling["low_freq_factor"]),
-               rope_high_freq_factor=float(scaling["high_freq_factor"]),
-               rope_original_max_len=int(scaling["original_max_position_embeddings"]))
+    factor = lambda key: scaling.number(key, 0.0, 1e6)
+    out.update(rope_scaling="llama3", rope_scaling_factor=factor("factor"),
+               rope_low_freq_factor=factor("low_freq_factor"),
+               rope_high_freq_factor=factor("high_freq_factor"),
+               rope_original_max_len=scaling.integer("original_max_position_embeddings", 1,
+                                                     fields.MAX_POSITIONS))
   return out
 
 
-def _check_full_attention(c: dict, arch: str) -> None:
+def _check_full_attention(c: fields.Fields, arch: str, max_len: int) -> None:
   """Sliding-window attention (Mistral v0.1, some Qwen2) is not in treadle."""
-  window = c.get("sliding_window")
-  if arch == MISTRAL and window is not None and window < c.get("max_position_embeddings", 0):
-    raise HfFormatError(f"config.json: sliding_window={window} has no treadle equivalent "
-                        "(full attention only)")
+  if arch == MISTRAL:
+    window = c.integer("sliding_window", 1, 2**62, None)
+    if window is not None and window < max_len:
+      raise HfFormatError(f"config.json: sliding_window={window} has no treadle equivalent "
+                          "(full attention only)")
   if arch == QWEN2:
-    _require(c, "use_sliding_window", (False,), False)
-  layer_types = c.get("layer_types") or []
+    c.choice("use_sliding_window", (False,), False)
+  layer_types = c.strings("layer_types", [])
   if any(t != "full_attention" for t in layer_types):
     raise HfFormatError(f"config.json: layer_types={sorted(set(layer_types))} has no treadle "
                         "equivalent (full_attention only)")
 
 
-def _llama_options(c: dict, arch: str) -> dict:
-  _require(c, "hidden_act", ("silu",), "silu")
-  _require(c, "pretraining_tp", (1,), 1)
-  _check_full_attention(c, arch)
-  heads, embed = _int(c, "num_attention_heads"), _int(c, "hidden_size")
-  head_dim = c.get("head_dim") or embed // heads
-  attention_bias, mlp_bias = bool(c.get("attention_bias")), bool(c.get("mlp_bias"))
+def _llama_options(c: fields.Fields, arch: str) -> dict:
+  c.choice("hidden_act", ("silu",), "silu")
+  c.choice("pretraining_tp", (1,), 1)
+  max_len = c.integer("max_position_embeddings", 1, fields.MAX_POSITIONS)
+  _check_full_attention(c, arch, max_len)
+  heads, embed = _dim(c, "num_attention_heads"), _dim(c, "hidden_size")
+  head_dim = _dim(c, "head_dim", embed // heads)
+  attention_bias = c.boolean("attention_bias", False)
+  mlp_bias = c.boolean("mlp_bias", False)
   if attention_bias != mlp_bias:
     raise HfFormatError(f"config.json: attention_bias={attention_bias} with mlp_bias={mlp_bias} "
                         "has no treadle equivalent (biases are all on or all off)")
-  return dict(num_layers=_int(c, "num_hidden_layers"), num_heads=heads,
-              num_kv_heads=c.get("num_key_value_heads") or heads, embed_dim=embed,
+  return dict(num_layers=c.integer("num_hidden_layers", 1, fields.MAX_LAYERS), num_heads=heads,
+              num_kv_heads=_dim(c, "num_key_value_heads", heads), embed_dim=embed,
               attn_head_dim=0 if head_dim * heads == embed else head_dim,
-              mlp="swiglu", mlp_hidden_dim=_int(c, "intermediate_size"), norm="rmsnorm",
-              position="rope", max_seq_len=_int(c, "max_position_embeddings"),
+              mlp="swiglu", mlp_hidden_dim=_dim(c, "intermediate_size"), norm="rmsnorm",
+              position="rope", max_seq_len=max_len,
               use_bias=attention_bias, qkv_bias=arch == QWEN2 or attention_bias,
-              norm_eps=float(c.get("rms_norm_eps", 1e-6)),
-              tie_embeddings=bool(c.get("tie_word_embeddings", False)), **_rope(c))
+              norm_eps=c.number("rms_norm_eps", *_EPS, 1e-6),
+              tie_embeddings=c.boolean("tie_word_embeddings", False), **_rope(c))
 
 
 def model_options(hf_config: dict) -> tuple[str, dict]:
-  """(architecture, model.* options) for a HF config.json; vocab and dropout included."""
+  """(architecture, model.* options) for a HF config.json; vocab and dropout included.
+  Every value read is type- and range-checked (a one-line HfFormatError naming the key)."""
   arch = architecture(hf_config)
-  options = _gpt2_options(hf_config) if arch == GPT2 else _llama_options(hf_config, arch)
-  options.update(vocab_size=_int(hf_config, "vocab_size"), dropout=0.0, qk_norm=False,
-                 logit_softcap=0.0)
+  c = _fields(hf_config)
+  options = _gpt2_options(c) if arch == GPT2 else _llama_options(c, arch)
+  options.update(vocab_size=c.integer("vocab_size", 1, fields.MAX_VOCAB), dropout=0.0,
+                 qk_norm=False, logit_softcap=0.0)
   return arch, options
+
+
+def token_ids(hf_config: dict, vocab_size: int) -> dict:
+  """bos/eos/pad_token_id, each null or an id below vocab_size (eos: or a list of ids)."""
+  c = _fields(hf_config)
+  return {key: c.token_ids(key, vocab_size, many=key == "eos_token_id")
+          for key in TOKEN_ID_KEYS}
 
 
 # -- export -------------------------------------------------------------------------------

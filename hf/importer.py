@@ -17,6 +17,7 @@ from orbax.checkpoint.experimental.v1 import partial as ocp_partial
 from treadle.configs import base as base_config
 from treadle.data import tokenizers
 from treadle.hf import architectures
+from treadle.hf import dir_files
 from treadle.hf import safetensors_io
 from treadle.hf import tokenizer_files
 from treadle.hf import weights
@@ -42,13 +43,10 @@ class Plan:
 def read_config(hf_dir: pathlib.Path) -> dict:
   if not hf_dir.is_dir():
     raise HfFormatError(f"--hf_dir={str(hf_dir)!r} is not a directory")
-  path = hf_dir / "config.json"
+  path = dir_files.path(hf_dir, "config.json", "config.json")
   if not path.exists():
     raise HfFormatError(f"no config.json in {str(hf_dir)!r}")
-  try:
-    return json.loads(path.read_text())
-  except (ValueError, UnicodeDecodeError) as e:
-    raise HfFormatError(f"{str(path)!r} is not valid JSON ({e})") from None
+  return dir_files.read_object(path)
 
 
 def run_config(options: dict, base: ml_collections.ConfigDict | None) -> config_lib.RunConfig:
@@ -82,6 +80,7 @@ def plan(hf_dir, base: ml_collections.ConfigDict | None = None) -> Plan:
   hf_dir = pathlib.Path(hf_dir)
   hf_config = read_config(hf_dir)
   arch, options = architectures.model_options(hf_config)
+  token_ids = architectures.token_ids(hf_config, options["vocab_size"])
   try:
     cfg = run_config(options, base)
   except ValueError as e:
@@ -91,7 +90,7 @@ def plan(hf_dir, base: ml_collections.ConfigDict | None = None) -> Plan:
   links = weights.links(cfg.model, arch, prefix)
   check_tensors(links, tensors, cfg.model)
   tokenizer = tokenizer_files.load(hf_dir, cfg.model.vocab_size)
-  tokenizer.token_ids.update({k: hf_config.get(k) for k in architectures.TOKEN_ID_KEYS})
+  tokenizer.token_ids.update(token_ids)
   return Plan(cfg, arch, links, tensors, tokenizer)
 
 

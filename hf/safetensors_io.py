@@ -8,12 +8,12 @@ import numpy as np
 import safetensors
 from safetensors import numpy as st_numpy
 
+from treadle.hf import config_fields
+from treadle.hf import dir_files
+from treadle.hf.config_fields import HfFormatError  # noqa: F401 (imported from here by callers)
+
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
-
-
-class HfFormatError(ValueError):
-  """A Hugging Face directory or run that cannot be converted; the message is one line."""
 
 
 class TensorInfo(NamedTuple):
@@ -33,19 +33,28 @@ def _open(path: pathlib.Path):
     raise HfFormatError(f"{str(path)!r} is not a readable safetensors file ({reason})") from None
 
 
+def _weight_map(hf_dir: pathlib.Path) -> dict[str, str]:
+  """The index's tensor name -> shard file name."""
+  index = dir_files.read_object(dir_files.path(hf_dir, INDEX, INDEX))
+  weight_map = index.get("weight_map")
+  if not isinstance(weight_map, dict) or not all(
+      isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+    raise HfFormatError(f"{INDEX}: weight_map must be a JSON object of tensor name -> file "
+                        f"name, got {config_fields.shown(weight_map)}")
+  return weight_map
+
+
 def _files(hf_dir: pathlib.Path) -> list[pathlib.Path]:
+  """The safetensors files to read, each checked to lie inside `hf_dir`."""
   if (hf_dir / INDEX).exists():
-    try:
-      weight_map = json.loads((hf_dir / INDEX).read_text())["weight_map"]
-    except (ValueError, KeyError, TypeError):
-      raise HfFormatError(f"{str(hf_dir / INDEX)!r} has no valid weight_map") from None
-    files = sorted({hf_dir / name for name in weight_map.values()})
-    missing = [f.name for f in files if not f.exists()]
+    names = sorted(set(_weight_map(hf_dir).values()))
+    files = [dir_files.path(hf_dir, name, f"{INDEX}'s weight_map") for name in names]
+    missing = [name for name, f in zip(names, files) if not f.exists()]
     if missing:
       raise HfFormatError(f"{INDEX} names missing shard {missing[0]!r} in {str(hf_dir)!r}")
     return files
   if (hf_dir / SINGLE).exists():
-    return [hf_dir / SINGLE]
+    return [dir_files.path(hf_dir, SINGLE, SINGLE)]
   raise HfFormatError(f"no {SINGLE} or {INDEX} in {str(hf_dir)!r}")
 
 

@@ -10,22 +10,54 @@ from tokenizers import models as hf_models
 from tokenizers import pre_tokenizers as hf_pre_tokenizers
 
 from treadle.data import tokenizers
-from treadle.hf.safetensors_io import HfFormatError
+from treadle.hf import config_fields
+from treadle.hf import dir_files
+from treadle.hf.config_fields import HfFormatError
 
 CONFIG = "tokenizer_config.json"
 TEMPLATE = "chat_template.jinja"
 
 
-def _read_json(path: pathlib.Path) -> dict:
-  try:
-    return json.loads(path.read_text())
-  except (ValueError, UnicodeDecodeError) as e:
-    raise HfFormatError(f"{str(path)!r} is not valid JSON ({e})") from None
+def _special_token(config: config_fields.Fields, key: str) -> None:
+  """bos_token/eos_token: a string, or an AddedToken object {"content": "...", ...}."""
+  value = config.body.get(key)
+  if isinstance(value, dict):
+    config.mapping(key).string("content")
+  elif value is not None and not isinstance(value, str):
+    raise config.error(key, f" must be a string or an object with a 'content' string, got "
+                       f"{config_fields.shown(value)}")
+
+
+def _chat_template(config: config_fields.Fields) -> str | None:
+  """The template source: a string, or from HF's list of named templates
+  ([{"name": ..., "template": ...}]) the one named "default"."""
+  value = config.body.get("chat_template")
+  if not isinstance(value, list):
+    return config.string("chat_template", None)
+  named = {}
+  for i, item in enumerate(value):
+    entry = config_fields.Fields(item, config.source, f"chat_template[{i}].")
+    named[entry.string("name")] = entry.string("template")
+  if "default" not in named:
+    raise config.error("chat_template", f" has no template named 'default' (named: "
+                       f"{config_fields.shown(sorted(named))}); treadle uses the default one")
+  return named["default"]
+
+
+def _config(hf_dir: pathlib.Path) -> tuple[dict, str | None]:
+  """tokenizer_config.json's body (checked where treadle reads it) and its chat template."""
+  path = dir_files.path(hf_dir, CONFIG, CONFIG)
+  if not path.exists():
+    return {}, None
+  config = config_fields.Fields(dir_files.read_object(path), CONFIG)
+  for key in ("bos_token", "eos_token"):
+    _special_token(config, key)
+  return config.body, _chat_template(config)
 
 
 def load(hf_dir: pathlib.Path, vocab_size: int) -> tokenizers.HfTokenizer:
   """tokenizer.json (required), tokenizer_config.json and the chat template (optional)."""
-  path = hf_dir / tokenizers.FILENAME
+  path = dir_files.path(hf_dir, tokenizers.FILENAME, tokenizers.FILENAME)
   if not path.exists():
     raise HfFormatError(f"no {tokenizers.FILENAME} in {str(hf_dir)!r} (save the tokenizer with "
                         "transformers' AutoTokenizer.save_pretrained to write one)")
@@ -37,10 +69,10 @@ def load(hf_dir: pathlib.Path, vocab_size: int) -> tokenizers.HfTokenizer:
   if tok.get_vocab_size(with_added_tokens=True) > vocab_size:
     raise HfFormatError(f"{tokenizers.FILENAME} has {tok.get_vocab_size(True)} tokens, more "
                         f"than config.json's vocab_size={vocab_size}")
-  config = _read_json(hf_dir / CONFIG) if (hf_dir / CONFIG).exists() else {}
-  template = config.get("chat_template")
-  if (hf_dir / TEMPLATE).exists():
-    template = (hf_dir / TEMPLATE).read_text()
+  config, template = _config(hf_dir)
+  template_path = dir_files.path(hf_dir, TEMPLATE, TEMPLATE)
+  if template_path.exists():
+    template = dir_files.read_text(template_path)
   return tokenizers.HfTokenizer(tok, vocab_size, config, template)
 
 
