@@ -5,8 +5,9 @@
       [--dtype bfloat16]
 
 Bad input (empty prompt, characters the tokenizer cannot encode, a temperature that is
-negative or not finite, top_k < 0, top_p outside (0, 1], no checkpoint, a tokenizer.json
-edited after training or not the model's size) is a one-line error with exit code 2.
+negative or not finite, top_k < 0, top_p outside (0, 1], a --mesh_shape that is not three
+integers fitting the devices, an unknown --rules, no checkpoint, a tokenizer.json edited after
+training or not the model's size) is a one-line error with exit code 2.
 """
 import json
 import time
@@ -74,17 +75,42 @@ def _print_samples(sampler, prompts, args) -> None:
     print("---------------")
 
 
+def _mesh_shape() -> tuple[int, int, int]:
+  """--mesh_shape as three integers; whether they fit the devices is checked once jax runs."""
+  try:
+    shape = tuple(int(x) for x in _MESH.value.split(","))
+  except ValueError:
+    shape = ()
+  if len(shape) != 3:
+    entry.fail(f"--mesh_shape={_MESH.value!r} must be three comma-separated integers "
+               "data,fsdp,tensor (-1: the remaining devices), e.g. -1,1,1")
+  return shape
+
+
+def _check_placement(shape: tuple[int, int, int]) -> None:
+  """--mesh_shape against the devices present and --rules against the presets, as flags."""
+  import jax
+  from treadle.train import mesh as mesh_lib
+  try:
+    mesh_lib.resolve_shape(shape, jax.device_count())
+  except ValueError as e:
+    entry.fail(f"--mesh_shape={_MESH.value!r}: {e}")
+  if _RULES.value not in mesh_lib.RULES:
+    entry.fail(f"--rules={_RULES.value!r} must be one of {', '.join(mesh_lib.RULES)}")
+
+
 def main(argv) -> None:
   del argv
   if not _WORKDIR.value:
     entry.fail("--workdir is required")
   if _NUM_SAMPLES.value < 1:
     entry.fail(f"--num_samples={_NUM_SAMPLES.value} must be positive")
+  shape = _mesh_shape()
   from treadle.infer import sampler as sampler_lib  # after flag parsing: a bad flag never starts jax
   from treadle.common import logs
   logs.setup()
+  _check_placement(shape)
   with entry.one_line_errors():
-    shape = tuple(int(x) for x in _MESH.value.split(","))
     args = dict(max_new_tokens=_MAX_NEW.value, temperature=_TEMPERATURE.value,
                 top_k=_TOP_K.value, top_p=_TOP_P.value)
     sampler_lib.check_sampling_args(**args)

@@ -86,6 +86,8 @@ def main(argv) -> None:
                           ("port", _PORT, 0)):
     if flag.value < low:
       entry.fail(f"--{name}={flag.value} must be >= {low}")
+  if _PORT.value > 65535:
+    entry.fail(f"--port={_PORT.value} must be <= 65535")
   sock = _bind(_HOST.value, _PORT.value)  # before loading: a taken port fails fast
   from treadle.serve import api
   from treadle.serve import engine as engine_lib

@@ -8,6 +8,7 @@ import httpx
 import pydantic
 import pytest
 
+from tests.conftest import run_cli
 from tests.serve.conftest import ServerProcess
 from treadle.serve import schemas
 
@@ -155,6 +156,21 @@ def test_a_non_streaming_client_that_disconnects_frees_its_slot(small):
     httpx.post(f"{small.url}/v1/completions", json={"prompt": "ROMEO:", "max_tokens": LONG},
                timeout=httpx.Timeout(30, read=1.0))
   small.wait_for(lambda h: h["running"] == 0, timeout=10)
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--port=99999", "--port=99999 must be <= 65535"),  # was an OverflowError traceback
+    ("--port=-1", "--port=-1 must be >= 0"),
+    ("--max_batch=0", "--max_batch=0 must be >= 1"),
+    ("--host=no.such.host.invalid", "cannot bind no.such.host.invalid:"),
+    ("--step=last", "--step='last' must be a number, 'best' or 'latest'"),
+])
+def test_a_bad_flag_is_one_line_before_anything_loads(tmp_path, flag, message):
+  # --port=0 (any free port) unless the case sets it: 8000 may be taken here
+  proc = run_cli("treadle.serve.main", f"--workdir={tmp_path / 'none'}", "--port=0", flag,
+                 check=False)
+  assert proc.returncode == 2 and proc.stderr.startswith("error: "), proc.stderr[-2000:]
+  assert message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
 
 
 def test_sigterm_drains_requests_in_flight_then_exits_0(small):

@@ -96,11 +96,18 @@ def test_sample_json_output(trained):
     (["--top_p", "0"], "top_p"),
     (["--step", "999"], "no checkpoint step 999"),
     (["--dtype", "float16"], "--dtype"),
+    # was "invalid literal for int() with base 10: 'a'", naming no flag
+    (["--mesh_shape", "a,b"], "--mesh_shape='a,b' must be three comma-separated integers"),
+    (["--mesh_shape", "1,1"], "--mesh_shape='1,1' must be three comma-separated integers"),
+    (["--mesh_shape", "1000,1,1"], "--mesh_shape='1000,1,1': mesh shape"),
+    (["--mesh_shape", "0,1,1"], "sizes must be positive or -1"),
+    (["--rules", "tp"], "--rules='tp' must be one of dp, fsdp, fsdp_tp"),  # was mesh.rules=
 ])
 def test_sample_bad_input_exit_2(trained, args, match):
   proc = run_cli("treadle.infer.cli", "--workdir", trained, *args, check=False)
   assert proc.returncode == 2, proc.stderr
-  assert match in proc.stderr.strip().splitlines()[-1]
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], proc.stderr
 
 
 def test_sample_in_bfloat16_casts_the_weights_at_load(trained):
