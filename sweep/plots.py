@@ -2,6 +2,9 @@
 
   treadle-plot --workdir DIR [--out FILE.png]     (default DIR/loss_curves.png)
 
+A line of metrics.jsonl that is not a row is skipped with a warning naming it (the file and
+its line number); the rest is plotted.
+
 Also the curve drawing the sweep report uses. Figures are built without pyplot (no global
 state, no display needed).
 """
@@ -12,6 +15,7 @@ from matplotlib import figure
 
 from treadle.sweep import runner
 from treadle.common import entry
+from treadle.common import logs
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by treadle-train.")
 _OUT = flags.DEFINE_string("out", None, "PNG to write (default WORKDIR/loss_curves.png).")
@@ -76,6 +80,7 @@ def main(argv) -> None:
   if not _WORKDIR.value:
     entry.fail("--workdir is required; usage: treadle-plot --workdir DIR [--out FILE.png]")
   workdir = pathlib.Path(_WORKDIR.value)
+  logs.setup()  # a metrics.jsonl line that is not a row: one warning line naming it, skipped
   try:
     out = plot_run(workdir, pathlib.Path(_OUT.value or workdir / "loss_curves.png"))
   except ValueError as e:

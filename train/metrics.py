@@ -2,6 +2,7 @@
 with train.wandb_project, Weights & Biases."""
 import importlib.util
 import json
+import logging
 import math
 import pathlib
 import uuid
@@ -12,6 +13,8 @@ from treadle.common import fileio
 
 FILENAME = "metrics.jsonl"
 WANDB_ID_FILE = "wandb_run_id"  # a resumed run keeps logging to the same W&B run
+
+log = logging.getLogger(__name__)
 
 
 class MetricsWriter:
@@ -71,10 +74,31 @@ def check_wandb(project: str) -> None:
 
 
 def _complete_rows(path: pathlib.Path) -> list[dict]:
-  """Every whole line; a last line still being written (or cut by a kill) is left out."""
-  text = path.read_text(encoding="utf-8")
+  """Every whole line; a last line still being written (or cut by a kill) is left out.
+
+  A whole line that is not a row (a file damaged or edited by hand) is skipped with a warning
+  naming it, so that plots, the sweep report and resume read the rest. Resume rewrites the
+  file without it (`drop_after`): nothing in it could be read back anyway."""
+  text = path.read_text(encoding="utf-8", errors="replace")
   complete = text if text.endswith("\n") else text[:text.rfind("\n") + 1]
-  return [json.loads(line) for line in complete.splitlines() if line.strip()]
+  rows = []
+  for number, line in enumerate(complete.split("\n")[:-1], 1):  # numbered as editors do
+    if line.strip() and (row := _row(path, number, line)) is not None:
+      rows.append(row)
+  return rows
+
+
+def _row(path: pathlib.Path, number: int, line: str) -> dict | None:
+  try:
+    row = json.loads(line)
+  except ValueError as e:
+    reason = f"not JSON ({e})"
+  else:
+    if isinstance(row, dict) and isinstance(row.get("step"), int):
+      return row
+    reason = "not an object with an integer step"
+  log.warning("%s line %d: %s; skipped", path, number, reason)
+  return None
 
 
 def read(workdir) -> list[dict]:

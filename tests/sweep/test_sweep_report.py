@@ -153,6 +153,30 @@ def test_treadle_plot_writes_a_png_or_fails_in_one_line(tmp_path):
   assert bad.returncode == 2 and bad.stderr.startswith("error:") and "no losses" in bad.stderr
 
 
+def test_treadle_plot_skips_a_line_that_is_not_a_row_with_a_warning_naming_it(tmp_path):
+  # was "error: Expecting value: line 1 column 1 (char 0)", exit 2 and no plot
+  (tmp_path / "run").mkdir()
+  lines = [json.dumps(r) for r in FINISHED_ROWS]
+  lines[3:3] = ["\x00\x00garbage", '["not", "a", "row"]']  # lines 4 and 5 of the file
+  path = tmp_path / "run" / "metrics.jsonl"
+  path.write_text("\n".join(lines) + "\n")
+  proc = run_cli("treadle.sweep.plots", "--workdir", tmp_path / "run")
+  assert (tmp_path / "run" / "loss_curves.png").read_bytes().startswith(PNG_MAGIC)
+  warnings = proc.stderr.strip().splitlines()
+  assert len(warnings) == 2, proc.stderr
+  assert f"{path} line 4: not JSON" in warnings[0] and "skipped" in warnings[0]
+  assert f"{path} line 5: not an object with an integer step" in warnings[1]
+  # the rest is read as if those lines were not there
+  assert runner.read_metrics(tmp_path / "run") == runner.read_metrics(_clean(tmp_path))
+
+
+def _clean(tmp_path):
+  (tmp_path / "clean").mkdir()
+  (tmp_path / "clean" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n"
+                                                            for r in FINISHED_ROWS))
+  return tmp_path / "clean"
+
+
 @pytest.mark.parametrize("args,message", [
     (["--bogus"], "Unknown command line flag 'bogus'"),
     ([], "--workdir is required"),

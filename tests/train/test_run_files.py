@@ -92,6 +92,22 @@ def test_drop_after_rewrites_atomically_without_the_replayed_rows(tmp_path):
   assert [p.name for p in tmp_path.iterdir()] == [metrics.FILENAME]  # no temporary file left
 
 
+def test_a_line_that_is_not_a_row_is_skipped_with_a_warning_and_dropped_on_resume(tmp_path,
+                                                                                 caplog):
+  rows = [_row(10, train_loss=2.5), _row(10, val_loss=2.6), _row(20, train_loss=2.0)]
+  path = tmp_path / metrics.FILENAME
+  # a middle line torn by a kill before resume dropped torn lines, with the next row after it
+  path.write_text(f"{json.dumps(rows[0])}\n{{\"step\": 15, \"tr{json.dumps(rows[1])}\n"
+                  f"{json.dumps(rows[2])}\n")
+  assert metrics.read(tmp_path) == [rows[0], rows[2]]
+  (warning,) = [r.getMessage() for r in caplog.records]
+  assert warning.startswith(f"{path} line 2: not JSON (Expecting ") and warning.endswith(
+      "); skipped"), warning
+  assert metrics.drop_after(tmp_path, 20) == 0  # nothing past step 20: the file is left as is
+  assert metrics.drop_after(tmp_path, 10) == 1  # the resumed run writes step 20 again
+  assert path.read_text() == json.dumps(rows[0]) + "\n"  # the unreadable line went with it
+
+
 def _split(**overrides):
   cfg = tiny.get_config()
   for key, value in overrides.items():
