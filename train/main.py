@@ -12,7 +12,6 @@ from treadle.train import interrupts
 # does (not 143); the training loop's handler takes over while steps run.
 interrupts.install_exit_outside_training()
 
-import errno  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import pathlib  # noqa: E402
@@ -53,42 +52,26 @@ def main(argv) -> None:
                   _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _MULTIHOST.value)
   from treadle.train import config as config_lib
   from treadle.common import logs
+  from treadle.train import background
   from treadle.train import loop
   logs.setup()
+  quiet = background.Quiet().install()  # a failed disk: one line, not Orbax's thread tracebacks
   try:
     cfg = config_lib.split(config)
     summary = loop.train(cfg, _WORKDIR.value)
   except (ValueError, FileNotFoundError, RuntimeError) as e:
-    if (disk := _disk_error(e)) is not None:
-      entry.fail(_describe_disk_error(disk))
+    if (disk := quiet.disk_error(e)) is not None:
+      entry.fail(background.describe(disk, _WORKDIR.value))
     entry.fail_with(e)
   except Exception as e:  # a full or read-only disk, as whichever type the writer raised
-    if (disk := _disk_error(e)) is None:
+    if (disk := quiet.disk_error(e)) is None:
       raise
-    entry.fail(_describe_disk_error(disk))
+    entry.fail(background.describe(disk, _WORKDIR.value))
+  if (disk := quiet.disk_error(None)) is not None:  # only a thread saw it: not all was saved
+    entry.fail(background.describe(disk, _WORKDIR.value))
   logging.getLogger("treadle").info("finished: %s", summary)
   if summary["outcome"] == "interrupted" or interrupts.received_outside_training():
     sys.exit(interrupts.EXIT_CODE)
-
-
-_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
-
-
-def _disk_error(error: BaseException) -> OSError | None:
-  """An OSError from writing the workdir, also when a checkpoint thread wrapped it."""
-  seen = set()
-  while error is not None and id(error) not in seen:
-    seen.add(id(error))
-    if isinstance(error, OSError) and error.errno in _DISK_ERRORS:
-      return error
-    error = error.__cause__ or error.__context__
-  return None
-
-
-def _describe_disk_error(error: OSError) -> str:
-  where = f" writing {error.filename!r}" if error.filename else f" in workdir {_WORKDIR.value!r}"
-  reason = error.strerror or str(error).splitlines()[0]
-  return f"{reason}{where}; checkpoints already written are intact"
 
 
 def run() -> None:
