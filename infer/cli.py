@@ -2,7 +2,11 @@
 
   treadle-sample --workdir DIR --prompt "ROMEO:" --max_new_tokens 500 --temperature 0.8 \
       --top_k 200 --num_samples 2 --seed 0 [--top_p 0.95] [--step N|best] [--stream] [--json]
-      [--dtype bfloat16]
+      [--dtype bfloat16] [--stop TEXT] [--ignore_eos] [--noskip_special_tokens]
+
+A sample ends at the model's end-of-sequence ids (those of config.json, generation_config.json
+and the chat template's end of turn, for an imported model), at a --stop string or after
+--max_new_tokens; its text is what its ids add to the prompt's text, special tokens skipped.
 
 Bad input (empty prompt, characters the tokenizer cannot encode, a temperature that is
 negative or not finite, top_k < 0, top_p outside (0, 1], a --mesh_shape that is not three
@@ -28,6 +32,12 @@ _SEED = flags.DEFINE_integer("seed", 0, "Same seed, same text.")
 _STEP = flags.DEFINE_string("step", None, "Checkpoint step: a number, 'best' or latest (default).")
 _STREAM = flags.DEFINE_bool("stream", False, "Print text as it is generated (prompt by prompt).")
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object with samples, token counts, speed.")
+_STOP = flags.DEFINE_multi_string("stop", [], "End a sample before this text (repeatable).")
+_IGNORE_EOS = flags.DEFINE_bool("ignore_eos", False,
+                                "Generate past end-of-sequence ids up to --max_new_tokens "
+                                "(benchmarks).")
+_SKIP_SPECIAL = flags.DEFINE_bool("skip_special_tokens", True,
+                                  "Leave special tokens (<s>, <|im_end|>, ...) out of the text.")
 _MESH = flags.DEFINE_string("mesh_shape", "-1,1,1", "Mesh data,fsdp,tensor for the parameters.")
 _RULES = flags.DEFINE_string("rules", "dp", "Parameter sharding preset (dp, fsdp, fsdp_tp).")
 _MERGE_LORA = flags.DEFINE_bool("merge_lora", False,
@@ -68,7 +78,8 @@ def _print_samples(sampler, prompts, args) -> None:
     print(json.dumps({"step": sampler.step, "seconds": seconds, "new_tokens": new_tokens,
                       "tokens_per_second": new_tokens / seconds,
                       "samples": [{"prompt": c.prompt, "text": c.text,
-                                   "num_tokens": len(c.token_ids)} for c in completions]}))
+                                   "num_tokens": len(c.token_ids),
+                                   "finish_reason": c.finish_reason} for c in completions]}))
     return
   for c in completions:
     print(c.prompt + c.text)
@@ -114,6 +125,8 @@ def main(argv) -> None:
     args = dict(max_new_tokens=_MAX_NEW.value, temperature=_TEMPERATURE.value,
                 top_k=_TOP_K.value, top_p=_TOP_P.value)
     sampler_lib.check_sampling_args(**args)
+    args.update(stop=_STOP.value, ignore_eos=_IGNORE_EOS.value,
+                skip_special_tokens=_SKIP_SPECIAL.value)
     prompts = _prompts()
     sampler = sampler_lib.Sampler.from_workdir(
         _WORKDIR.value, entry.checkpoint_step(_STEP.value), shape, _RULES.value,

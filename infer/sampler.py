@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from treadle.data import streaming
 from treadle.data import tokenizers
 from treadle.model import decode
 from treadle.model import lora
@@ -23,8 +24,11 @@ _BUCKET = 64  # prompt and output lengths round up to this: few compilations, an
 @dataclasses.dataclass(frozen=True)
 class Completion:
   prompt: str
-  text: str              # the generated continuation (cut at the first stop string)
-  token_ids: list[int]   # generated token ids (before cutting at a stop string)
+  text: str              # what the generated ids add to the prompt's text, special tokens
+                         # skipped, cut before a stop string
+  token_ids: list[int]   # the ids generated until the end: an end-of-sequence id, or the id
+                         # that completed a stop string, is the last
+  finish_reason: str = "length"  # "stop" (end-of-sequence id or stop string) | "length"
 
 
 def check_sampling_args(temperature: float, top_k: int, top_p: float, max_new_tokens: int):
@@ -63,11 +67,13 @@ class Sampler:
     self.cfg, self.tokenizer, self.params, self.mesh, self.step = cfg, tokenizer, params, mesh, step
     self.graphdef, _, _ = state_lib.model_graph(cfg.model)
     self.window = cfg.model.max_seq_len
+    self.stop_ids = tokenizers.stop_token_ids(tokenizer)  # the model's end-of-sequence ids
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     param_shardings = jax.tree.map(lambda x: x.sharding, params)
     self._prefill = jax.jit(self._prefill_fn, static_argnums=(3,),
                             in_shardings=(param_shardings, replicated, replicated, replicated,
-                                          replicated, replicated), out_shardings=replicated)
+                                          replicated, replicated, replicated),
+                            out_shardings=replicated)
     self._decode = jax.jit(self._decode_fn, in_shardings=(param_shardings, replicated,
                                                            replicated, replicated),
                            out_shardings=replicated, donate_argnums=1)
@@ -111,9 +117,11 @@ class Sampler:
 
   # -- jitted pieces ---------------------------------------------------------------------
 
-  def _prefill_fn(self, params, tokens_BN, pad_B, prompt_len: int, key, sampling, first_row):
+  def _prefill_fn(self, params, tokens_BN, pad_B, prompt_len: int, key, sampling, first_row,
+                  stop_ids_K):
     model = decode.merge(self.graphdef, params)
-    return decode.prefill(model, tokens_BN, pad_B, prompt_len, key, sampling, first_row)
+    return decode.prefill(model, tokens_BN, pad_B, prompt_len, key, sampling, first_row,
+                          stop_ids_K)
 
   def _decode_fn(self, params, carry, num_steps, sampling):
     return decode.decode_steps(decode.merge(self.graphdef, params), carry, num_steps, sampling)
@@ -130,7 +138,8 @@ class Sampler:
       ids.append(self.tokenizer.encode(p))  # raises UnknownCharacterError (a ValueError)
     return ids
 
-  def _start(self, prompts, max_new_tokens, temperature, top_k, top_p, seed, first_row=0):
+  def _start(self, prompts, max_new_tokens, temperature, top_k, top_p, seed, first_row=0,
+             ignore_eos=False):
     check_sampling_args(temperature, top_k, top_p, max_new_tokens)
     ids = self.encode_prompts(prompts)
     # prompts longer than the window keep their last `window` tokens
@@ -139,56 +148,70 @@ class Sampler:
     tokens, pad = decode.left_pad(ids, total, prompt_len)
     sampling = decode.SamplingParams(jnp.float32(temperature), jnp.int32(top_k),
                                      jnp.float32(top_p))
+    stop_ids = decode.stop_ids(() if ignore_eos else self.stop_ids)
     carry = self._prefill(self.params, tokens, pad, prompt_len, jax.random.key(seed), sampling,
-                          jnp.int32(first_row))
-    return carry, sampling, prompt_len
+                          jnp.int32(first_row), stop_ids)
+    return carry, sampling, prompt_len, ids
 
   def compile(self, prompts: Sequence[str], max_new_tokens: int) -> None:
     """Compiles (and runs once, zero decode steps) for these prompt and output lengths."""
-    carry, sampling, _ = self._start(list(prompts), max_new_tokens, 0.0, 0, 1.0, 0)
+    carry, sampling, _, _ = self._start(list(prompts), max_new_tokens, 0.0, 0, 1.0, 0)
     jax.block_until_ready(self._decode(self.params, carry, jnp.int32(0), sampling))
 
   def generate(self, prompts: str | Sequence[str], max_new_tokens: int = 200,
                temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-               stop: Sequence[str] = ()) -> list[Completion]:
+               stop: Sequence[str] = (), ignore_eos: bool = False,
+               skip_special_tokens: bool = True) -> list[Completion]:
     """Samples a continuation of each prompt (batched); same seed, same text. Prompt i
     draws with its own key (decode.row_keys), so it samples what `stream(prompts[i],
-    seed=seed, row=i)` streams."""
+    seed=seed, row=i)` streams. A continuation ends at the model's end-of-sequence ids
+    (unless `ignore_eos`), at a stop string or after `max_new_tokens`."""
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    carry, sampling, prompt_len = self._start(prompts, max_new_tokens, temperature, top_k,
-                                              top_p, seed)
+    carry, sampling, prompt_len, ids = self._start(prompts, max_new_tokens, temperature, top_k,
+                                                   top_p, seed, ignore_eos=ignore_eos)
     carry = self._decode(self.params, carry, jnp.int32(max_new_tokens - 1), sampling)
     new = np.asarray(jax.device_get(carry.tokens_BN))[:, prompt_len:prompt_len + max_new_tokens]
-    return [Completion(p, _cut(self.tokenizer.decode(row), stop), row.tolist())
-            for p, row in zip(prompts, new)]
+    out = []
+    for prompt, prompt_ids, row in zip(prompts, ids, new):
+      text = self._text(prompt_ids, max_new_tokens, stop, ignore_eos, skip_special_tokens)
+      for token_id in row:
+        if text.add(token_id):
+          break
+      out.append(Completion(prompt, text.text, row[:text.generated].tolist(), text.finish_reason))
+    return out
+
+  def _text(self, prompt_ids, max_new_tokens, stop, ignore_eos, skip_special_tokens):
+    return streaming.TextStream(self.tokenizer, prompt_ids, max_new_tokens, stop,
+                                () if ignore_eos else self.stop_ids, skip_special_tokens)
 
   def stream(self, prompt: str, max_new_tokens: int = 200, temperature: float = 1.0,
              top_k: int = 0, top_p: float = 1.0, seed: int = 0, stop: Sequence[str] = (),
-             chunk_tokens: int = 16, row: int = 0) -> Iterator[str]:
+             chunk_tokens: int = 16, row: int = 0, ignore_eos: bool = False,
+             skip_special_tokens: bool = True) -> Iterator[str]:
     """Yields the continuation of one prompt piece by piece as it is generated; the pieces
     concatenate to `generate(prompts, ...)[row].text` for the same arguments when
     prompts[row] is this prompt (same padded prompt length: prompts up to 64 tokens, or
     all longer than the window). Arguments are checked (and the prompt prefilled) at the
     call, not at the first `next()`."""
-    carry, sampling, prompt_len = self._start([prompt], max_new_tokens, temperature, top_k,
-                                              top_p, seed, row)
-    return self._stream(carry, sampling, prompt_len, max_new_tokens, stop, chunk_tokens)
+    carry, sampling, prompt_len, ids = self._start([prompt], max_new_tokens, temperature, top_k,
+                                                   top_p, seed, row, ignore_eos)
+    text = self._text(ids[0], max_new_tokens, stop, ignore_eos, skip_special_tokens)
+    return self._stream(carry, sampling, prompt_len, text, chunk_tokens)
 
-  def _stream(self, carry, sampling, prompt_len, max_new_tokens, stop, chunk_tokens):
-    emitted, produced = "", 1
+  def _stream(self, carry, sampling, prompt_len, text: streaming.TextStream, chunk_tokens):
+    sent, produced = 0, 1  # characters yielded; ids sampled so far
     while True:
-      ids = np.asarray(jax.device_get(carry.tokens_BN))[0, prompt_len:prompt_len + produced]
-      full = self.tokenizer.decode(ids)
-      text = _cut(full, stop)
-      done = produced >= max_new_tokens or len(text) < len(full)  # or hit a stop string
-      # byte/bpe: a trailing U+FFFD may be a character whose other bytes are still to come
-      shown = text if done else text.rstrip("\ufffd")
-      if len(shown) > len(emitted):
-        yield shown[len(emitted):]
-        emitted = shown
-      if done:
+      new = np.asarray(jax.device_get(carry.tokens_BN))[0, prompt_len:prompt_len + produced]
+      for token_id in new[text.generated:]:
+        if text.add(token_id):
+          break
+      end = text.safe_length()
+      if end > sent:
+        yield text.text[sent:end]
+        sent = end
+      if text.done:
         return
-      steps = min(chunk_tokens, max_new_tokens - produced)
+      steps = min(chunk_tokens, text.max_tokens - produced)
       carry = self._decode(self.params, carry, jnp.int32(steps), sampling)
       produced += steps
 
@@ -200,8 +223,3 @@ def cast_weights(params, dtype):
     return params
   return jax.jit(lambda p: jax.tree.map(lambda x: x.astype(dtype) if floating(x) else x, p),
                  out_shardings=jax.tree.map(lambda x: x.sharding, params))(params)
-
-
-def _cut(text: str, stop: Sequence[str]) -> str:
-  cuts = [text.find(s) for s in stop if s and s in text]
-  return text[:min(cuts)] if cuts else text

@@ -26,6 +26,8 @@ class Carry(NamedTuple):
   cur: jax.Array         # int32: slot of the newest sampled token (not yet in the cache)
   start: jax.Array       # int32: slot of the first sampled token (= the prompt length)
   keys_B: jax.Array      # one key per row (row_keys): a row's draws ignore the other rows
+  stop_ids_K: jax.Array  # int32 end-of-sequence ids, -1 padded (stop_ids)
+  done_B: jax.Array      # bool: the row has sampled one of them
 
 
 class SamplingParams(NamedTuple):
@@ -33,6 +35,22 @@ class SamplingParams(NamedTuple):
   temperature: jax.Array  # 0 = greedy
   top_k: jax.Array        # 0 = off
   top_p: jax.Array        # 1 = off
+
+
+STOP_IDS = 8  # stop_ids' fixed length: any model's eos ids, one compiled program
+
+
+def stop_ids(ids=()) -> jax.Array:
+  """End-of-sequence ids as the loop takes them: int32 [STOP_IDS], -1 padded. The loop
+  stops once every row has sampled one (the rows' later tokens are to be ignored)."""
+  ids = sorted({int(i) for i in ids})
+  if len(ids) > STOP_IDS:
+    raise ValueError(f"{len(ids)} end-of-sequence ids; at most {STOP_IDS} are supported")
+  return jnp.asarray(ids + [-1] * (STOP_IDS - len(ids)), jnp.int32)
+
+
+def _is_stop(token_B: jax.Array, stop_ids_K: jax.Array) -> jax.Array:
+  return jnp.any(token_B[:, None] == stop_ids_K[None, :], axis=-1)
 
 
 def row_keys(key: jax.Array, num_rows: int, first_row=0) -> jax.Array:
@@ -85,10 +103,11 @@ def encode(model: gpt.Decoder, tokens_BT, first_slot, pad_B, cache, base):
 
 
 def prefill(model: gpt.Decoder, tokens_BN, pad_B, prompt_len: int, key, params: SamplingParams,
-            first_row=0) -> Carry:
+            first_row=0, stop_ids_K=None) -> Carry:
   """Encodes the (left-padded) prompt slots [0, prompt_len) and samples the first new token.
 
-  Row b samples with row_keys(key, B, first_row)[b]."""
+  Row b samples with row_keys(key, B, first_row)[b]; `stop_ids_K` (stop_ids(), default
+  none) ends a row's decoding at an end-of-sequence id."""
   B = tokens_BN.shape[0]
   cache = model.init_cache(B, model.cfg.max_seq_len)
   zero = jnp.zeros((), jnp.int32)
@@ -96,7 +115,9 @@ def prefill(model: gpt.Decoder, tokens_BN, pad_B, prompt_len: int, key, params: 
   cur = jnp.asarray(prompt_len, jnp.int32)
   keys_B = row_keys(key, B, first_row)
   token_B = sample_token(logits[:, -1], _token_keys(keys_B, 0), params)
-  return Carry(tokens_BN.at[:, cur].set(token_B), pad_B, cache, zero, cur, cur, keys_B)
+  stop_ids_K = stop_ids() if stop_ids_K is None else stop_ids_K
+  return Carry(tokens_BN.at[:, cur].set(token_B), pad_B, cache, zero, cur, cur, keys_B,
+               stop_ids_K, _is_stop(token_B, stop_ids_K))
 
 
 def _slide(model: gpt.Decoder, carry: Carry) -> Carry:
@@ -111,7 +132,8 @@ def _slide(model: gpt.Decoder, carry: Carry) -> Carry:
 
 
 def decode_steps(model: gpt.Decoder, carry: Carry, num_steps, params: SamplingParams) -> Carry:
-  """Feeds the newest token and samples the next, `num_steps` times (a traced count).
+  """Feeds the newest token and samples the next, `num_steps` times (a traced count), or
+  until every row has sampled a stop id.
 
   Two nested loops: the inner one decodes until the cache is full, with no branch in its
   body (a lax.cond on the cache inside it made XLA copy the whole cache every token); the
@@ -127,14 +149,17 @@ def decode_steps(model: gpt.Decoder, carry: Carry, num_steps, params: SamplingPa
     nxt = c.cur + 1
     token_B = sample_token(logits[:, -1], _token_keys(c.keys_B, nxt - c.start), params)
     tokens = jax.lax.dynamic_update_slice_in_dim(c.tokens_BN, token_B[:, None], nxt, axis=1)
-    return c._replace(tokens_BN=tokens, cache=cache, cur=nxt)
+    done_B = c.done_B | _is_stop(token_B, c.stop_ids_K)
+    return c._replace(tokens_BN=tokens, cache=cache, cur=nxt, done_B=done_B)
+
+  going = lambda c, until: (c.cur < until) & ~jnp.all(c.done_B)
 
   def window(c: Carry) -> Carry:
     c = jax.lax.cond(c.cur - c.base >= W, lambda x: _slide(model, x), lambda x: x, c)
     window_stop = jnp.minimum(stop, c.base + W)  # the cache is full at slot base + W
-    return jax.lax.while_loop(lambda x: x.cur < window_stop, step, c)
+    return jax.lax.while_loop(lambda x: going(x, window_stop), step, c)
 
-  return jax.lax.while_loop(lambda c: c.cur < stop, window, carry)
+  return jax.lax.while_loop(lambda c: going(c, stop), window, carry)
 
 
 def recompute_steps(model: gpt.Decoder, carry: Carry, num_steps, params: SamplingParams) -> Carry:
@@ -155,9 +180,9 @@ def recompute_steps(model: gpt.Decoder, carry: Carry, num_steps, params: Samplin
     token_B = sample_token(jax.lax.dynamic_index_in_dim(logits, c.cur - base, 1, False),
                            _token_keys(c.keys_B, nxt - c.start), params)
     tokens = jax.lax.dynamic_update_slice_in_dim(c.tokens_BN, token_B[:, None], nxt, axis=1)
-    return c._replace(tokens_BN=tokens, cur=nxt)
+    return c._replace(tokens_BN=tokens, cur=nxt, done_B=c.done_B | _is_stop(token_B, c.stop_ids_K))
 
-  return jax.lax.while_loop(lambda c: c.cur < stop, body, carry)
+  return jax.lax.while_loop(lambda c: (c.cur < stop) & ~jnp.all(c.done_B), body, carry)
 
 
 def left_pad(prompts: list[list[int]], total_len: int, prompt_len: int):

@@ -33,7 +33,7 @@ def test_lora_fine_tune_of_an_imported_llama(tmp_path, text_file):
   assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.1, losses
   sampler = sampler_lib.Sampler.from_workdir(tuned)
   assert sampler.cfg.model.lora_rank == 8 and sampler.tokenizer.kind == "hf"
-  completion = sampler.generate("ROMEO:", max_new_tokens=16, temperature=0.0)[0]
+  completion = sampler.generate("ROMEO:", max_new_tokens=16, temperature=0.0, ignore_eos=True)[0]
   assert len(completion.token_ids) == 16 and completion.text
 
 
