@@ -173,7 +173,9 @@ class HfTokenizer:
     self.vocab_size = vocab_size
     self.tokenizer_config = tokenizer_config or {}  # HF's tokenizer_config.json, as found
     self.chat_template = chat_template
-    self.token_ids = dict(token_ids or {})  # bos/eos/pad_token_id of the model's config.json
+    # bos/eos/pad_token_id of the model's config.json; generation_eos_token_id: the
+    # eos_token_id of its generation_config.json
+    self.token_ids = dict(token_ids or {})
 
   @property
   def hf_tokenizer(self) -> hf.Tokenizer:
@@ -199,6 +201,38 @@ class HfTokenizer:
     return {"kind": self.kind, "hf": json.loads(self._hf.to_str()), "vocab_size": self.vocab_size,
             "tokenizer_config": self.tokenizer_config, "chat_template": self.chat_template,
             "token_ids": self.token_ids}
+
+
+def special_token_text(value) -> str | None:
+  """A special token of tokenizer_config.json as text: HF writes a string or an AddedToken
+  object {"content": "<s>", ...}; anything else (null, a flag) is None."""
+  if isinstance(value, dict):
+    value = value.get("content")
+  return value if isinstance(value, str) else None
+
+
+def _ids(value) -> list[int]:
+  """config.json's eos_token_id: null, an id, or a list of ids."""
+  if value is None:
+    return []
+  return [int(v) for v in (value if isinstance(value, list) else [value])]
+
+
+def stop_token_ids(tokenizer: Tokenizer) -> list[int]:
+  """Every id that ends a generation, sorted. An imported model's: config.json's and
+  generation_config.json's eos_token_id (each an id or a list) and the id of
+  tokenizer_config.json's eos_token, which chat templates end a turn with (Qwen2's
+  <|im_end|>, Llama 3's <|eot_id|>, while config.json names <|endoftext|>, <|end_of_text|>).
+  treadle's own tokenizers: their end-of-text id, if they have one."""
+  if not isinstance(tokenizer, HfTokenizer):
+    eot = getattr(tokenizer, "eot_id", None)
+    return [] if eot is None else [int(eot)]
+  ids = set(_ids(tokenizer.token_ids.get("eos_token_id")))
+  ids.update(_ids(tokenizer.token_ids.get("generation_eos_token_id")))
+  text = special_token_text(tokenizer.tokenizer_config.get("eos_token"))
+  if text is not None and (eos := tokenizer.hf_tokenizer.token_to_id(text)) is not None:
+    ids.add(eos)
+  return sorted(ids)
 
 
 KINDS = ("bpe", "byte", "char", "hf")

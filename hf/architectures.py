@@ -17,6 +17,7 @@ QWEN2 = "Qwen2ForCausalLM"
 SUPPORTED = (GPT2, LLAMA, MISTRAL, QWEN2)
 _TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
+GENERATION_CONFIG = "generation_config.json"
 _EPS = (0.0, 1.0)  # a norm epsilon is in (0, 1]
 
 
@@ -133,6 +134,14 @@ def token_ids(hf_config: dict, vocab_size: int) -> dict:
   c = _fields(hf_config)
   return {key: c.token_ids(key, vocab_size, many=key == "eos_token_id")
           for key in TOKEN_ID_KEYS}
+
+
+def generation_token_ids(generation_config: dict, vocab_size: int) -> dict:
+  """generation_config.json's eos_token_id (an id or a list of ids below vocab_size) as
+  `generation_eos_token_id`, where it has one: generate() stops at these as well."""
+  c = fields.Fields(generation_config, GENERATION_CONFIG)
+  eos = c.token_ids("eos_token_id", vocab_size, many=True)
+  return {} if eos is None else {"generation_eos_token_id": eos}
 
 
 # -- export -------------------------------------------------------------------------------

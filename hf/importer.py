@@ -49,6 +49,13 @@ def read_config(hf_dir: pathlib.Path) -> dict:
   return dir_files.read_object(path)
 
 
+def read_generation_config(hf_dir: pathlib.Path) -> dict:
+  """generation_config.json's body; {} when the directory has none (it is optional)."""
+  name = architectures.GENERATION_CONFIG
+  path = dir_files.path(hf_dir, name, name)
+  return dir_files.read_object(path) if path.exists() else {}
+
+
 def run_config(options: dict, base: ml_collections.ConfigDict | None) -> config_lib.RunConfig:
   """The imported run's config: `base` (default: configs/base.py's LM sections) with model.*
   replaced by the HF model's options and the tokenizer kind `hf`."""
@@ -81,6 +88,8 @@ def plan(hf_dir, base: ml_collections.ConfigDict | None = None) -> Plan:
   hf_config = read_config(hf_dir)
   arch, options = architectures.model_options(hf_config)
   token_ids = architectures.token_ids(hf_config, options["vocab_size"])
+  token_ids.update(architectures.generation_token_ids(read_generation_config(hf_dir),
+                                                      options["vocab_size"]))
   try:
     cfg = run_config(options, base)
   except ValueError as e:

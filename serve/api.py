@@ -12,7 +12,7 @@ from fastapi import exceptions as fastapi_exceptions
 from fastapi import responses
 from starlette import exceptions as starlette_exceptions
 
-from treadle.serve import chat
+from treadle.data import chat
 from treadle.serve import engine as engine_lib
 from treadle.serve import results
 from treadle.serve import schemas
@@ -130,7 +130,10 @@ class Server:
     return schemas.CompletionResponse(**meta, choices=choices, usage=build.usage())
 
   async def chat_completions(self, req: schemas.ChatCompletionRequest, request: fastapi.Request):
-    text = chat.render(self.tokenizer, [m.model_dump() for m in req.messages])
+    try:
+      text = chat.render(self.tokenizer, [m.model_dump() for m in req.messages])
+    except chat.ChatTemplateError as e:  # the template's raise_exception: its message
+      raise ApiError(400, str(e), "messages") from None
     if text is None:
       raise ApiError(400, f"model {self.model_name!r} has no chat template (its tokenizer "
                      "carries none); use /v1/completions", "messages")

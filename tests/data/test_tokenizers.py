@@ -181,3 +181,31 @@ def test_bpe_trains_and_samples_end_to_end(tmp_path, text_file):
     kw = dict(max_new_tokens=40, temperature=1.5, seed=seed)
     whole = sampler.generate("ROMEO: café", **kw)[0].text
     assert "".join(sampler.stream("ROMEO: café", chunk_tokens=1, **kw)) == whole
+
+
+def test_stop_token_ids_of_treadle_tokenizers_are_their_end_of_text():
+  assert tokenizers.stop_token_ids(tokenizers.CharTokenizer("ab")) == [2]
+  assert tokenizers.stop_token_ids(tokenizers.CharTokenizer("ab", eot=False)) == []
+  assert tokenizers.stop_token_ids(tokenizers.ByteTokenizer()) == [256]
+  assert tokenizers.stop_token_ids(tokenizers.ByteTokenizer(eot=False)) == []
+  bpe = tokenizers.fit("bpe", TEXT * 4, 300)
+  assert tokenizers.stop_token_ids(bpe) == [bpe.eot_id] and bpe.eot_id is not None
+
+
+@pytest.mark.parametrize("eos_token", ["<|eot_id|>", {"__type": "AddedToken",
+                                                      "content": "<|eot_id|>"}])
+def test_stop_token_ids_of_an_imported_model_join_every_source(eos_token):
+  import tokenizers as hf
+  from tokenizers import models as hf_models
+  vocab = {"<|begin|>": 0, "<|end_of_text|>": 1, "<|eom_id|>": 2, "<|eot_id|>": 3, "a": 4}
+  hf_tok = hf.Tokenizer(hf_models.WordLevel(vocab, unk_token="a"))
+  tok = tokenizers.HfTokenizer(
+      hf_tok, 8, {"eos_token": eos_token}, None,
+      {"bos_token_id": 0, "eos_token_id": 1, "generation_eos_token_id": [2, 1]})
+  # config.json's eos, generation_config.json's list, tokenizer_config's end-of-turn token
+  assert tokenizers.stop_token_ids(tok) == [1, 2, 3]
+  tok.token_ids.update(eos_token_id=[3, 1], generation_eos_token_id=None)
+  assert tokenizers.stop_token_ids(tok) == [1, 3]
+  tok.tokenizer_config = {"eos_token": "<|not in the vocabulary|>"}
+  tok.token_ids = {}
+  assert tokenizers.stop_token_ids(tok) == []

@@ -43,8 +43,14 @@ def _truncated(d):
   os.truncate(path, path.stat().st_size - 100)
 
 
+def _bad_generation_config(d):  # its stop ids are read: an id past the vocabulary is damage
+  (d / "generation_config.json").write_text(json.dumps({"eos_token_id": [1, 5000]}))
+
+
 @pytest.mark.parametrize("damage,message", [
     (_no_config, "no config.json"),
+    (_bad_generation_config, "generation_config.json: eos_token_id=[1, 5000] is out of range "
+                             "[0, vocab_size=301)"),
     (_bert, "architectures=['BertForMaskedLM'] is not supported"),
     (_wrong_shape, "tensor 'transformer.wte.weight' has shape [301, 32], config.json implies "
                    "[301, 48]"),

@@ -299,3 +299,31 @@ def test_named_chat_templates_pick_default_and_added_tokens_are_accepted(hf_dir)
                         {"name": "default", "template": synthetic.CHAT_TEMPLATE}],
       "bos_token": {"content": "<|bos|>", "lstrip": False}, "eos_token": "<|eos|>"})
   assert importer.plan(hf_dir).tokenizer.chat_template == synthetic.CHAT_TEMPLATE
+
+
+def _with_generation_config(hf_dir, body):
+  (hf_dir / "generation_config.json").write_text(json.dumps(body))
+
+
+@pytest.mark.parametrize("body,message", [
+    ([{"eos_token_id": 1}], "generation_config.json' must hold a JSON object"),
+    ({"eos_token_id": "1"}, "generation_config.json: eos_token_id must be a token id (an "
+                            "integer) or a list of them"),
+    ({"eos_token_id": [1, 301]}, "generation_config.json: eos_token_id=[1, 301] is out of "
+                                 "range [0, vocab_size=301)"),
+])
+def test_generation_config_values_of_the_wrong_shape_are_named(hf_dir, tmp_path, body, message):
+  _with_generation_config(hf_dir, body)
+  assert message in _api_error(hf_dir, tmp_path)
+
+
+def test_generation_config_linked_out_of_the_dir_is_refused(hf_dir, tmp_path):
+  _with_generation_config(hf_dir, {"eos_token_id": 1})
+  _link_out(hf_dir, "generation_config.json")
+  assert f"'{hf_dir / 'generation_config.json'}' links to" in _api_error(hf_dir, tmp_path)
+
+
+def test_generation_config_eos_ids_are_kept_for_the_stop_ids(hf_dir):
+  assert "generation_eos_token_id" not in importer.plan(hf_dir).tokenizer.token_ids  # no file
+  _with_generation_config(hf_dir, {"eos_token_id": [1, 0], "max_new_tokens": 5})
+  assert importer.plan(hf_dir).tokenizer.token_ids["generation_eos_token_id"] == [1, 0]

@@ -6,9 +6,7 @@ import openai
 import pytest
 from flax import nnx
 
-from treadle.data import tokenizers
 from treadle.infer import sampler as sampler_lib
-from treadle.serve import chat
 
 # short, long (past the 32-token context: prefilled from its last 32), mixed characters
 PROMPTS = ["ROMEO:", "To be, or not", "First Citizen:\nWe are accounted poor citizens, the patricians good.", "a"]
@@ -130,13 +128,3 @@ def test_chat_without_a_template_is_a_400(client):
   with pytest.raises(openai.BadRequestError) as e:
     client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}])
   assert e.value.status_code == 400 and "has no chat template" in str(e.value)
-
-
-def test_chat_template_renders_messages():
-  tokenizer = tokenizers.CharTokenizer("abc")
-  assert chat.render(tokenizer, [{"role": "user", "content": "hi"}]) is None
-  tokenizer.chat_template = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}"
-                             "{% if add_generation_prompt %}<assistant>{% endif %}")
-  assert chat.render(tokenizer, [{"role": "system", "content": "be brief"},
-                                 {"role": "user", "content": "hi"}]) == \
-      "<system>be brief\n<user>hi\n<assistant>"
