@@ -14,10 +14,13 @@ from starlette import exceptions as starlette_exceptions
 
 from treadle.data import chat
 from treadle.serve import engine as engine_lib
+from treadle.serve import guard
 from treadle.serve import results
 from treadle.serve import schemas
 
 _ERRORS = {400: {"model": schemas.ErrorResponse, "description": "A bad field, named."},
+           401: {"model": schemas.ErrorResponse, "description": "No or a wrong API key."},
+           413: {"model": schemas.ErrorResponse, "description": "The body is too large."},
            429: {"model": schemas.ErrorResponse, "description": "The queue is full."}}
 _STREAM = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
                  "description": "JSON, or server-sent events with `stream: true`."}}
@@ -76,6 +79,16 @@ class Server:
       out.append(ids)
     return out
 
+  def _check_fits(self, prompts: int, n: int) -> None:
+    """More sequences than the slots and the queue hold could never run: 400, not the 429
+    of a queue that is full for now (clients retry a 429)."""
+    most = self.engine.max_batch + self.engine.max_queue
+    if prompts * n > most:
+      param = "n" if prompts == 1 else "prompt"
+      raise ApiError(400, f"{param}: {prompts} prompt(s) x n={n} is {prompts * n} sequences; "
+                     f"this server holds at most {most} (--max_batch {self.engine.max_batch} "
+                     f"+ --max_queue {self.engine.max_queue})", param)
+
   def _encode(self, text: str) -> list[int]:
     try:
       return [int(t) for t in self.tokenizer.encode(text)]
@@ -106,7 +119,10 @@ class Server:
   # -- completions ------------------------------------------------------------------------
 
   async def completions(self, req: schemas.CompletionRequest, request: fastapi.Request):
-    prompts = self._prompt_ids(req.prompt)
+    p = req.prompt
+    self._check_fits(1 if isinstance(p, str) or all(isinstance(t, int) for t in p) else len(p),
+                     req.n)
+    prompts = await asyncio.to_thread(self._prompt_ids, p)  # the event loop keeps serving
     if req.max_tokens == 0 and not req.echo:
       raise ApiError(400, "max_tokens: 0 generates nothing; set echo to score the prompt",
                      "max_tokens")
@@ -123,21 +139,23 @@ class Server:
     meta = _meta("cmpl", self.model_name)
     if req.stream:
       return self._stream(seqs, queue, request, lambda ev: build.chunk(ev, meta),
-                          lambda: build.usage_chunk(meta))
+                          _if_usage(req, lambda: build.usage_chunk(meta)))
     await self._collect(seqs, queue, request, build.add)
     choices = build.choices()
     _raise_if_failed(c.finish_reason for c in choices)
     return schemas.CompletionResponse(**meta, choices=choices, usage=build.usage())
 
   async def chat_completions(self, req: schemas.ChatCompletionRequest, request: fastapi.Request):
+    self._check_fits(1, req.n)
     try:
-      text = chat.render(self.tokenizer, [m.model_dump() for m in req.messages])
+      text = await asyncio.to_thread(chat.render, self.tokenizer,
+                                     [m.model_dump() for m in req.messages])
     except chat.ChatTemplateError as e:  # the template's raise_exception: its message
       raise ApiError(400, str(e), "messages") from None
     if text is None:
       raise ApiError(400, f"model {self.model_name!r} has no chat template (its tokenizer "
                      "carries none); use /v1/completions", "messages")
-    prompts = self._prompt_ids(text)
+    prompts = await asyncio.to_thread(self._prompt_ids, text)
     max_tokens = req.max_completion_tokens or req.max_tokens or schemas.MAX_TOKENS
     queue, emit = _event_queue()
     seqs = self._sequences(req, prompts, max_tokens, emit)
@@ -146,7 +164,7 @@ class Server:
     meta = _meta("chatcmpl", self.model_name)
     if req.stream:
       return self._stream(seqs, queue, request, lambda ev: build.chat_chunk(ev, meta),
-                          lambda: build.usage_chunk(meta, chat=True))
+                          _if_usage(req, lambda: build.usage_chunk(meta, chat=True)))
     await self._collect(seqs, queue, request, build.add)
     choices = build.chat_choices()
     _raise_if_failed(c.finish_reason for c in choices)
@@ -183,8 +201,12 @@ class Server:
         while left:
           event = await queue.get()
           left -= event.finish_reason is not None
-          yield f"data: {json.dumps(to_chunk(event))}\n\n"
-        yield f"data: {json.dumps(usage_chunk())}\n\n"
+          chunk = to_chunk(event)
+          if usage_chunk:  # OpenAI: with include_usage, every other chunk has usage null
+            chunk["usage"] = None
+          yield f"data: {json.dumps(chunk)}\n\n"
+        if usage_chunk:
+          yield f"data: {json.dumps(usage_chunk())}\n\n"
         yield "data: [DONE]\n\n"
       finally:  # also when the client disconnects (the response task is cancelled)
         if left:
@@ -192,8 +214,17 @@ class Server:
     return responses.StreamingResponse(events(), media_type="text/event-stream")
 
   def health(self) -> schemas.Health:
+    if not self.engine.healthy:
+      raise ApiError(503, "the engine is rebuilding after a failed decode step",
+                     kind="server_error", code="engine_unavailable")
     return schemas.Health(status="draining" if self.draining else "ok", model=self.model_name,
                           step=self.step, **self.engine.load())
+
+
+def _if_usage(req, usage_chunk):
+  """The stream's usage chunk, only when asked for with stream_options.include_usage."""
+  options = req.stream_options
+  return usage_chunk if options is not None and options.include_usage else None
 
 
 def _raise_if_failed(finish_reasons) -> None:
@@ -216,8 +247,12 @@ def _meta(prefix: str, model: str) -> dict:
   return {"id": f"{prefix}-{uuid.uuid4().hex}", "created": int(time.time()), "model": model}
 
 
-def make_app(server: Server, lifespan=None) -> fastapi.FastAPI:
+def make_app(server: Server, lifespan=None, api_key: str | None = None,
+             max_body_bytes: int = 4 * 2**20) -> fastapi.FastAPI:
   app = fastapi.FastAPI(title="treadle-serve", version="1", lifespan=lifespan)
+  app.add_middleware(guard.BodyLimit, max_bytes=max_body_bytes)
+  if api_key:  # added last: it runs first, before any body is read
+    app.add_middleware(guard.ApiKey, key=api_key)
 
   @app.exception_handler(fastapi_exceptions.RequestValidationError)
   async def _bad_request(request, exc):
@@ -232,7 +267,8 @@ def make_app(server: Server, lifespan=None) -> fastapi.FastAPI:
   async def _api_error(request, exc: ApiError):
     return _error_response(exc.status, exc.message, exc.param, exc.kind, exc.code)
 
-  @app.get("/health", response_model=schemas.Health)
+  @app.get("/health", response_model=schemas.Health, responses={
+      503: {"model": schemas.ErrorResponse, "description": "Rebuilding after a failure."}})
   async def health():
     return server.health()
 

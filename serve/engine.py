@@ -79,11 +79,13 @@ class Engine:
     self._waiting: collections.deque[Sequence] = collections.deque()
     self._rows: list[Sequence | None] = [None] * max_batch
     self._stopping = False
+    self.healthy = True  # False while the slots are rebuilt after a failed step (/health: 503)
     self._thread = threading.Thread(target=self._run, name="treadle-engine", daemon=True)
     self._prefill = jax.jit(self._prefill_fn, donate_argnums=0)
     self._step = jax.jit(self._step_fn, donate_argnums=0)
     self._slide = jax.jit(self._slide_fn, donate_argnums=0)
-    self.slots = jax.jit(functools.partial(self._empty_fn, max_batch))(sampler.params)
+    self._empty = jax.jit(functools.partial(self._empty_fn, max_batch))
+    self.slots = self._empty(sampler.params)
 
   # -- jitted pieces ----------------------------------------------------------------------
 
@@ -162,15 +164,38 @@ class Engine:
         if self._stopping:
           return
       try:
+        if not self.healthy:  # the last rebuild failed: try again before using the slots
+          self._rebuild()
         self._admit()
         self._free_cancelled()
         if any(self._rows):
           self._advance()
       except Exception:  # a bug must not leave clients waiting forever
         logging.exception("decode loop failed; failing the running requests")
-        for row, seq in enumerate(self._rows):
-          if seq is not None:
-            self._finish(row, "error")
+        self._recover()
+
+  def _recover(self) -> None:
+    """Fails the requests in flight and rebuilds the slots (a failed step may have consumed
+    them: they are donated); the queued requests run on the new ones. If the rebuild fails
+    too, they fail as well, and /health stays 503 until a rebuild succeeds."""
+    for row, seq in enumerate(self._rows):
+      if seq is not None:
+        self._finish(row, "error")
+    try:
+      self._rebuild()
+    except Exception:
+      logging.exception("rebuilding the slots failed; failing the queued requests too")
+      with self._lock:
+        waiting, self._waiting = list(self._waiting), collections.deque()
+      for seq in waiting:
+        seq.emit(Event(seq.index, finish_reason="error"))
+
+  def _rebuild(self) -> None:
+    self.healthy = False
+    self.slots = self._empty(self.sampler.params)
+    jax.block_until_ready(self.slots)
+    self.healthy = True
+    logging.info("the slots are rebuilt; serving again")
 
   def _admit(self) -> None:
     """Prefills waiting sequences into free slots (they join the batch at the next step)."""

@@ -1,14 +1,19 @@
 """treadle-serve: serve a trained run over HTTP with an OpenAI-compatible API.
 
   treadle-serve --workdir=DIR [--step N|best] [--host 127.0.0.1] [--port 8000] \
-      [--max_batch 32] [--max_queue 256] [--merge_lora] [--dtype float32|bfloat16]
+      [--max_batch 32] [--max_queue 256] [--merge_lora] [--dtype float32|bfloat16] \
+      [--api_key KEY] [--max_body_mb 4] [--shutdown_timeout 30]
 
 Routes: GET /health, GET /v1/models, POST /v1/completions, POST /v1/chat/completions;
-the schema at /openapi.json. SIGTERM (or Ctrl-C) stops accepting connections, finishes the
-requests in flight, and exits 0. Bad flags or a missing run are a one-line error, exit 2.
+the schema at /openapi.json. SIGTERM (or Ctrl-C) stops accepting connections, gives the
+requests in flight --shutdown_timeout seconds to finish, and exits 0. Bad flags or a missing
+run are a one-line error, exit 2.
 """
 import contextlib
+import ipaddress
 import logging
+import math
+import os
 import pathlib
 import signal
 import socket
@@ -28,6 +33,12 @@ _MERGE_LORA = flags.DEFINE_bool("merge_lora", False,
 _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"],
                            "Weights and compute dtype, cast at load; default: the run's "
                            "compute dtype with float32 weights.")
+
+_API_KEY = flags.DEFINE_string("api_key", None, "Require 'Authorization: Bearer KEY' on "
+                               "every route but GET /health; default: $TREADLE_API_KEY.")
+_MAX_BODY_MB = flags.DEFINE_float("max_body_mb", 4.0, "Largest request body (MiB); past it, 413.")
+_SHUTDOWN_TIMEOUT = flags.DEFINE_float("shutdown_timeout", 30.0, "Seconds the requests in "
+                                       "flight get after SIGTERM; then they are cut and it exits.")
 
 log = logging.getLogger("treadle.serve")
 
@@ -51,7 +62,19 @@ def _bind(host: str, port: int) -> socket.socket:
   return sock
 
 
-def serve(server, sock: socket.socket) -> None:
+def _api_key() -> str | None:
+  return _API_KEY.value or os.environ.get("TREADLE_API_KEY") or None
+
+
+def _warn_if_open(sock: socket.socket, api_key: str | None) -> None:
+  host = sock.getsockname()[0]
+  if not api_key and not ipaddress.ip_address(host).is_loopback:
+    log.warning("warning: %s is reachable from other machines and anyone there may use this "
+                "server: set --api_key (or TREADLE_API_KEY)", host)
+
+
+def serve(server, sock: socket.socket, api_key: str | None = None,
+          max_body_mb: float = 4.0, shutdown_timeout: float = 30.0) -> None:
   import uvicorn
   from treadle.serve import api
 
@@ -61,15 +84,24 @@ def serve(server, sock: socket.socket) -> None:
     yield
     server.engine.stop()
 
+  host, port = sock.getsockname()[:2]
+
   class Uvicorn(uvicorn.Server):
+    async def startup(self, sockets=None):
+      await super().startup(sockets)
+      # logged once it listens: a client that connects after reading this line gets in
+      log.info("serving %s (step %d) on http://%s:%d", server.model_name, server.step, host,
+               port)
+
     def handle_exit(self, sig, frame):
       server.draining = True  # /health says so while the requests in flight finish
       super().handle_exit(sig, frame)
 
-  config = uvicorn.Config(api.make_app(server, lifespan), log_level="warning",
-                          timeout_keep_alive=5)
-  host, port = sock.getsockname()[:2]
-  log.info("serving %s (step %d) on http://%s:%d", server.model_name, server.step, host, port)
+  app = api.make_app(server, lifespan, api_key, int(max_body_mb * 2**20))
+  # past the timeout uvicorn cancels the requests still running (a client that stopped
+  # reading would otherwise hold the server forever); their slots free at the next step
+  config = uvicorn.Config(app, log_level="warning", timeout_keep_alive=5,
+                          timeout_graceful_shutdown=shutdown_timeout)
   # uvicorn re-raises the signal that stopped it once it has drained; answer that one
   # with a no-op so a drained server exits 0
   for sig in (signal.SIGTERM, signal.SIGINT):
@@ -88,17 +120,23 @@ def main(argv) -> None:
       entry.fail(f"--{name}={flag.value} must be >= {low}")
   if _PORT.value > 65535:
     entry.fail(f"--port={_PORT.value} must be <= 65535")
+  if not 0 < _MAX_BODY_MB.value < math.inf:
+    entry.fail(f"--max_body_mb={_MAX_BODY_MB.value} must be a number > 0")
+  if not 0 <= _SHUTDOWN_TIMEOUT.value < math.inf:
+    entry.fail(f"--shutdown_timeout={_SHUTDOWN_TIMEOUT.value} must be a number >= 0")
   sock = _bind(_HOST.value, _PORT.value)  # before loading: a taken port fails fast
   from treadle.serve import api
   from treadle.serve import engine as engine_lib
   from treadle.common import logs
   logs.setup()
+  _warn_if_open(sock, _api_key())  # now, not after minutes of loading
   with entry.one_line_errors():
     sampler = _load(_WORKDIR.value)
   engine = engine_lib.Engine(sampler, _MAX_BATCH.value, _MAX_QUEUE.value)
   engine.warm_up()
   name = pathlib.Path(_WORKDIR.value).resolve().name
-  serve(api.Server(engine, name, sampler.step), sock)
+  serve(api.Server(engine, name, sampler.step), sock, _api_key(), _MAX_BODY_MB.value,
+        _SHUTDOWN_TIMEOUT.value)
 
 
 def run() -> None:

@@ -11,20 +11,29 @@ import pydantic
 MAX_TOKENS = 8192      # per choice; past the context window the cache slides
 MAX_CHOICES = 16       # n
 MAX_STOP = 4           # stop strings, as OpenAI
+MAX_STOP_CHARS = 256   # each: they are matched against the text on every new token
 TOP_LOGPROBS = 20      # = slots.TOP_LOGPROBS (kept here so the schema imports no jax)
 
 _Unsupported = pydantic.Field(None, description="Not supported: leave unset.")
 
 
-def _refuse(*fields: str, unless=(None,), hint: str = ""):
+def _refuse(*fields: str, unless: tuple | dict[str, tuple] = (None,), hint: str = ""):
   """A validator that refuses an unsupported field set to anything but its OpenAI default
-  (`unless`), naming the field; the accepted default is dropped (None)."""
+  (`unless`, or `unless[field]`), naming the field; the accepted default is dropped (None)."""
   def check(cls, value, info):
     del cls
-    if value not in unless:
+    allowed = unless[info.field_name] if isinstance(unless, dict) else unless
+    if value not in allowed:
       raise ValueError(f"{info.field_name} {hint or 'is not supported by this server'}")
     return None
   return pydantic.field_validator(*fields)(classmethod(check))
+
+
+class StreamOptions(pydantic.BaseModel):
+  model_config = pydantic.ConfigDict(extra="ignore")
+
+  include_usage: pydantic.StrictBool | None = pydantic.Field(
+      None, description="Send a last chunk with `usage` and no choices before [DONE].")
 
 
 class _Sampling(pydantic.BaseModel):
@@ -41,7 +50,8 @@ class _Sampling(pydantic.BaseModel):
   seed: int | None = pydantic.Field(None, ge=0, le=2**32 - 1, description="Same seed, same "
                                     "text; choice i samples as row i of Sampler.generate.")
   stream: pydantic.StrictBool = False
-  stream_options: dict[str, Any] | None = None
+  stream_options: StreamOptions | None = pydantic.Field(None, description="Only with "
+                                                        "`stream: true`.")
   presence_penalty: float | None = _Unsupported
   frequency_penalty: float | None = _Unsupported
   logit_bias: dict[str, float] | None = _Unsupported
@@ -53,7 +63,18 @@ class _Sampling(pydantic.BaseModel):
     stops = [stop] if isinstance(stop, str) else stop or []
     if len(stops) > MAX_STOP:
       raise ValueError(f"at most {MAX_STOP} stop strings (got {len(stops)})")
+    if any(len(s) > MAX_STOP_CHARS for s in stops):
+      longest = max(map(len, stops))
+      raise ValueError(f"a stop string may hold at most {MAX_STOP_CHARS} characters "
+                       f"(got {longest})")
     return stops
+
+  @pydantic.field_validator("stream_options")
+  @classmethod
+  def _check_stream_options(cls, options, info):
+    if options is not None and not info.data.get("stream"):  # as OpenAI
+      raise ValueError("stream_options is only allowed with stream: true")
+    return options
 
   _check_unsupported = _refuse("presence_penalty", "frequency_penalty", "logit_bias",
                                unless=(None, 0, 0.0, {}))
@@ -75,6 +96,18 @@ class CompletionRequest(_Sampling):
   _check_suffix = _refuse("suffix", unless=(None, ""))
 
 
+# What each unsupported OpenAI chat field may be: its default, or a value that asks for
+# nothing (no tools, plain text). Anything else is a 400 naming the field.
+_CHAT_DEFAULTS = {
+    "tools": (None, []), "functions": (None, []),
+    "tool_choice": (None, "none", "auto"), "function_call": (None, "none", "auto"),
+    "parallel_tool_calls": (None, True), "response_format": (None, {"type": "text"}),
+    "modalities": (None, ["text"]), "audio": (None,), "prediction": (None,),
+    "reasoning_effort": (None,), "verbosity": (None, "medium"), "web_search_options": (None,),
+    "store": (None, False), "metadata": (None, {}), "service_tier": (None, "auto", "default"),
+}
+
+
 class ChatMessage(pydantic.BaseModel):
   role: str
   content: str
@@ -85,9 +118,33 @@ class ChatCompletionRequest(_Sampling):
   max_tokens: int | None = pydantic.Field(None, ge=1, le=MAX_TOKENS)
   max_completion_tokens: int | None = pydantic.Field(None, ge=1, le=MAX_TOKENS)
   logprobs: bool | None = _Unsupported
+  top_logprobs: int | None = _Unsupported
+  # OpenAI chat fields this server does not implement: each is refused unless left at
+  # its OpenAI default (tool calling, structured output, audio, stored completions, ...)
+  tools: list[dict[str, Any]] | None = _Unsupported
+  tool_choice: str | dict[str, Any] | None = _Unsupported
+  parallel_tool_calls: bool | None = _Unsupported
+  functions: list[dict[str, Any]] | None = _Unsupported
+  function_call: str | dict[str, Any] | None = _Unsupported
+  response_format: dict[str, Any] | None = _Unsupported
+  audio: dict[str, Any] | None = _Unsupported
+  modalities: list[str] | None = _Unsupported
+  prediction: dict[str, Any] | None = _Unsupported
+  reasoning_effort: str | None = _Unsupported
+  verbosity: str | None = _Unsupported
+  web_search_options: dict[str, Any] | None = _Unsupported
+  store: bool | None = _Unsupported
+  metadata: dict[str, str] | None = _Unsupported
+  service_tier: str | None = _Unsupported
+  # labels that change nothing in the output: accepted and ignored, as `user`
+  safety_identifier: str | None = None
+  prompt_cache_key: str | None = None
 
   _check_logprobs = _refuse("logprobs", unless=(None, False),
                             hint="is not supported on chat completions (use /v1/completions)")
+  _check_top_logprobs = _refuse("top_logprobs", unless=(None, 0),
+                                hint="is not supported on chat completions (use /v1/completions)")
+  _check_openai_defaults = _refuse(*_CHAT_DEFAULTS, unless=_CHAT_DEFAULTS)
 
 
 class Usage(pydantic.BaseModel):

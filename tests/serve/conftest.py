@@ -17,8 +17,8 @@ _STARTED: list["ServerProcess"] = []  # every server of this worker, for failure
 class ServerProcess:
   """`python -m treadle.serve.main` on a free loopback port; its log kept for failures."""
 
-  def __init__(self, workdir, *flags, timeout: float = 240):
-    env = child_env()  # its own device layout
+  def __init__(self, workdir, *flags, timeout: float = 240, env: dict | None = None):
+    env = child_env(**(env or {}))  # its own device layout
     self.proc = subprocess.Popen(
         [sys.executable, "-m", "treadle.serve.main", f"--workdir={workdir}", "--port=0",
          *flags], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

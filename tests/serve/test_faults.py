@@ -13,6 +13,7 @@ from tests.serve.conftest import ServerProcess
 from treadle.serve import schemas
 
 LONG = 8000  # new tokens: many seconds of decoding, so a request is surely in flight
+# (with ignore_eos: the tiny model's text may reach its end-of-sequence id sooner)
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +42,8 @@ GOOD = {"prompt": "ROMEO:", "max_tokens": 4}
     ({"logprobs": 99}, "logprobs"),
     ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ({"stop": 5}, "stop"),
+    ({"stop": ["ok", "x" * 257]}, "stop"),         # each at most 256 characters
+    ({"stop": "x" * 257}, "stop"),
     ({"seed": -1}, "seed"),
     ({"stream": "maybe"}, "stream"),
     ({"echo": "yes"}, "echo"),
@@ -78,6 +81,14 @@ _BASES = {schemas.CompletionRequest: {"prompt": "x"},
     (schemas.ChatCompletionRequest, "frequency_penalty", 0.0, -1.0),
     (schemas.CompletionRequest, "logit_bias", {}, {"1": 5}),
     (schemas.ChatCompletionRequest, "logprobs", False, True),
+    (schemas.ChatCompletionRequest, "tools", [], [{"type": "function"}]),
+    (schemas.ChatCompletionRequest, "tool_choice", "none", "required"),
+    (schemas.ChatCompletionRequest, "response_format", {"type": "text"},
+     {"type": "json_schema"}),
+    (schemas.ChatCompletionRequest, "logit_bias", None, {"7": -100}),
+    (schemas.ChatCompletionRequest, "parallel_tool_calls", True, False),
+    (schemas.ChatCompletionRequest, "store", False, True),
+    (schemas.ChatCompletionRequest, "service_tier", "default", "flex"),
 ])
 def test_unsupported_fields_take_only_their_openai_default(model, field, default, refused):
   assert getattr(model(**_BASES[model], **{field: default}), field) is None
@@ -120,7 +131,7 @@ def _stream(url: str, body: dict, first_chunk: threading.Event, done: dict):
 
 
 def test_429_past_the_queue_then_disconnects_free_the_slots(small):
-  body = {"prompt": "ROMEO:", "max_tokens": LONG}
+  body = {"prompt": "ROMEO:", "max_tokens": LONG, "ignore_eos": True}
   clients = []
   for _ in range(2):  # fill both slots with long streams
     client = httpx.Client(timeout=120)
@@ -153,8 +164,8 @@ def test_429_past_the_queue_then_disconnects_free_the_slots(small):
 
 def test_a_non_streaming_client_that_disconnects_frees_its_slot(small):
   with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
-    httpx.post(f"{small.url}/v1/completions", json={"prompt": "ROMEO:", "max_tokens": LONG},
-               timeout=httpx.Timeout(30, read=1.0))
+    httpx.post(f"{small.url}/v1/completions", timeout=httpx.Timeout(30, read=1.0),
+               json={"prompt": "ROMEO:", "max_tokens": LONG, "ignore_eos": True})
   small.wait_for(lambda h: h["running"] == 0, timeout=10)
 
 
@@ -179,7 +190,8 @@ def test_sigterm_drains_requests_in_flight_then_exits_0(small):
   try:
     assert proc.url.startswith("http://127.0.0.1:")  # loopback unless told otherwise
     first_chunk, done = threading.Event(), {}
-    body = {"prompt": "ROMEO:", "max_tokens": 3000, "temperature": 0}
+    body = {"prompt": "ROMEO:", "max_tokens": 3000, "temperature": 0, "ignore_eos": True,
+            "stream_options": {"include_usage": True}}
     reader = threading.Thread(target=_stream, args=(proc.url, body, first_chunk, done))
     reader.start()
     assert first_chunk.wait(60)
