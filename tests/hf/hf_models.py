@@ -44,15 +44,22 @@ def randomize(model, torch) -> None:
         p.copy_(noise / p.shape[-1] ** 0.5 * 2.0)
 
 
-def save(kind: str, out: pathlib.Path, text: str):
-  """(HF model in eval mode, tokenizer) after writing both to `out`."""
+def build(kind: str, **overrides):
+  """A random float32 HF model of `kind` in eval mode; `overrides` change its config."""
   transformers = pytest.importorskip("transformers")
   torch = pytest.importorskip("torch")
   config = configs(transformers)[kind]
+  config.update(overrides)
   torch.manual_seed(0)
   model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
   randomize(model, torch)
-  model.eval()
+  return model.eval()
+
+
+def save(kind: str, out: pathlib.Path, text: str):
+  """(HF model in eval mode, tokenizer) after writing both to `out`."""
+  transformers = pytest.importorskip("transformers")
+  model = build(kind)
   model.save_pretrained(out)
   tokenizer = transformers.PreTrainedTokenizerFast(
       tokenizer_object=train_tokenizer(text), bos_token="<|bos|>", eos_token="<|eos|>")

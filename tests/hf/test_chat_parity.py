@@ -8,67 +8,23 @@ import pytest
 transformers = pytest.importorskip("transformers")
 
 from tests.conftest import run_cli  # noqa: E402
+from tests.hf import chat_tokenizers  # noqa: E402
 from tests.hf import synthetic  # noqa: E402
 from treadle.data import chat  # noqa: E402
 from treadle.data import tokenizers  # noqa: E402
 
-QWEN2_TEMPLATE = (  # Qwen2-7B-Instruct's
-    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
-    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
-LLAMA3_TEMPLATE = (  # Meta-Llama-3-8B-Instruct's: the bos_token comes from the config
-    "{% set loop_messages = messages %}{% for message in loop_messages %}"
-    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
-    "+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
-    "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
-    "{% endif %}")
-
-# special tokens get the first ids, in this order
+# each family's model config and ids, as the chat tokenizer in chat_tokenizers numbers them
 FAMILIES = {
     "qwen2": dict(
-        specials=["<|endoftext|>", "<|im_start|>", "<|im_end|>"], template=QWEN2_TEMPLATE,
-        tokens=dict(eos_token="<|im_end|>", pad_token="<|endoftext|>"),
-        # as Qwen2.5-Instruct's file lists them: transformers' Qwen2Tokenizer would otherwise
-        # fill unk_token with its class default, which treadle does not know
-        listed=dict(bos_token=None, unk_token=None),
         config={**synthetic.LLAMA_CONFIG, "architectures": ["Qwen2ForCausalLM"],
                 "model_type": "qwen2", "bos_token_id": None, "eos_token_id": 0},
         generation_eos=[2, 0], stop_ids=[0, 2]),
     "llama3": dict(
-        specials=["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
-                  "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>"], template=LLAMA3_TEMPLATE,
-        tokens=dict(bos_token="<|begin_of_text|>", eos_token="<|eot_id|>"), listed={},
         config={**synthetic.LLAMA_CONFIG, "bos_token_id": 0, "eos_token_id": 1},
         # <|eot_id|> (5) is only tokenizer_config's eos_token: the chat's end of turn
         generation_eos=[1, 4], stop_ids=[1, 4, 5]),
 }
-
-CONVERSATIONS = [
-    [{"role": "user", "content": "Hello there!"}],
-    [{"role": "system", "content": "You are terse."},
-     {"role": "user", "content": "What is two and two?"}],
-    [{"role": "system", "content": "You are terse."},
-     {"role": "user", "content": "What is two and two?"},
-     {"role": "assistant", "content": "Four."},
-     {"role": "user", "content": "  And ünïcödé ✓ with spaces?  \n"}],
-    [{"role": "user", "content": "quote <|im_end|> and <|eot_id|> inside, then\n\nlines"}],
-]
-
-
-def _tokenizer(specials: list[str], text: str):
-  """A byte-level BPE trained on local text whose first ids are `specials`."""
-  import tokenizers as hf
-  from tokenizers import decoders, models, pre_tokenizers, trainers
-  tok = hf.Tokenizer(models.BPE())
-  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-  tok.decoder = decoders.ByteLevel()
-  trainer = trainers.BpeTrainer(vocab_size=synthetic.VOCAB - 10, show_progress=False,
-                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                special_tokens=specials)
-  tok.train_from_iterator([text[:200_000]], trainer)
-  return tok
+CONVERSATIONS = chat_tokenizers.CONVERSATIONS
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
@@ -77,12 +33,7 @@ def family(request, tmp_path_factory, text_file):
   f = FAMILIES[request.param]
   root = tmp_path_factory.mktemp(request.param)
   hf_dir = synthetic.write(root / "hf", f["config"], text_file.read_text())
-  fast = transformers.PreTrainedTokenizerFast(
-      tokenizer_object=_tokenizer(f["specials"], text_file.read_text()), **f["tokens"])
-  fast.chat_template = f["template"]
-  fast.save_pretrained(hf_dir)  # replaces synthetic's tokenizer files
-  config_path = hf_dir / "tokenizer_config.json"
-  config_path.write_text(json.dumps({**json.loads(config_path.read_text()), **f["listed"]}))
+  chat_tokenizers.save(request.param, hf_dir, text_file.read_text())  # replaces synthetic's
   (hf_dir / "generation_config.json").write_text(json.dumps(
       {"eos_token_id": f["generation_eos"], "bos_token_id": f["config"]["bos_token_id"]}))
   run_cli("treadle.hf.import_cli", "--hf_dir", hf_dir, "--workdir", root / "run")
@@ -138,7 +89,7 @@ def test_template_features_render_as_transformers(family, template):
     assert chat.render(ours, MESSAGES) == auto.apply_chat_template(
         MESSAGES, chat_template=template, add_generation_prompt=True, tokenize=False)
   finally:
-    ours.chat_template = FAMILIES[family[0]]["template"]
+    ours.chat_template = chat_tokenizers.FAMILIES[family[0]]["template"]
 
 
 def test_raise_exception_carries_the_same_message_as_transformers(family):
@@ -153,5 +104,5 @@ def test_raise_exception_carries_the_same_message_as_transformers(family):
     with pytest.raises(chat.ChatTemplateError) as mine:
       chat.render(ours, MESSAGES)
   finally:
-    ours.chat_template = FAMILIES[family[0]]["template"]
+    ours.chat_template = chat_tokenizers.FAMILIES[family[0]]["template"]
   assert str(mine.value) == str(theirs.value) == "System first!"
