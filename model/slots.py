@@ -7,6 +7,11 @@ computes exactly what `Sampler.generate` computes for one prompt (same prompt la
 slides, same keys) while the slots sit at different positions. The host decides which slots
 are live, fills a free slot (prefill) and slides a full one; nothing here re-implements the
 model.
+
+A slot's cache holds `cache_len` tokens (treadle-serve's --max_model_len), at most the model's
+context: its window, where it slides. The host keeps the live sequences in the first slots
+(`move` fills a hole) and the Slots the smallest bucket that holds them (`resize`), so one
+client does not pay for 32 slots.
 """
 from typing import Any, NamedTuple
 
@@ -40,8 +45,8 @@ class TokenScores(NamedTuple):
   top_logprobs: jax.Array
 
 
-def empty(model: gpt.Decoder, num_slots: int) -> Slots:
-  one = model.init_cache(1, model.cfg.max_seq_len)
+def empty(model: gpt.Decoder, num_slots: int, cache_len: int) -> Slots:
+  one = model.init_cache(1, cache_len)
   cache = jax.tree.map(lambda x: jnp.zeros((num_slots, *x.shape), x.dtype), one)
   zeros = jnp.zeros((num_slots,), jnp.int32)
   return Slots(cache, zeros, zeros, zeros, zeros, zeros, jnp.zeros((num_slots, 2), jnp.uint32),
@@ -74,27 +79,29 @@ def _draw(logits_1V, row_key, index, sampling: decode.SamplingParams) -> jax.Arr
   return decode.sample_token(logits_1V, jax.random.fold_in(row_key, index)[None], sampling)[0]
 
 
-def prefill(model: gpt.Decoder, slots: Slots, row, tokens_P, pad, key_data,
+def prefill(model: gpt.Decoder, cache_len: int, tokens_P, pad, key_data,
             sampling: decode.SamplingParams) -> tuple[Slots, Prefilled]:
-  """Encodes one left-padded prompt into slot `row`'s fresh cache and samples its first
-  token, as `decode.prefill` does for one row; `key_data` is that row's key
-  (`decode.row_keys(key(seed), ...)[i]` for row i of `Sampler.generate`)."""
+  """One slot (a Slots of size 1, for `put`): one left-padded prompt encoded into a fresh
+  cache of `cache_len` and its first token sampled, as `decode.prefill` does for one row;
+  `key_data` is that row's key (`decode.row_keys(key(seed), ...)[i]` for row i of
+  `Sampler.generate`). Independent of the number of slots: compiled once per prompt length."""
   P = tokens_P.shape[0]
-  cache = model.init_cache(1, model.cfg.max_seq_len)
+  cache = model.init_cache(1, cache_len)
   zero = jnp.zeros((), jnp.int32)
   logits_1PV, cache = decode.encode(model, tokens_P[None], zero, pad[None], cache, zero)
   token = _draw(logits_1PV[:, -1], jax.random.wrap_key_data(key_data), 0, sampling)
-  slots = slots._replace(
-      cache=_set_row(slots.cache, row, cache), token_S=slots.token_S.at[row].set(token),
-      cur_S=slots.cur_S.at[row].set(P), base_S=slots.base_S.at[row].set(0),
-      pad_S=slots.pad_S.at[row].set(pad), start_S=slots.start_S.at[row].set(P),
-      key_S2=slots.key_S2.at[row].set(key_data),
-      temperature_S=slots.temperature_S.at[row].set(sampling.temperature),
-      top_k_S=slots.top_k_S.at[row].set(sampling.top_k),
-      top_p_S=slots.top_p_S.at[row].set(sampling.top_p))
+  one = lambda x: jnp.asarray(x)[None]
+  slot = Slots(jax.tree.map(one, cache), one(token), one(P).astype(jnp.int32),
+               one(0).astype(jnp.int32), one(pad), one(P).astype(jnp.int32), one(key_data),
+               one(sampling.temperature), one(sampling.top_k), one(sampling.top_p))
   logits_PV = logits_1PV[0]
-  return slots, Prefilled(token, _scores(logits_PV[-1], token),
-                          _scores(logits_PV[:-1], tokens_P[1:]))
+  return slot, Prefilled(token, _scores(logits_PV[-1], token),
+                         _scores(logits_PV[:-1], tokens_P[1:]))
+
+
+def put(slots: Slots, row, slot: Slots) -> Slots:
+  """A one-slot state (`prefill`) into slot `row`."""
+  return jax.tree.map(lambda all_, one: all_.at[row].set(one[0]), slots, slot)
 
 
 def step(model: gpt.Decoder, slots: Slots, live_S) -> tuple[Slots, TokenScores]:
@@ -114,10 +121,29 @@ def step(model: gpt.Decoder, slots: Slots, live_S) -> tuple[Slots, TokenScores]:
   return slots, _scores(logits_SV, new_S)
 
 
-def slide(model: gpt.Decoder, slots: Slots, row, prefix_K, base) -> Slots:
-  """Slot `row`'s cache is full: re-encode its last W//2 tokens (absolute slots base..) as
-  a fresh prefix, as `decode._slide` does for a batch."""
-  cache = model.init_cache(1, model.cfg.max_seq_len)
-  _, cache = decode.encode(model, prefix_K[None], base, slots.pad_S[row][None], cache, base)
+def slide(model: gpt.Decoder, cache_len: int, prefix_K, pad, base) -> Any:
+  """A full slot's next cache (for `put_cache`): its last W//2 tokens (absolute slots
+  base..) re-encoded as a fresh prefix, as `decode._slide` does for a batch."""
+  cache = model.init_cache(1, cache_len)
+  _, cache = decode.encode(model, prefix_K[None], base, pad[None], cache, base)
+  return cache
+
+
+def put_cache(slots: Slots, row, cache, base) -> Slots:
   return slots._replace(cache=_set_row(slots.cache, row, cache),
                         base_S=slots.base_S.at[row].set(base))
+
+
+def move(slots: Slots, src, dst) -> Slots:
+  """Slot `src`'s whole state (cache, position, key, sampling) into slot `dst`."""
+  return jax.tree.map(lambda x: x.at[dst].set(x[src]), slots)
+
+
+def resize(model: gpt.Decoder, slots: Slots, size: int) -> Slots:
+  """`size` slots (static) holding the first min(size, now) slots' states, the rest empty.
+  A step runs every slot of its Slots: the host keeps it the smallest bucket that holds
+  the live sequences (slicing the first slots of a larger one inside the step made XLA copy
+  their caches every token, slower than stepping them all)."""
+  fresh = empty(model, size, gpt.cache_len(slots.cache))
+  keep = min(size, slots.token_S.shape[0])
+  return jax.tree.map(lambda new, old: new.at[:keep].set(old[:keep]), fresh, slots)

@@ -76,8 +76,15 @@ class Server:
       if bad:
         raise ApiError(400, f"prompt: token id {bad[0]} is outside the vocabulary "
                        f"[0, {self.engine.vocab_size})", "prompt")
+      self._check_length(len(ids), "prompt")
       out.append(ids)
     return out
+
+  def _check_length(self, tokens: int, param: str) -> None:
+    """A prompt the slots cannot hold is refused, never cut (vLLM does the same)."""
+    if tokens > self.engine.window:
+      raise ApiError(400, f"{param}: the prompt has {tokens} tokens, more than this server's "
+                     f"--max_model_len of {self.engine.window}", param)
 
   def _check_fits(self, prompts: int, n: int) -> None:
     """More sequences than the slots and the queue hold could never run: 400, not the 429
@@ -104,7 +111,8 @@ class Server:
         seqs.append(engine_lib.Sequence(
             index=index, prompt_ids=ids, max_tokens=max_tokens, temperature=req.temperature,
             top_k=req.top_k, top_p=req.top_p, seed=seed, row=index, stop=list(req.stop or ()),
-            top_n=min(top_n, self.engine.vocab_size), score_prompt=echo_logprobs, emit=emit))
+            top_n=min(top_n, self.engine.vocab_size), score_prompt=echo_logprobs, emit=emit,
+            ignore_eos=req.ignore_eos, skip_special_tokens=req.skip_special_tokens))
     return seqs
 
   def _submit(self, seqs) -> None:

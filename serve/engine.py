@@ -7,7 +7,6 @@ through `Sequence.emit`, which is thread-safe.
 """
 import collections
 import dataclasses
-import functools
 import logging
 import threading
 from typing import Callable
@@ -16,10 +15,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from treadle.data import streaming
 from treadle.infer import sampler as sampler_lib
 from treadle.model import decode
-from treadle.serve import slots as slots_lib
-from treadle.serve import text as text_lib
+from treadle.model import slots as slots_lib
+
+
+class CacheTooLarge(ValueError):
+  """The slots' KV caches would exceed the memory allowed them."""
+
+
+def buckets(max_batch: int) -> list[int]:
+  """Step sizes compiled at warm-up: 1, 2, 4, ... and max_batch itself."""
+  sizes = [1 << i for i in range(max_batch.bit_length()) if 1 << i < max_batch]
+  return sizes + [max_batch]
+
+
+def cache_bytes(sampler: sampler_lib.Sampler, num_slots: int, cache_len: int) -> int:
+  """Bytes of `num_slots` KV caches of `cache_len` tokens (computed without allocating)."""
+  model = decode.merge(sampler.graphdef, sampler.params)
+  shapes = jax.eval_shape(lambda: model.init_cache(num_slots, cache_len))
+  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))
 
 
 class QueueFull(Exception):
@@ -58,21 +74,37 @@ class Sequence:
   top_n: int                    # alternatives per token; 0 = none
   score_prompt: bool            # send the prompt tokens' logprobs
   emit: Callable[[Event], None]
+  ignore_eos: bool = False      # run to max_tokens past end-of-sequence ids (benchmarks)
+  skip_special_tokens: bool = True
   cancelled: bool = False
   # filled by the engine
   history: list[int] = dataclasses.field(default_factory=list)  # absolute slots: pad, prompt, new
   base: int = 0                 # absolute slot held by cache index 0
-  generated: int = 0
+  pad: int = 0                  # padding slots before the prompt
   sent: int = 0                 # characters of text already emitted
-  text: text_lib.TextStream | None = None
+  text: streaming.TextStream | None = None
 
 
 class Engine:
   """Owns the slots and the loop; `submit` and `cancel` may be called from any thread."""
 
-  def __init__(self, sampler: sampler_lib.Sampler, max_batch: int, max_queue: int):
+  def __init__(self, sampler: sampler_lib.Sampler, max_batch: int, max_queue: int,
+               max_model_len: int | None = None, max_cache_gib: float = float("inf")):
+    """`max_model_len` (default: the model's context, at most 4096) is each slot's cache
+    length: its window, and the longest prompt taken. CacheTooLarge, before anything is
+    allocated, when max_batch such caches exceed `max_cache_gib`."""
     self.sampler, self.max_batch, self.max_queue = sampler, max_batch, max_queue
-    self.window = sampler.window
+    self.window = max_model_len or min(sampler.window, 4096)
+    if not 2 <= self.window <= sampler.window:
+      raise ValueError(f"--max_model_len={self.window} must be in [2, {sampler.window}] (the "
+                       "model's context)")
+    self.cache_gib = cache_bytes(sampler, max_batch, self.window) / 2**30
+    if self.cache_gib > max_cache_gib:
+      raise CacheTooLarge(
+          f"the KV cache of {max_batch} slots x {self.window} tokens needs "
+          f"{self.cache_gib:.2f} GiB, over --max_cache_gib={max_cache_gib:g}: lower "
+          "--max_batch or --max_model_len, or raise --max_cache_gib")
+    self.buckets = buckets(max_batch)
     self.vocab_size = sampler.cfg.model.vocab_size
     self.graphdef = sampler.graphdef
     self._lock = threading.Condition()
@@ -81,11 +113,16 @@ class Engine:
     self._stopping = False
     self.healthy = True  # False while the slots are rebuilt after a failed step (/health: 503)
     self._thread = threading.Thread(target=self._run, name="treadle-engine", daemon=True)
-    self._prefill = jax.jit(self._prefill_fn, donate_argnums=0)
+    self._prefill = jax.jit(self._prefill_fn)  # one slot: compiled per prompt length only
+    self._slide = jax.jit(self._slide_fn)
+    self._put = jax.jit(slots_lib.put, donate_argnums=0)
+    self._put_cache = jax.jit(slots_lib.put_cache, donate_argnums=0)
     self._step = jax.jit(self._step_fn, donate_argnums=0)
-    self._slide = jax.jit(self._slide_fn, donate_argnums=0)
-    self._empty = jax.jit(functools.partial(self._empty_fn, max_batch))
-    self.slots = self._empty(sampler.params)
+    self._move = jax.jit(slots_lib.move, donate_argnums=0)
+    self._resize = jax.jit(self._resize_fn, static_argnums=2, donate_argnums=0)
+    self._empty = jax.jit(self._empty_fn, static_argnums=0)
+    self.size = 1  # slots held now: a bucket, grown and shrunk with the live sequences
+    self.slots = self._empty(self.size, sampler.params)
 
   # -- jitted pieces ----------------------------------------------------------------------
 
@@ -93,31 +130,49 @@ class Engine:
     return decode.merge(self.graphdef, params)
 
   def _empty_fn(self, num_slots, params):
-    return slots_lib.empty(self._model(params), num_slots)
+    return slots_lib.empty(self._model(params), num_slots, self.window)
 
-  def _prefill_fn(self, slots, params, row, tokens_P, pad, key_data, sampling):
-    return slots_lib.prefill(self._model(params), slots, row, tokens_P, pad, key_data, sampling)
+  def _prefill_fn(self, params, tokens_P, pad, key_data, sampling):
+    return slots_lib.prefill(self._model(params), self.window, tokens_P, pad, key_data,
+                             sampling)
 
   def _step_fn(self, slots, params, live_S):
     return slots_lib.step(self._model(params), slots, live_S)
 
-  def _slide_fn(self, slots, params, row, prefix_K, base):
-    return slots_lib.slide(self._model(params), slots, row, prefix_K, base)
+  def _slide_fn(self, params, prefix_K, pad, base):
+    return slots_lib.slide(self._model(params), self.window, prefix_K, pad, base)
+
+  def _resize_fn(self, slots, params, size: int):
+    return slots_lib.resize(self._model(params), slots, size)
 
   def warm_up(self) -> None:
-    """Compiles the step, the slide and the prefill of the shortest prompt bucket on idle
-    slots (what they leave behind is overwritten by the next prefill)."""
+    """Compiles, for every bucket size, the step, the slide, the put and the move, the
+    resizes between neighbouring buckets, and the prefill of the shortest prompt bucket,
+    on idle slots (what they leave behind is overwritten by the next prefill)."""
     P = sampler_lib.prompt_slots(1, self.window)
     greedy = decode.SamplingParams(jnp.float32(0), jnp.int32(0), jnp.float32(1))
     zero = jnp.int32(0)
     params = self.sampler.params
-    for _ in range(2):  # the second pass compiles for the slots' layout after a first step
-      self.slots, _ = self._prefill(self.slots, params, zero, jnp.zeros((P,), jnp.int32), zero,
-                                    jax.random.key_data(jax.random.key(0)), greedy)
-      self.slots = self._slide(self.slots, params, zero,
-                               jnp.zeros((self.window // 2,), jnp.int32), zero)
-      self.slots, _ = self._step(self.slots, params, np.zeros((self.max_batch,), bool))
+    slot, _ = self._prefill(params, jnp.zeros((P,), jnp.int32), zero,
+                            jax.random.key_data(jax.random.key(0)), greedy)
+    cache = self._slide(params, jnp.zeros((self.window // 2,), jnp.int32), zero, zero)
+    for size in self.buckets + self.buckets[-2::-1]:  # up, then down: every neighbour pair
+      self._set_size(size)
+      for _ in range(2):  # the second pass compiles for the slots' layout after a first step
+        self.slots = self._put(self.slots, zero, slot)
+        self.slots = self._put_cache(self.slots, zero, cache, zero)
+        self.slots, _ = self._step(self.slots, params, np.zeros((size,), bool))
+        self.slots = self._move(self.slots, zero, zero)
+    self._set_size(1)
     jax.block_until_ready(self.slots)
+
+  def _set_size(self, size: int) -> None:
+    """Grows or shrinks the slots to `size` through the buckets between (only neighbouring
+    buckets' resizes are compiled)."""
+    while self.size != size:
+      i = self.buckets.index(self.size)
+      self.size = self.buckets[i + 1] if size > self.size else self.buckets[i - 1]
+      self.slots = self._resize(self.slots, self.sampler.params, self.size)
 
   # -- thread-safe API --------------------------------------------------------------------
 
@@ -168,6 +223,7 @@ class Engine:
           self._rebuild()
         self._admit()
         self._free_cancelled()
+        self._compact()
         if any(self._rows):
           self._advance()
       except Exception:  # a bug must not leave clients waiting forever
@@ -192,7 +248,7 @@ class Engine:
 
   def _rebuild(self) -> None:
     self.healthy = False
-    self.slots = self._empty(self.sampler.params)
+    self.slots = self._empty(self.size, self.sampler.params)
     jax.block_until_ready(self.slots)
     self.healthy = True
     logging.info("the slots are rebuilt; serving again")
@@ -206,6 +262,8 @@ class Engine:
           return
         seq = self._waiting.popleft()
         self._rows[free[0]] = seq
+      if free[0] >= self.size:
+        self._set_size(next(b for b in self.buckets if b > free[0]))
       self._start(free[0], seq)
 
   def _start(self, row: int, seq: Sequence) -> None:
@@ -216,11 +274,14 @@ class Engine:
                                      jnp.float32(seq.top_p))
     # row `index` of Sampler.generate(prompts, seed=seed): choice i samples as its row i
     key_data = jax.random.key_data(decode.row_keys(jax.random.key(seq.seed), 1, seq.row)[0])
-    self.slots, out = self._prefill(self.slots, self.sampler.params, jnp.int32(row),
-                                    tokens[0], jnp.int32(pad[0]), key_data, sampling)
+    slot, out = self._prefill(self.sampler.params, tokens[0], jnp.int32(pad[0]), key_data,
+                              sampling)
+    self.slots = self._put(self.slots, jnp.int32(row), slot)
     out = jax.device_get(out)
-    seq.history = tokens[0].tolist()
-    seq.text = text_lib.TextStream(self.sampler.tokenizer, seq.stop)
+    seq.history, seq.pad = tokens[0].tolist(), int(pad[0])
+    seq.text = streaming.TextStream(
+        self.sampler.tokenizer, seq.prompt_ids, seq.max_tokens, seq.stop,
+        () if seq.ignore_eos else self.sampler.stop_ids, seq.skip_special_tokens)
     prompt = None
     if seq.score_prompt:
       first = int(pad[0])  # scores of the real prompt tokens after the first one
@@ -244,15 +305,32 @@ class Engine:
       if seq is not None and seq.cancelled:
         self._release(row)
 
+  def _compact(self) -> None:
+    """Moves the last live sequences into the free slots below them, then shrinks the slots
+    to a smaller bucket once the live ones fit in half of it (a sequence ending and the
+    next arriving do not resize back and forth, except between 1 and 2)."""
+    while True:
+      with self._lock:
+        live = [r for r, seq in enumerate(self._rows) if seq is not None]
+        free = [r for r, seq in enumerate(self._rows) if seq is None]
+        if not live or not free or free[0] > live[-1]:
+          break
+        src, dst = live[-1], free[0]
+        self._rows[dst], self._rows[src] = self._rows[src], None
+      self.slots = self._move(self.slots, jnp.int32(src), jnp.int32(dst))
+    smaller = [b for b in self.buckets if b < self.size]
+    if smaller and len(live) <= max(smaller[-1] // 2, 1):
+      self._set_size(smaller[-1])
+
   def _advance(self) -> None:
-    """Slides full caches, then one step of every live slot."""
+    """Slides full caches, then one step of every slot held (a bucket: _compact)."""
     for row, seq in enumerate(self._rows):
       if seq is not None:
         self._maybe_slide(row, seq)
-    live = np.array([s is not None for s in self._rows])
+    live = np.array([s is not None for s in self._rows[:self.size]])
     self.slots, scores = self._step(self.slots, self.sampler.params, live)
     tokens, scores = jax.device_get((self.slots.token_S, scores))
-    for row, seq in enumerate(self._rows):
+    for row, seq in enumerate(self._rows[:self.size]):
       if seq is not None:
         token = Token(int(tokens[row]), float(scores.logprob[row]),
                       list(zip(scores.top_ids[row, :seq.top_n].tolist(),
@@ -265,23 +343,19 @@ class Engine:
       return
     base = cur - self.window // 2
     prefix = np.asarray(seq.history[base:cur], np.int32)
-    self.slots = self._slide(self.slots, self.sampler.params, jnp.int32(row), prefix,
-                             jnp.int32(base))
+    cache = self._slide(self.sampler.params, prefix, jnp.int32(seq.pad), jnp.int32(base))
+    self.slots = self._put_cache(self.slots, jnp.int32(row), cache, jnp.int32(base))
     seq.base = base
 
   def _accept(self, row: int, seq: Sequence, token: Token) -> None:
     """Records a sampled token, sends what is new, frees the slot when the sequence ends."""
     seq.history.append(token.id)
-    seq.generated += 1
-    seq.text.add(token.id)
-    done = seq.generated >= seq.max_tokens
-    if done:
-      seq.text.finish()
-    reason = "stop" if seq.text.stopped else "length" if done else None
-    end = len(seq.text.text) if reason else seq.text.safe_length()
-    seq.emit(Event(seq.index, seq.text.text[seq.sent:end], [token], finish_reason=reason))
+    done = seq.text.add(token.id)
+    end = seq.text.safe_length()
+    seq.emit(Event(seq.index, seq.text.text[seq.sent:end], [token],
+                   finish_reason=seq.text.finish_reason))
     seq.sent = end
-    if reason:
+    if done:
       self._release(row)
 
   def _finish(self, row: int, reason: str) -> None:

@@ -2,7 +2,8 @@
 
   treadle-serve --workdir=DIR [--step N|best] [--host 127.0.0.1] [--port 8000] \
       [--max_batch 32] [--max_queue 256] [--merge_lora] [--dtype float32|bfloat16] \
-      [--api_key KEY] [--max_body_mb 4] [--shutdown_timeout 30]
+      [--api_key KEY] [--max_body_mb 4] [--shutdown_timeout 30] [--max_model_len N] \
+      [--max_cache_gib 16]
 
 Routes: GET /health, GET /v1/models, POST /v1/completions, POST /v1/chat/completions;
 the schema at /openapi.json. SIGTERM (or Ctrl-C) stops accepting connections, gives the
@@ -28,12 +29,16 @@ _HOST = flags.DEFINE_string("host", "127.0.0.1", "Address to bind (0.0.0.0: ever
 _PORT = flags.DEFINE_integer("port", 8000, "Port to bind; 0 = any free port (it is logged).")
 _MAX_BATCH = flags.DEFINE_integer("max_batch", 32, "Batch slots decoded together.")
 _MAX_QUEUE = flags.DEFINE_integer("max_queue", 256, "Requests waiting for a slot; past it, 429.")
+_MAX_MODEL_LEN = flags.DEFINE_integer("max_model_len", 0, "Tokens each slot's KV cache holds: "
+                                      "the longest prompt and the window decoding slides in; "
+                                      "0 = the model's context, at most 4096.")
+_MAX_CACHE_GIB = flags.DEFINE_float("max_cache_gib", 16.0, "Refuse to start when the slots' KV "
+                                    "caches (max_batch x max_model_len) need more GiB.")
 _MERGE_LORA = flags.DEFINE_bool("merge_lora", False,
                                 "LoRA runs: fold the adapters into the base weights first.")
 _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"],
                            "Weights and compute dtype, cast at load; default: the run's "
                            "compute dtype with float32 weights.")
-
 _API_KEY = flags.DEFINE_string("api_key", None, "Require 'Authorization: Bearer KEY' on "
                                "every route but GET /health; default: $TREADLE_API_KEY.")
 _MAX_BODY_MB = flags.DEFINE_float("max_body_mb", 4.0, "Largest request body (MiB); past it, 413.")
@@ -115,13 +120,15 @@ def main(argv) -> None:
   if not _WORKDIR.value:
     entry.fail("--workdir is required")
   for name, flag, low in (("max_batch", _MAX_BATCH, 1), ("max_queue", _MAX_QUEUE, 0),
-                          ("port", _PORT, 0)):
+                          ("port", _PORT, 0), ("max_model_len", _MAX_MODEL_LEN, 0)):
     if flag.value < low:
       entry.fail(f"--{name}={flag.value} must be >= {low}")
   if _PORT.value > 65535:
     entry.fail(f"--port={_PORT.value} must be <= 65535")
   if not 0 < _MAX_BODY_MB.value < math.inf:
     entry.fail(f"--max_body_mb={_MAX_BODY_MB.value} must be a number > 0")
+  if not 0 < _MAX_CACHE_GIB.value <= math.inf:  # nan fails too
+    entry.fail(f"--max_cache_gib={_MAX_CACHE_GIB.value} must be a number > 0")
   if not 0 <= _SHUTDOWN_TIMEOUT.value < math.inf:
     entry.fail(f"--shutdown_timeout={_SHUTDOWN_TIMEOUT.value} must be a number >= 0")
   sock = _bind(_HOST.value, _PORT.value)  # before loading: a taken port fails fast
@@ -132,7 +139,10 @@ def main(argv) -> None:
   _warn_if_open(sock, _api_key())  # now, not after minutes of loading
   with entry.one_line_errors():
     sampler = _load(_WORKDIR.value)
-  engine = engine_lib.Engine(sampler, _MAX_BATCH.value, _MAX_QUEUE.value)
+    engine = engine_lib.Engine(sampler, _MAX_BATCH.value, _MAX_QUEUE.value,
+                               _MAX_MODEL_LEN.value or None, _MAX_CACHE_GIB.value)
+  log.info("KV cache: %d slots x %d tokens = %.3f GiB; step buckets %s", engine.max_batch,
+           engine.window, engine.cache_gib, engine.buckets)
   engine.warm_up()
   name = pathlib.Path(_WORKDIR.value).resolve().name
   serve(api.Server(engine, name, sampler.step), sock, _api_key(), _MAX_BODY_MB.value,

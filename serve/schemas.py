@@ -50,6 +50,10 @@ class _Sampling(pydantic.BaseModel):
   seed: int | None = pydantic.Field(None, ge=0, le=2**32 - 1, description="Same seed, same "
                                     "text; choice i samples as row i of Sampler.generate.")
   stream: pydantic.StrictBool = False
+  ignore_eos: pydantic.StrictBool = pydantic.Field(False, description="Extension (as vLLM): "
+                                                   "generate past end-of-sequence ids.")
+  skip_special_tokens: pydantic.StrictBool = pydantic.Field(
+      True, description="Extension (as vLLM): leave special tokens out of the text.")
   stream_options: StreamOptions | None = pydantic.Field(None, description="Only with "
                                                         "`stream: true`.")
   presence_penalty: float | None = _Unsupported

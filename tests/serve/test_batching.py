@@ -37,6 +37,9 @@ async def _alone_then_together(server, args):
     ("greedy", lambda i: dict(max_tokens=64, temperature=0)),
     ("seeded", lambda i: dict(max_tokens=64, temperature=1.0, seed=100 + i,
                               extra_body={"top_k": 30})),
+    # sequences end at different steps: the live ones move down into the freed slots and
+    # the step shrinks to smaller buckets while the others go on
+    ("ragged", lambda i: dict(max_tokens=8 + 5 * (i % 11), temperature=0)),
 ])
 def test_32_concurrent_requests_return_what_each_returns_alone(server, name, args):
   assert len(PROMPTS) == 32

@@ -8,8 +8,9 @@ from flax import nnx
 
 from treadle.infer import sampler as sampler_lib
 
-# short, long (past the 32-token context: prefilled from its last 32), mixed characters
-PROMPTS = ["ROMEO:", "To be, or not", "First Citizen:\nWe are accounted poor citizens, the patricians good.", "a"]
+# short, as long as the 32-token context holds (a longer prompt is a 400: test_memory.py),
+# mixed characters
+PROMPTS = ["ROMEO:", "To be, or not", "First Citizen:\nWe are accounted", "a"]
 
 
 @pytest.fixture(scope="module")
