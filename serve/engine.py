@@ -119,7 +119,8 @@ class Engine:
     self._put_cache = jax.jit(slots_lib.put_cache, donate_argnums=0)
     self._step = jax.jit(self._step_fn, donate_argnums=0)
     self._move = jax.jit(slots_lib.move, donate_argnums=0)
-    self._resize = jax.jit(self._resize_fn, static_argnums=2, donate_argnums=0)
+    # not donated: a buffer of the old size cannot hold the new slots (JAX would warn)
+    self._resize = jax.jit(self._resize_fn, static_argnums=2)
     self._empty = jax.jit(self._empty_fn, static_argnums=0)
     self.size = 1  # slots held now: a bucket, grown and shrunk with the live sequences
     self.slots = self._empty(self.size, sampler.params)
