@@ -38,7 +38,16 @@ def manager(workdir, keep: int = 2, keep_best: bool = True,
       # stale temporary dirs of a killed write are removed at start (complete steps never are)
       cleanup_tmp_directories=True,
       enable_async_checkpointing=async_save, create=True)
-  return ocp.CheckpointManager(directory(workdir), options=options)
+  mgr = ocp.CheckpointManager(directory(workdir), options=options)
+  # That cleanup runs in an Orbax thread that nothing awaits before the first save, not even
+  # close(): a run stopped earlier (a SIGTERM at start-up) exited while it still ran, and at
+  # interpreter shutdown it failed with a traceback ("cannot schedule new futures after
+  # interpreter shutdown"; seen once in CI). It is short: wait for it here. Orbax has no
+  # public call for this (orbax-checkpoint 0.12.8, both locks); without it, as before.
+  wait_for_cleanup = getattr(mgr, "_maybe_await_cleanup_tmp_directory", None)
+  if wait_for_cleanup is not None:
+    wait_for_cleanup()
+  return mgr
 
 
 def save(mgr: ocp.CheckpointManager, step: int, state: state_lib.TrainState, data_iter,
