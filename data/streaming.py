@@ -84,6 +84,13 @@ class TextStream:
       self._end("length")
     return self.done
 
+  def add_all(self, token_ids) -> bool:
+    """`add`s the ids in turn until the sequence ends; True once it has."""
+    for token_id in token_ids:
+      if self.add(token_id):
+        break
+    return self.done
+
   def _end(self, reason: str) -> None:
     self._advance(final=True)  # what is pending, even mid character
     self.finish_reason = self.finish_reason or reason
@@ -129,7 +136,5 @@ def completion_text(tokenizer, prompt_ids, generated_ids, max_tokens: int, stop=
                     stop_ids=(), skip_special_tokens: bool = True) -> TextStream:
   """The finished stream of a whole generated sequence (what streaming it sends in all)."""
   stream = TextStream(tokenizer, prompt_ids, max_tokens, stop, stop_ids, skip_special_tokens)
-  for token_id in generated_ids:
-    if stream.add(token_id):
-      break
+  stream.add_all(generated_ids)
   return stream

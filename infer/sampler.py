@@ -174,9 +174,7 @@ class Sampler:
     out = []
     for prompt, prompt_ids, row in zip(prompts, ids, new):
       text = self._text(prompt_ids, max_new_tokens, stop, ignore_eos, skip_special_tokens)
-      for token_id in row:
-        if text.add(token_id):
-          break
+      text.add_all(row)
       out.append(Completion(prompt, text.text, row[:text.generated].tolist(), text.finish_reason))
     return out
 
@@ -202,9 +200,7 @@ class Sampler:
     sent, produced = 0, 1  # characters yielded; ids sampled so far
     while True:
       new = np.asarray(jax.device_get(carry.tokens_BN))[0, prompt_len:prompt_len + produced]
-      for token_id in new[text.generated:]:
-        if text.add(token_id):
-          break
+      text.add_all(new[text.generated:])
       end = text.safe_length()
       if end > sent:
         yield text.text[sent:end]

@@ -60,11 +60,15 @@ class Server:
 
   # -- requests to sequences --------------------------------------------------------------
 
+  @staticmethod
+  def _prompt_list(prompt) -> list:
+    """The request's prompts: one string or one list of token ids is a single prompt."""
+    if isinstance(prompt, str) or (prompt and all(isinstance(t, int) for t in prompt)):
+      return [prompt]
+    return prompt
+
   def _prompt_ids(self, prompt) -> list[list[int]]:
-    if isinstance(prompt, str):
-      prompt = [prompt]
-    elif prompt and all(isinstance(t, int) for t in prompt):
-      prompt = [prompt]
+    prompt = self._prompt_list(prompt)
     if not prompt:
       raise ApiError(400, "prompt: give at least one prompt", "prompt")
     out = []
@@ -127,10 +131,8 @@ class Server:
   # -- completions ------------------------------------------------------------------------
 
   async def completions(self, req: schemas.CompletionRequest, request: fastapi.Request):
-    p = req.prompt
-    self._check_fits(1 if isinstance(p, str) or all(isinstance(t, int) for t in p) else len(p),
-                     req.n)
-    prompts = await asyncio.to_thread(self._prompt_ids, p)  # the event loop keeps serving
+    self._check_fits(len(self._prompt_list(req.prompt)), req.n)
+    prompts = await asyncio.to_thread(self._prompt_ids, req.prompt)  # the loop keeps serving
     if req.max_tokens == 0 and not req.echo:
       raise ApiError(400, "max_tokens: 0 generates nothing; set echo to score the prompt",
                      "max_tokens")

@@ -268,9 +268,9 @@ class Engine:
       self._start(free[0], seq)
 
   def _start(self, row: int, seq: Sequence) -> None:
-    ids = seq.prompt_ids[-self.window:]  # longer prompts keep their last W tokens (Sampler)
-    P = sampler_lib.prompt_slots(len(ids), self.window)
-    tokens, pad = decode.left_pad([ids], P, P)
+    # at most the window: the API refuses a longer prompt (Server._check_length)
+    P = sampler_lib.prompt_slots(len(seq.prompt_ids), self.window)
+    tokens, pad = decode.left_pad([seq.prompt_ids], P, P)
     sampling = decode.SamplingParams(jnp.float32(seq.temperature), jnp.int32(seq.top_k),
                                      jnp.float32(seq.top_p))
     # row `index` of Sampler.generate(prompts, seed=seed): choice i samples as its row i

@@ -84,6 +84,14 @@ def pytest_runtest_makereport(item, call):
         report.sections.append(("treadle-serve ended", ended))
 
 
+def assert_refused_at_start(workdir, flag: str, message: str) -> None:
+  """treadle-serve with `flag` (on any free port unless it sets one: 8000 may be taken here)
+  exits 2 with one `error:` line holding `message`."""
+  proc = run_cli("treadle.serve.main", f"--workdir={workdir}", "--port=0", flag, check=False)
+  assert proc.returncode == 2 and proc.stderr.startswith("error: "), proc.stderr[-2000:]
+  assert message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
+
+
 @pytest.fixture(scope="session")
 def served_run(tmp_path_factory, text_file):
   """A tiny run trained long enough that greedy text is not one repeated character."""

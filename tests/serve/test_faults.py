@@ -8,8 +8,7 @@ import httpx
 import pydantic
 import pytest
 
-from tests.conftest import run_cli
-from tests.serve.conftest import ServerProcess
+from tests.serve.conftest import ServerProcess, assert_refused_at_start
 from treadle.serve import schemas
 
 LONG = 8000  # new tokens: many seconds of decoding, so a request is surely in flight
@@ -177,11 +176,7 @@ def test_a_non_streaming_client_that_disconnects_frees_its_slot(small):
     ("--step=last", "--step='last' must be a number, 'best' or 'latest'"),
 ])
 def test_a_bad_flag_is_one_line_before_anything_loads(tmp_path, flag, message):
-  # --port=0 (any free port) unless the case sets it: 8000 may be taken here
-  proc = run_cli("treadle.serve.main", f"--workdir={tmp_path / 'none'}", "--port=0", flag,
-                 check=False)
-  assert proc.returncode == 2 and proc.stderr.startswith("error: "), proc.stderr[-2000:]
-  assert message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
+  assert_refused_at_start(tmp_path / "none", flag, message)
 
 
 def test_sigterm_drains_requests_in_flight_then_exits_0(small):

@@ -3,8 +3,7 @@ a prompt longer than a slot holds is a 400, never cut."""
 import httpx
 import pytest
 
-from tests.conftest import run_cli
-from tests.serve.conftest import ServerProcess
+from tests.serve.conftest import ServerProcess, assert_refused_at_start
 from treadle.serve import engine as engine_lib
 
 WINDOW = 16  # the tiny run's context is 32
@@ -51,10 +50,7 @@ def test_decoding_slides_within_max_model_len(short):
     ("--max_model_len=-1", "--max_model_len=-1 must be >= 0"),
 ])
 def test_memory_flags_out_of_range_are_one_line(served_run, flag, message):
-  proc = run_cli("treadle.serve.main", f"--workdir={served_run}", "--port=0", flag,
-                 check=False)
-  assert proc.returncode == 2 and proc.stderr.startswith("error: "), proc.stderr[-2000:]
-  assert message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
+  assert_refused_at_start(served_run, flag, message)
 
 
 def test_buckets_double_up_to_max_batch():
