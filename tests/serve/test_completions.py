@@ -34,10 +34,11 @@ def test_health_and_models(server, client):
 # 60 new tokens from a 32-token context: the cache slides, as in the library
 @pytest.mark.parametrize("max_tokens", [20, 60])
 def test_greedy_equals_sampler_generate(client, sampler, max_tokens):
+  # ignore_eos: the token count below is the point (where generation ends: test_real_tokenizers)
   expected = [c.text for c in sampler.generate(PROMPTS, max_new_tokens=max_tokens,
-                                               temperature=0.0)]
+                                               temperature=0.0, ignore_eos=True)]
   out = client.completions.create(model="tiny", prompt=PROMPTS, max_tokens=max_tokens,
-                                  temperature=0)
+                                  temperature=0, extra_body={"ignore_eos": True})
   assert [c.text for c in sorted(out.choices, key=lambda c: c.index)] == expected
   assert len(set(expected)) > 1 and all(len(set(t)) > 1 for t in expected)
   assert out.usage.completion_tokens == max_tokens * len(PROMPTS)

@@ -80,7 +80,7 @@ def test_stream_prints_what_the_batch_path_prints(trained):
 
 def test_sample_json_output(trained):
   proc = run_cli("treadle.infer.cli", "--workdir", trained, "--prompt", "a", "--prompt", "bc",
-                 "--max_new_tokens", "30", "--json", "--top_p", "0.9")
+                 "--max_new_tokens", "30", "--json", "--top_p", "0.9", "--ignore_eos")
   out = json.loads(proc.stdout)
   assert out["new_tokens"] == 60 and out["tokens_per_second"] > 0
   assert [s["prompt"] for s in out["samples"]] == ["a", "bc"]
@@ -126,10 +126,10 @@ def test_sample_in_bfloat16_casts_the_weights_at_load(trained):
   for got, want in zip(jax.tree.leaves(built.params), jax.tree.leaves(bf16.params)):
     np.testing.assert_array_equal(np.asarray(got).view(np.uint16),
                                   np.asarray(want).view(np.uint16))
-  out = bf16.generate("ROMEO:", max_new_tokens=24, temperature=0.0)[0]
+  out = bf16.generate("ROMEO:", max_new_tokens=24, temperature=0.0, ignore_eos=True)[0]
   assert len(out.token_ids) == 24
   cli = run_cli("treadle.infer.cli", "--workdir", trained, "--prompt", "ROMEO:", "--dtype",
-                "bfloat16", "--max_new_tokens", "24", "--temperature", "0")
+                "bfloat16", "--max_new_tokens", "24", "--temperature", "0", "--ignore_eos")
   assert cli.stdout == "ROMEO:" + out.text + "\n---------------\n"
 
 
@@ -164,7 +164,7 @@ def test_llama_preset_trains_sharded_fsdp_tp_and_samples(tmp_path, text_file):
   rows = metric_rows(workdir)
   assert "test_loss" in rows[-1]
   sample = run_cli("treadle.infer.cli", "--workdir", workdir, "--prompt", "ROMEO:", "--max_new_tokens",
-                   "20", "--json", "--mesh_shape", "1,1,2", "--rules", "fsdp_tp",
+                   "20", "--json", "--mesh_shape", "1,1,2", "--rules", "fsdp_tp", "--ignore_eos",
                    env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
   out = json.loads(sample.stdout)
   assert out["samples"][0]["num_tokens"] == 20

@@ -51,8 +51,8 @@ def test_merged_sampling_equals_adapter_sampling(runs):
   q_merged = np.asarray(merged.params["blocks"][0]["attn"]["q"]["w"])
   assert np.abs(q_merged - q_base).max() > 1e-4  # the merge really folded trained adapters in
   cli = run_cli("treadle.infer.cli", "--workdir", tuned, "--prompt", "ROMEO:",
-                "--max_new_tokens", "8", "--merge_lora", "--temperature", "0")
-  library = merged.generate(["ROMEO:"], max_new_tokens=8, temperature=0.0)[0]
+                "--max_new_tokens", "8", "--merge_lora", "--temperature", "0", "--ignore_eos")
+  library = merged.generate(["ROMEO:"], max_new_tokens=8, temperature=0.0, ignore_eos=True)[0]
   assert len(library.token_ids) == 8
   assert cli.stdout == f"ROMEO:{library.text}\n---------------\n"
 
