@@ -19,8 +19,12 @@ import ml_collections
 from treadle.configs import keys
 from treadle.configs.keys import BELOW_ONE, HELD_OUT, NON_NEGATIVE, POSITIVE, Key, one_of
 
-TASKS = ("lm", "classify")
-TASK = Key("task", "lm", one_of(*TASKS), "lm (language modelling) | classify (images)")
+TASKS = ("lm", "classify", "sft", "dpo", "grpo")
+# the tasks whose model is a decoder (model/gpt.py): language modelling and post-training
+DECODER_TASKS = ("lm", "sft", "dpo", "grpo")
+POST_TRAINING = ("sft", "dpo", "grpo")  # start from train.init_from and inherit its model
+TASK = Key("task", "lm", one_of(*TASKS),
+           "lm (language modelling) | classify (images) | sft | dpo | grpo (post-training)")
 
 LM_MODEL = (
     Key("num_layers", 4, POSITIVE, "transformer blocks"),
@@ -105,6 +109,37 @@ IMAGE_DATA = (
         "augmentation: random shifts up to this many pixels; 0 = off"),
 )
 
+# post-training rows (JSONL, data/post.py): split by rows, each row one example
+_ROWS_HELD_OUT = (
+    Key("val_fraction", 0.05, HELD_OUT, "of the rows, held out for validation"),
+    Key("test_fraction", 0.05, HELD_OUT, "of the rows, held out for test"),
+    Key("split_seed", 0, None, "the rows are shuffled once with this seed, then split"),
+)
+_ROWS_FILE = (
+    Key("path", "", None, "JSONL file of rows (docs/post-training.md); required"),
+    Key("seq_len", 256, POSITIVE,
+        "longest example in tokens (prompt + answer); longer rows are skipped and counted"),
+)
+SFT_DATA = (*_ROWS_FILE, Key("packing", False, None,
+                             "several rows per sequence with segment ids (no cross-row attention)"),
+            *_ROWS_HELD_OUT)
+DPO_DATA = (*_ROWS_FILE, *_ROWS_HELD_OUT)
+GRPO_DATA = _ROWS_HELD_OUT  # the prompts file is rl.prompts
+
+DPO = (
+    Key("beta", 0.1, POSITIVE, "strength of the KL tie to the reference (init_from) model"),
+)
+
+RL = (
+    Key("prompts", "", None, 'JSONL rows {"prompt": str, ...} or {"messages": [...]}; required'),
+    Key("reward", "", None, '"path/to/file.py:function" or "module:function"; required'),
+    Key("group_size", 8, POSITIVE, "completions sampled per prompt (advantages are per group)"),
+    Key("max_new_tokens", 32, POSITIVE, "longest completion sampled"),
+    Key("temperature", 1.0, POSITIVE, "sampling temperature of the training completions"),
+    Key("clip_eps", 0.2, POSITIVE, "policy ratio clipped to [1 - clip_eps, 1 + clip_eps]"),
+    Key("kl_coef", 0.0, NON_NEGATIVE, "weight of the KL to the init_from model; 0 = off"),
+)
+
 OPTIMIZER = (
     Key("name", "adamw", one_of("adamw", "lion", "muon"),
         "adamw | lion | muon (Muon: hidden matrices, AdamW: rest)"),
@@ -173,14 +208,22 @@ FINETUNE = (
 )
 
 # section -> (its meaning, {task: its keys}), in the order of a config
+# (a section absent for a task is not part of that task's config)
 SECTIONS = {
-    "model": ("the network (typed per task)", {"lm": LM_MODEL, "classify": IMAGE_MODEL}),
-    "data": ("source, split, pipeline (per task)", {"lm": TEXT_DATA, "classify": IMAGE_DATA}),
+    "model": ("the network (typed per task; post-training inherits train.init_from's)",
+              {"lm": LM_MODEL, "classify": IMAGE_MODEL, "sft": LM_MODEL, "dpo": LM_MODEL,
+               "grpo": LM_MODEL}),
+    "data": ("source, split, pipeline (per task)",
+             {"lm": TEXT_DATA, "classify": IMAGE_DATA, "sft": SFT_DATA, "dpo": DPO_DATA,
+              "grpo": GRPO_DATA}),
     "optimizer": ("update rule and learning-rate schedule", dict.fromkeys(TASKS, OPTIMIZER)),
     "train": ("steps, batch, evaluation, checkpoints, logging", dict.fromkeys(TASKS, TRAIN)),
     "mesh": ("device mesh and sharding rules", dict.fromkeys(TASKS, MESH)),
-    "finetune": ("LoRA adapters (with train.init_from); lm task only",
+    "finetune": ("LoRA adapters (with train.init_from); decoder tasks only",
                  dict.fromkeys(TASKS, FINETUNE)),
+    "dpo": ("direct preference optimisation (task=dpo)", {"dpo": DPO}),
+    "rl": ("GRPO: sampled groups, a reward program, clipped policy gradient (task=grpo)",
+           {"grpo": RL}),
 }
 
 
@@ -190,7 +233,8 @@ def get_config(task: str = "lm") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.task = task
   for name, (_, by_task) in SECTIONS.items():
-    c[name] = ml_collections.ConfigDict({key.name: key.default for key in by_task[task]})
+    if task in by_task:
+      c[name] = ml_collections.ConfigDict({key.name: key.default for key in by_task[task]})
   return c
 
 
@@ -198,7 +242,7 @@ def declared(task: str) -> dict[str, Key]:
   """Every key of `task`'s config, dotted ("model.embed_dim"), in declaration order."""
   keys = {TASK.name: TASK}
   for name, (_, by_task) in SECTIONS.items():
-    keys.update({f"{name}.{key.name}": key for key in by_task[task]})
+    keys.update({f"{name}.{key.name}": key for key in by_task.get(task, ())})
   return keys
 
 

@@ -43,12 +43,13 @@ def render() -> str:
   """The whole Markdown page."""
   lines = [_HEADER, "## task", "", *_table("", (base.TASK,)), ""]
   for name, (doc, by_task) in base.SECTIONS.items():
-    shared = len(set(by_task.values())) == 1
+    groups: dict[tuple, list[str]] = {}  # one table per distinct key set, naming its tasks
     for task, declared in by_task.items():
-      lines += [f"## {name}" + ("" if shared else f" (task={task})"), "", _cell(doc[:1].upper() + doc[1:]) + ".", "",
-                *_table(f"{name}.", declared), ""]
-      if shared:
-        break
+      groups.setdefault(declared, []).append(task)
+    for declared, tasks in groups.items():
+      every = len(groups) == 1 and len(tasks) == len(base.TASKS)
+      lines += [f"## {name}" + ("" if every else f" (task={', '.join(tasks)})"), "",
+                _cell(doc[:1].upper() + doc[1:]) + ".", "", *_table(f"{name}.", declared), ""]
   return "\n".join(lines)
 
 

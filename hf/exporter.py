@@ -12,6 +12,7 @@ import jax
 import numpy as np
 
 from treadle.common import entry
+from treadle.configs import base as base_config
 from treadle.data import tokenizers
 from treadle.hf import architectures
 from treadle.hf import safetensors_io
@@ -34,8 +35,9 @@ def load_run(workdir, step=None, merge_lora: bool = False):
     cfg = config_lib.from_run(workdir)
   except FileNotFoundError as e:
     raise HfFormatError(str(e)) from None
-  if cfg.task != "lm":
-    raise HfFormatError(f"task={cfg.task!r}: only language models (task=lm) export to HF")
+  if cfg.task not in base_config.DECODER_TASKS:
+    raise HfFormatError(f"task={cfg.task!r}: only language models "
+                        f"(task={'/'.join(base_config.DECODER_TASKS)}) export to HF")
   model_cfg = cfg.model
   if model_cfg.lora_rank and not merge_lora:
     raise HfFormatError("a LoRA run: pass --merge_lora to fold the adapters into the weights")

@@ -13,6 +13,7 @@ import ml_collections
 from treadle.configs import base
 from treadle.configs import keys
 from treadle.data import images
+from treadle.data import post
 from treadle.data import text
 from treadle.model import classifier
 from treadle.model import gpt
@@ -112,19 +113,46 @@ class MeshConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DpoConfig:
+  """dpo.* (task=dpo): keys, base values and meanings in configs/base.py."""
+  beta: float
+
+  def __post_init__(self):
+    base.check_fields("dpo", "dpo", self)
+
+
+@dataclasses.dataclass(frozen=True)
+class RlConfig:
+  """rl.* (task=grpo): keys, base values and meanings in configs/base.py."""
+  prompts: str
+  reward: str
+  group_size: int
+  max_new_tokens: int
+  temperature: float
+  clip_eps: float
+  kl_coef: float
+
+  def __post_init__(self):
+    base.check_fields("rl", "grpo", self)
+
+
+@dataclasses.dataclass(frozen=True)
 class RunConfig:
-  task: str    # "lm" (language modelling) | "classify" (image classification)
+  task: str    # configs/base.TASKS: lm | classify | sft | dpo | grpo
   model: Any   # the task's model config (gpt.ModelConfig, classifier.ClassifierConfig)
-  data: Any    # the task's data config (text.DataConfig, images.DataConfig)
+  data: Any    # the task's data config (text.DataConfig, images.DataConfig, data/post.py's)
   optimizer: OptimizerConfig
   train: TrainConfig
   mesh: MeshConfig
   finetune: FinetuneConfig
+  # sections of one task only (configs/base.SECTIONS); None in the other tasks' configs
+  dpo: DpoConfig | None = None
+  rl: RlConfig | None = None
 
   def to_dict(self) -> dict[str, Any]:
     """The config as written to DIR/config.json: the sections and keys of configs/base.py
     (the decoder's lora_* fields are derived from the finetune section, not saved twice)."""
-    d = dataclasses.asdict(self)
+    d = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
     for name in _DERIVED_MODEL_FIELDS:
       d["model"].pop(name, None)
     return d
@@ -133,7 +161,11 @@ class RunConfig:
 # gpt.ModelConfig fields filled from the finetune section (not model-section keys)
 _DERIVED_MODEL_FIELDS = ("lora_rank", "lora_alpha", "lora_targets")
 _SECTION_TYPES = {"lm": (gpt.ModelConfig, text.DataConfig),
-                  "classify": (classifier.ClassifierConfig, images.DataConfig)}
+                  "classify": (classifier.ClassifierConfig, images.DataConfig),
+                  "sft": (gpt.ModelConfig, post.SftDataConfig),
+                  "dpo": (gpt.ModelConfig, post.DpoDataConfig),
+                  "grpo": (gpt.ModelConfig, post.GrpoDataConfig)}
+_TASK_SECTIONS = {"dpo": DpoConfig, "rl": RlConfig}  # sections only some tasks have
 
 
 def _build(cls, section: str, values: dict):
@@ -175,6 +207,7 @@ def split(cfg: ml_collections.ConfigDict | dict) -> RunConfig:
       train=train,
       mesh=_build(MeshConfig, "mesh", d["mesh"]),
       finetune=finetune,
+      **{name: _build(cls, name, d[name]) for name, cls in _TASK_SECTIONS.items() if name in d},
   )
   return run
 
@@ -182,9 +215,10 @@ def split(cfg: ml_collections.ConfigDict | dict) -> RunConfig:
 def _model(model_type, values: dict, finetune: FinetuneConfig, task: str, train: TrainConfig):
   """The model config; the decoder's carries the adapters' shape (finetune.* is the one place
   to set it)."""
-  if task != "lm":
+  if task not in base.DECODER_TASKS:
     if finetune.lora_rank:
-      raise ValueError(f"finetune.lora_rank is only supported for task=lm (task={task!r})")
+      raise ValueError(f"finetune.lora_rank is only supported for decoder tasks "
+                       f"{list(base.DECODER_TASKS)} (task={task!r})")
     return _build(model_type, "model", values)
   if finetune.lora_rank and not train.init_from:
     raise ValueError("finetune.lora_rank needs train.init_from: LoRA adapts a trained model")

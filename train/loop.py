@@ -80,8 +80,10 @@ def prepare(cfg: config_lib.RunConfig, workdir) -> Run:
   train_step, eval_step = step_lib.compile_steps(
       task, graphdef, tx, optimizer.schedule(cfg.optimizer, cfg.train.num_steps),
       cfg.train.grad_accum_steps, cfg.model.dropout > 0, rules, shardings, batch_sharding)
-  return Run(cfg, workdir, task, splits, mesh, shardings, batch_sharding, tx,
-             train_step, eval_step, jax.process_index() == 0)
+  run = Run(cfg, workdir, task, splits, mesh, shardings, batch_sharding, tx,
+            train_step, eval_step, jax.process_index() == 0)
+  task.attach(run)
+  return run
 
 
 def _data_source(cfg: config_lib.RunConfig) -> str:
@@ -148,17 +150,21 @@ def init_or_restore(run: Run, mgr, data_iter) -> tuple[state_lib.TrainState, Pro
                           params), Progress()
 
 
-def eval_set(run: Run, batches: list[dict]) -> dict:
-  """Fixed evaluation batches as global arrays stacked on a leading axis."""
+def eval_set(run: Run, params, batches: list[dict]) -> dict:
+  """Fixed evaluation batches as global arrays stacked on a leading axis, as the task's loss
+  reads them (`params`: the model a task may score them with, e.g. DPO's reference)."""
   sharding = mesh_lib.stacked_batch_sharding(run.mesh)
   stacked = tasks.base.numpy_stack(batches)
-  return {k: jax.make_array_from_process_local_data(
+  return run.task.prepare_eval(run, params, {k: jax.make_array_from_process_local_data(
       sharding, v, (v.shape[0], run.cfg.train.batch_size, *v.shape[2:]))
-      for k, v in stacked.items()}
+      for k, v in stacked.items()})
 
 
 def evaluate(run: Run, params, stacked: dict) -> dict[str, float]:
-  """Mean loss and task metrics over the fixed batches (each batch weighs the same)."""
+  """Mean loss and task metrics over the fixed batches (weighted by examples, or by the
+  loss's own weight), or the task's own evaluation (GRPO's rewards)."""
+  if (own := run.task.evaluate(run, params, stacked)) is not None:
+    return {k: float(v) for k, v in own.items()}
   return {k: float(v) for k, v in jax.device_get(run.eval_step(params, stacked)).items()}
 
 
@@ -197,8 +203,9 @@ class _Throughput:
 
 
 def _log_step(run: Run, mgr, writer, throughput: _Throughput, step: int, m: dict,
-              progress: Progress, display: reporting.Display):
-  """Host-side handling of step `step`'s metrics (pulled one step late)."""
+              host: dict, progress: Progress, display: reporting.Display):
+  """Host-side handling of step `step`'s metrics (pulled one step late); `host`: the task's
+  metrics of making the batch (GRPO's rewards)."""
   if not bool(m["finite"]):
     progress.nonfinite_steps += 1
     log.warning("step %d: non-finite loss or gradient; update not applied (%d so far)",
@@ -212,7 +219,7 @@ def _log_step(run: Run, mgr, writer, throughput: _Throughput, step: int, m: dict
     extra = {k: float(v) for k, v in m.items() if k.startswith("train_") and k != "train_loss"}
     rates = throughput.measure(step)
     writer.write(step, train_loss=float(m["train_loss"]), learning_rate=float(m["learning_rate"]),
-                 grad_norm=float(m["grad_norm"]), **extra, **rates)
+                 grad_norm=float(m["grad_norm"]), **extra, **host, **rates)
     display.train_line(step, float(m["train_loss"]), float(m["learning_rate"]), rates)
 
 
@@ -252,16 +259,18 @@ def train_steps(run: Run, mgr, state, data_iter, progress: Progress, val_batches
   def flush():
     nonlocal pending
     if pending is not None:
-      _log_step(run, mgr, writer, throughput, pending[0], jax.device_get(pending[1]), progress,
-                display)
+      _log_step(run, mgr, writer, throughput, pending[0], jax.device_get(pending[1]),
+                pending[2], progress, display)
       pending = None
 
   for done in range(start + 1, cfg.num_steps + 1):
     profile.before_step(done)
-    state, step_metrics = run.train_step(state, _global_batch(run, next(data_iter)))
+    batch, host_metrics = run.task.prepare_batch(run, state.params,
+                                                 _global_batch(run, next(data_iter)), done)
+    state, step_metrics = run.train_step(state, batch)
     profile.after_step(done, step_metrics)
     flush()  # the previous step's metrics: the device is already busy with this one
-    pending = (done, step_metrics)
+    pending = (done, step_metrics, host_metrics)
     if done == start + 1:
       jax.block_until_ready(step_metrics)
       throughput.reset(done)  # the first step includes compilation: not throughput
@@ -303,8 +312,8 @@ def test_metrics(run: Run, mgr, state) -> tuple[dict, int, Any]:
   if best is not None and best != final:
     abstract = state_lib.abstract_state(run.cfg.model, run.tx, run.state_shardings)
     params = checkpoint.restore(mgr, best, abstract).params
-  batches = eval_set(run, run.task.eval_batches(run.splits.test, run.cfg, jax.process_index(),
-                                                jax.process_count()))
+  batches = eval_set(run, params, run.task.eval_batches(run.splits.test, run.cfg,
+                                                        jax.process_index(), jax.process_count()))
   return evaluate(run, params, batches), (final if best is None else best), params
 
 
@@ -355,8 +364,8 @@ def _train_owned(cfg: config_lib.RunConfig, workdir: pathlib.Path) -> dict:
     writer = metrics_lib.MetricsWriter(run.workdir, run.is_main, cfg.train.wandb_project,
                                        run.cfg.to_dict())
     _log_layout(run, state)
-    val_batches = eval_set(run, run.task.eval_batches(run.splits.val, cfg, jax.process_index(),
-                                                      jax.process_count()))
+    val_batches = eval_set(run, state.params, run.task.eval_batches(
+        run.splits.val, cfg, jax.process_index(), jax.process_count()))
     with interrupts.StopSignal() as stop:  # SIGTERM/SIGINT: finish the step, checkpoint, exit
       state, outcome = train_steps(run, mgr, state, data_iter, progress, val_batches, writer,
                                    stop)

@@ -62,7 +62,7 @@ def main(argv) -> None:
   except (ValueError, FileNotFoundError, RuntimeError) as e:
     if (disk := quiet.disk_error(e)) is not None:
       entry.fail(background.describe(disk, _WORKDIR.value))
-    entry.fail_with(e)
+    entry.fail_with(e, getattr(e, "exit_code", 2))  # 1: failed mid-run (GRPO's reward)
   except Exception as e:  # a full or read-only disk, as whichever type the writer raised
     if (disk := quiet.disk_error(e)) is None:
       raise

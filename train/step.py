@@ -18,18 +18,35 @@ if TYPE_CHECKING:  # annotations only: the jitted-step module never imports a da
 Batch = dict[str, jax.Array]
 
 
+# A task's loss metric "weight": its loss is a mean over that many units (answer tokens,
+# pairs). Micro-batches and evaluation batches then combine by it, so an update of two
+# micro-batches is the update of one batch holding both, whatever their token counts.
+WEIGHT = "weight"
+
+
 def _loss(task, graphdef: nnx.GraphDef, params: Any, batch: Batch, dropout_key):
   """(loss, metrics) of the task on one batch."""
   params = lora.stop_base_gradients(params)  # LoRA: only adapters get gradients
   return task.loss(nnx.merge(graphdef, params), batch, dropout_key)
 
 
+def _weighted_loss(task, graphdef, params, batch: Batch, dropout_key):
+  """(loss x weight, (metrics x weight, weight)): sums that add across micro-batches."""
+  loss, aux = _loss(task, graphdef, params, batch, dropout_key)
+  aux = dict(aux)
+  weight = jax.lax.stop_gradient(aux.pop(WEIGHT, jnp.float32(1.0))).astype(jnp.float32)
+  return loss * weight, (jax.tree.map(lambda v: v * weight, aux), weight)
+
+
 def _accumulated_grads(task, graphdef, params, batch: Batch, key, accum_steps: int,
                        use_dropout: bool):
-  """Mean loss, metrics and gradient over `accum_steps` micro-batches, scanned (one update)."""
-  grad_fn = jax.value_and_grad(functools.partial(_loss, task, graphdef), has_aux=True)
+  """Mean loss, metrics and gradient over `accum_steps` micro-batches, scanned (one update),
+  each micro-batch weighing its loss's "weight" (default 1)."""
   if accum_steps == 1:
-    return grad_fn(params, batch, key if use_dropout else None)
+    grad_fn = jax.value_and_grad(functools.partial(_loss, task, graphdef), has_aux=True)
+    (loss, aux), grads = grad_fn(params, batch, key if use_dropout else None)
+    return (loss, {k: v for k, v in aux.items() if k != WEIGHT}), grads
+  grad_fn = jax.value_and_grad(functools.partial(_weighted_loss, task, graphdef), has_aux=True)
 
   # micro-batch a takes rows a, a+A, ...: each device keeps its own rows (no resharding)
   def split(x):
@@ -45,8 +62,9 @@ def _accumulated_grads(task, graphdef, params, batch: Batch, key, accum_steps: i
   zeros = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro),
                          key if use_dropout else None)
   zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zeros)
-  total, _ = jax.lax.scan(body, zeros, (jnp.arange(accum_steps), micro))
-  return jax.tree.map(lambda x: x / accum_steps, total)
+  ((loss, (aux, weight)), grads), _ = jax.lax.scan(body, zeros, (jnp.arange(accum_steps), micro))
+  per = lambda x: x / jnp.maximum(weight, 1e-9)  # all weights 0 (no answer token): no update
+  return (per(loss), jax.tree.map(per, aux)), jax.tree.map(per, grads)
 
 
 def train_step(state: state_lib.TrainState, batch: Batch, *, task, graphdef, tx, schedule,
@@ -80,9 +98,12 @@ def eval_step(params: Any, batches: Batch, *, task, graphdef, rules, mesh) -> di
   def body(carry, batch):
     total, count = carry
     loss, aux = _loss(task, graphdef, params, batch, None)
-    # batches padded with zero-weight examples count only their real examples
-    n = batch["weights"].sum() if "weights" in batch else jnp.float32(
-        jax.tree.leaves(batch)[0].shape[0])
+    aux = dict(aux)
+    # a loss over weighted units (answer tokens) counts them; else batches padded with
+    # zero-weight examples count only their real examples
+    n = aux.pop(WEIGHT) if WEIGHT in aux else (
+        batch["weights"].sum() if "weights" in batch else jnp.float32(
+            jax.tree.leaves(batch)[0].shape[0]))
     total = jax.tree.map(lambda t, v: t + v * n, total, {"loss": loss, **aux})
     return (total, count + n), None
 
@@ -90,7 +111,7 @@ def eval_step(params: Any, batches: Batch, *, task, graphdef, rules, mesh) -> di
     first = jax.tree.map(lambda x: x[0], batches)
     shapes = jax.eval_shape(lambda b: _loss(task, graphdef, params, b, None), first)
     zeros = {"loss": jnp.zeros((), jnp.float32),
-             **{k: jnp.zeros(v.shape, v.dtype) for k, v in shapes[1].items()}}
+             **{k: jnp.zeros(v.shape, v.dtype) for k, v in shapes[1].items() if k != WEIGHT}}
     (total, count), _ = jax.lax.scan(body, (zeros, jnp.float32(0)), batches)
     return jax.tree.map(lambda x: x / count, total)
 

@@ -118,13 +118,16 @@ def _remove_empty(created: list[pathlib.Path], workdir: pathlib.Path) -> None:
 # -- fingerprints -------------------------------------------------------------------------
 
 def _arrays(value: Any) -> Iterator[tuple[str, np.ndarray]]:
-  """(field path, array) of every array inside dataclasses, tuples and lists: the in-memory
+  """(field path, array) of every array inside dataclasses, dicts, tuples and lists: the in-memory
   splits and the memory-mapped token shards of a corpus on disk alike."""
   if isinstance(value, np.ndarray):
     yield "", value
   elif isinstance(value, (tuple, list)):
     for i, item in enumerate(value):
       yield from ((f"{i}.{name}", a) for name, a in _arrays(item))
+  elif isinstance(value, dict):  # post-training splits: {field: array}
+    for key in sorted(value):
+      yield from ((f"{key}.{name}", a) for name, a in _arrays(value[key]))
   elif dataclasses.is_dataclass(value):
     for field in dataclasses.fields(value):
       yield from ((f"{field.name}.{name}", a) for name, a in _arrays(getattr(value, field.name)))

@@ -25,6 +25,9 @@ CONFIG_FILES = sorted(p.stem for p in (REPO / "configs").glob("*.py")
 
 def _with_data_fields(cfg: config_lib.RunConfig) -> config_lib.RunConfig:
   """What the task fills in from the data (vocabulary, context, image shape, classes)."""
+  if cfg.task in base.POST_TRAINING:  # the init_from model's (64 tokens, context 128)
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=64,
+                                                              max_seq_len=128))
   if cfg.task == "lm":
     vocab = cfg.data.vocab_size if cfg.data.tokenizer == "bpe" else 65
     model = dataclasses.replace(cfg.model, vocab_size=vocab,
@@ -35,7 +38,8 @@ def _with_data_fields(cfg: config_lib.RunConfig) -> config_lib.RunConfig:
 
 
 def test_configs_directory_holds_the_known_files():
-  assert {"base", "tiny", "shakespeare_char_cpu", "digits_cnn", "digits_vit"} <= set(CONFIG_FILES)
+  assert {"base", "tiny", "shakespeare_char_cpu", "digits_cnn", "digits_vit", "sft", "dpo",
+          "grpo"} <= set(CONFIG_FILES)
 
 
 def _load(name: str, tmp_path: pathlib.Path):

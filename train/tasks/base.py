@@ -50,6 +50,26 @@ class Task(Protocol):
   def finish(self, run, params, step: int) -> dict:
     """Task-specific end-of-run outputs (files, extra metrics to log)."""
 
+  # Hooks with a default: tasks whose batches need the model (post-training) override them.
+
+  def attach(self, run) -> None:
+    """Called once the mesh, shardings and steps exist, before training: device functions
+    of the task's own (a reference model, a sampler)."""
+
+  def prepare_batch(self, run, params, batch: dict, step: int) -> tuple[dict, dict]:
+    """(the training batch of update `step`, host metrics to log with it) from this step's
+    rows as global arrays and the current parameters."""
+    return batch, {}
+
+  def prepare_eval(self, run, params, stacked: dict) -> dict:
+    """An evaluation set (batches stacked on a leading axis) as the loss reads it."""
+    return stacked
+
+  def evaluate(self, run, params, stacked: dict) -> dict | None:
+    """Evaluation metrics ("loss": lower is better) computed by the task itself; None = the
+    mean loss and loss metrics of the jitted eval step."""
+    return None
+
 
 def numpy_stack(batches: list[dict]) -> dict:
   """Host batches stacked on a new leading axis (one array per key)."""
