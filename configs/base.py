@@ -117,8 +117,8 @@ _ROWS_HELD_OUT = (
 )
 _ROWS_FILE = (
     Key("path", "", None, "JSONL file of rows (docs/post-training.md); required"),
-    Key("seq_len", 256, POSITIVE,
-        "longest example in tokens (prompt + answer); longer rows are skipped and counted"),
+    Key("seq_len", 0, NON_NEGATIVE, "positions per example (prompt + answer - 1); longer rows "
+        "are skipped and counted; 0 = the model's context"),
 )
 SFT_DATA = (*_ROWS_FILE, Key("packing", False, None,
                              "several rows per sequence with segment ids (no cross-row attention)"),

@@ -14,7 +14,6 @@ from treadle.configs import base
 
 def get_config() -> ml_collections.ConfigDict:
   c = base.get_config("dpo")
-  c.data.seq_len = 128
   c.dpo.beta = 0.1
   c.train.num_steps = 200
   c.train.batch_size = 16

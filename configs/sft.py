@@ -14,7 +14,6 @@ from treadle.configs import base
 
 def get_config() -> ml_collections.ConfigDict:
   c = base.get_config("sft")
-  c.data.seq_len = 128
   c.train.num_steps = 300
   c.train.batch_size = 16
   c.train.log_every = 10

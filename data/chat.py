@@ -133,9 +133,9 @@ def _plain(value: Any) -> Any:
 def _jinja2():
   try:
     import jinja2
-  except ImportError:  # an optional dependency (the serve extra): only templates need it
+  except ImportError:  # a dependency since chat post-training; an older install may lack it
     raise ImportError("rendering a chat template needs jinja2>=3.1.6 "
-                      "(pip install 'treadle[serve]')") from None
+                      "(pip install 'jinja2>=3.1.6')") from None
   return jinja2
 
 

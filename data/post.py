@@ -118,10 +118,13 @@ class Renderer:
     self.tokenizer = tokenizer
     self.has_template = chat.template(tokenizer) is not None
 
-  def render(self, messages: list[dict], generation_prompt: bool, where: str) -> str:
+  def check_template(self, where: str) -> None:
     if not self.has_template:
       raise ValueError(f"{where}: a messages row needs a chat template and the model's "
                        "tokenizer has none (use prompt/completion rows)")
+
+  def render(self, messages: list[dict], generation_prompt: bool, where: str) -> str:
+    self.check_template(where)
     try:
       return chat.render(self.tokenizer, messages, generation_prompt)
     except chat.ChatTemplateError as e:
@@ -149,6 +152,7 @@ class Renderer:
 
   def chat_pieces(self, messages: list[dict], where: str) -> list[tuple[str, bool]]:
     """The conversation as (text, is an assistant turn) pieces whose join is its rendering."""
+    self.check_template(where)
     pieces, done = [], ""
     for i, message in enumerate(messages):
       if message["role"] != "assistant":

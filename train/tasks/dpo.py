@@ -77,7 +77,6 @@ class PreferenceOptimization(base.Task):
   def load(self, cfg, workdir: pathlib.Path, init_from_dir: pathlib.Path | None):
     cfg, tokenizer = post_lib.inherit(cfg, workdir, init_from_dir)
     data = cfg.data
-    post_lib.check_length(cfg, data.seq_len, "data.seq_len")
     rows = post.read_jsonl(data.path, "data.path")
     arrays = pairs(post.Renderer(tokenizer), rows, data.seq_len, data.path)
     count = len(arrays["chosen_inputs"])

@@ -45,15 +45,15 @@ def inherit(cfg: config_lib.RunConfig, workdir: pathlib.Path, init_dir: pathlib.
       raise ValueError(f"model.{name}={mine!r}: the model comes from train.init_from "
                        f"(its {name} is {getattr(source.model, name)!r}); leave model.{name} unset")
   model = dataclasses.replace(source.model, **{k: getattr(cfg.model, k) for k in _OWN_FIELDS})
+  data = cfg.data
+  if hasattr(data, "seq_len"):  # 0 = the model's context; longer ones it cannot attend over
+    data = dataclasses.replace(data, seq_len=data.seq_len or model.max_seq_len)
+    if data.seq_len > model.max_seq_len:
+      raise ValueError(f"data.seq_len={data.seq_len} exceeds the model's context "
+                       f"(max_seq_len {model.max_seq_len})")
   own = workdir / tokenizers.FILENAME
   tokenizer = tokenizers.load(workdir if own.exists() else init_dir)
-  return dataclasses.replace(cfg, model=model), tokenizer
-
-
-def check_length(cfg: config_lib.RunConfig, length: int, what: str) -> None:
-  if length > cfg.model.max_seq_len:
-    raise ValueError(f"{what}={length} exceeds the model's context "
-                     f"(max_seq_len {cfg.model.max_seq_len})")
+  return dataclasses.replace(cfg, model=model, data=data), tokenizer
 
 
 def token_logprobs(model, inputs_BT, targets_BT, positions_BT=None, segment_ids_BT=None,

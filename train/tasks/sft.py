@@ -69,7 +69,6 @@ class SupervisedFineTuning(base.Task):
   def load(self, cfg, workdir: pathlib.Path, init_from_dir: pathlib.Path | None):
     cfg, tokenizer = post_lib.inherit(cfg, workdir, init_from_dir)
     data = cfg.data
-    post_lib.check_length(cfg, data.seq_len, "data.seq_len")
     rows = post.read_jsonl(data.path, "data.path")
     usable = examples(post.Renderer(tokenizer), rows, data.seq_len, data.path)
     parts = post.split_rows(len(usable), data.val_fraction, data.test_fraction,
