@@ -55,7 +55,11 @@ def empty(model: gpt.Decoder, num_slots: int, cache_len: int) -> Slots:
 
 def _scores(logits_XV: jax.Array, chosen_X: jax.Array) -> TokenScores:
   logp_XV = jax.nn.log_softmax(logits_XV.astype(jnp.float32), axis=-1)
-  top_logp, top_ids = jax.lax.top_k(logp_XV, TOP_LOGPROBS)
+  # a vocabulary smaller than TOP_LOGPROBS (a character model's) is padded with -inf
+  short = max(TOP_LOGPROBS - logp_XV.shape[-1], 0)
+  padded = jnp.pad(logp_XV, [(0, 0)] * (logp_XV.ndim - 1) + [(0, short)],
+                   constant_values=-jnp.inf)
+  top_logp, top_ids = jax.lax.top_k(padded, TOP_LOGPROBS)
   chosen = jnp.take_along_axis(logp_XV, chosen_X[..., None], axis=-1)[..., 0]
   return TokenScores(chosen, top_ids.astype(jnp.int32), top_logp)
 

@@ -297,9 +297,8 @@ class Engine:
   def _token(self, seq: Sequence, scores: slots_lib.TokenScores, i, token_id=None) -> Token:
     at = (lambda x: x) if i is None else (lambda x: x[i])
     chosen = int(seq.history[i + 1]) if token_id is None else token_id
-    top = list(zip(at(scores.top_ids)[:seq.top_n].tolist(),
-                   at(scores.top_logprobs)[:seq.top_n].tolist()))
-    return Token(chosen, float(at(scores.logprob)), top)
+    return Token(chosen, float(at(scores.logprob)),
+                 _alternatives(at(scores.top_ids), at(scores.top_logprobs), seq.top_n))
 
   def _free_cancelled(self) -> None:
     for row, seq in enumerate(self._rows):
@@ -334,8 +333,7 @@ class Engine:
     for row, seq in enumerate(self._rows[:self.size]):
       if seq is not None:
         token = Token(int(tokens[row]), float(scores.logprob[row]),
-                      list(zip(scores.top_ids[row, :seq.top_n].tolist(),
-                               scores.top_logprobs[row, :seq.top_n].tolist())))
+                      _alternatives(scores.top_ids[row], scores.top_logprobs[row], seq.top_n))
         self._accept(row, seq, token)
 
   def _maybe_slide(self, row: int, seq: Sequence) -> None:
@@ -367,3 +365,9 @@ class Engine:
   def _release(self, row: int) -> None:
     with self._lock:
       self._rows[row] = None
+
+
+def _alternatives(ids, logprobs, n: int) -> list[tuple[int, float]]:
+  """The n most likely (id, logprob); a vocabulary smaller than slots.TOP_LOGPROBS pads the
+  scores with -inf entries, which are not alternatives."""
+  return [(i, lp) for i, lp in zip(ids[:n].tolist(), logprobs[:n].tolist()) if lp > -np.inf]
