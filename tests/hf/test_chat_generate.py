@@ -161,3 +161,37 @@ def test_server_chat_equals_transformers(chat_model):
         "length", NEW)
   finally:
     server.stop()
+
+
+REPLIES = [[{"role": "user", "content": f"What is {a} and {b}?"},
+            {"role": "assistant", "content": f"{a + b}."},
+            {"role": "user", "content": "And twice that?"},
+            {"role": "assistant", "content": f"{2 * (a + b)}, of course."}]
+           for a in range(1, 7) for b in range(1, 5)]
+
+
+def test_sft_on_chat_rows_of_an_imported_model(chat_model, tmp_path):
+  """Chat rows tokenize as transformers tokenizes the rendered conversation (turn by turn:
+  the pieces join to the same ids), and SFT from the import trains on them."""
+  from treadle.configs import base
+  from treadle.data import post
+  from treadle.train import config as config_lib
+  from treadle.train import loop
+  _, _, tokenizer, sampler, run, _ = chat_model
+  for messages in REPLIES[:3]:
+    ids, mask = post.sft_example(post.Renderer(sampler.tokenizer), {"messages": messages}, "")
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    assert ids.tolist() == tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(ids[mask == 1]).startswith(messages[1]["content"])
+  rows = tmp_path / "chat.jsonl"
+  rows.write_text("".join(json.dumps({"messages": m}) + "\n" for m in REPLIES))
+  c = base.get_config("sft").to_dict()
+  c["data"].update(path=str(rows), val_fraction=0.2, test_fraction=0.1)
+  c["train"].update(init_from=str(run), num_steps=4, batch_size=8, eval_every=2,
+                    checkpoint_every=4, log_every=1)
+  c["finetune"]["lora_rank"] = 4
+  c["optimizer"].update(learning_rate=3e-2, warmup_steps=1)
+  loop.train(config_lib.split(c), tmp_path / "sft")
+  val = [json.loads(l)["val_loss"] for l in (tmp_path / "sft" / "metrics.jsonl").read_text()
+         .splitlines() if "val_loss" in l]
+  assert len(val) == 2 and val[1] < val[0], val
