@@ -178,32 +178,36 @@ def test_prompts_longer_than_the_context_are_skipped_and_counted(base_run, files
   assert "1 of 65 rows skipped: longer than max_seq_len - rl.max_new_tokens = 28" in caplog.text
 
 
-def test_malformed_rows_and_a_reward_failing_mid_run_from_the_command_line(base_run, files,
+def test_a_malformed_row_is_one_error_naming_file_and_line_and_writes_nothing(base_run,
                                                                              tmp_path):
   bad = tmp_path / "bad.jsonl"
   bad.write_text('{"prompt": "1+1=", "completion": "2"}\n{"prompt": "1+2=", "completion"\n')
-  proc = run_cli("treadle.train.main", "--config", "configs/sft.py", "--workdir",
-                 tmp_path / "sft", f"--config.train.init_from={base_run}",
-                 f"--config.data.path={bad}", check=False)
-  lines = proc.stderr.strip().splitlines()
-  assert proc.returncode == 2 and lines[-1] == f"error: {bad}:2: not valid JSON (Expecting ':' " \
-      "delimiter)", proc.stderr[-2000:]
+  cfg = _config("sft", data={"path": str(bad)}, train={"init_from": str(base_run)})
+  with pytest.raises(ValueError) as error:
+    loop.train(cfg, tmp_path / "sft")
+  assert str(error.value) == f"{bad}:2: not valid JSON (Expecting ':' delimiter)"
   assert not (tmp_path / "sft").exists()
 
+
+def test_a_reward_failing_mid_run_exits_1_and_the_run_resumes(base_run, files, tmp_path):
+  """From the command line: `error:` naming the reward and the step, exit code 1, the last
+  checkpoint intact; the same command without the failure resumes from it."""
   workdir = tmp_path / "grpo"
-  args = ["--config", "configs/grpo.py", "--workdir", workdir,
+  reward = f"{files / 'reward.py'}:exact"
+  loop.train(_grpo(base_run, files, 1, reward=reward), workdir)
+  args = ["--config", "configs/base.py:grpo", "--workdir", workdir,
           f"--config.train.init_from={base_run}", f"--config.rl.prompts={files / 'prompts.jsonl'}",
-          f"--config.rl.reward={files / 'reward.py'}:exact", "--config.rl.group_size=2",
-          "--config.rl.max_new_tokens=4", "--config.train.batch_size=8",
-          "--config.train.checkpoint_every=1", "--config.train.eval_every=100",
-          "--config.optimizer.decay_steps=3"]
-  run_cli("treadle.train.main", *args, "--config.train.num_steps=1")
-  proc = run_cli("treadle.train.main", *args, "--config.train.num_steps=3",
-                 env={"FAIL_REWARD": "1"}, check=False)
+          f"--config.rl.reward={reward}", "--config.rl.group_size=2",
+          "--config.rl.max_new_tokens=4", "--config.rl.kl_coef=0.05",
+          "--config.train.batch_size=8", "--config.train.log_every=1",
+          "--config.train.eval_every=2", "--config.train.checkpoint_every=2",
+          "--config.optimizer.learning_rate=0.001", "--config.optimizer.warmup_steps=1",
+          "--config.optimizer.decay_steps=4", "--config.train.num_steps=3"]
+  proc = run_cli("treadle.train.main", *args, env={"FAIL_REWARD": "1"}, check=False)
   assert proc.returncode == 1, proc.stderr[-2000:]
   assert proc.stderr.strip().splitlines()[-1].startswith(
-      f"error: rl.reward='{files / 'reward.py'}:exact' raised ZeroDivisionError: division by "
-      "zero (on step 2, prompt row"), proc.stderr[-2000:]
-  assert checkpoint.directory(workdir).joinpath("1").is_dir()
-  run_cli("treadle.train.main", *args, "--config.train.num_steps=3")  # resumes from step 1
-  assert json.loads((workdir / "summary.json").read_text())["step"] == 3
+      f"error: rl.reward='{reward}' raised ZeroDivisionError: division by zero (on step 2, "
+      "prompt row"), proc.stderr[-2000:]
+  assert [p.name for p in checkpoint.directory(workdir).iterdir() if p.name.isdigit()] == ["1"]
+  summary = loop.train(_grpo(base_run, files, 3, reward=reward), workdir)  # resumes at step 1
+  assert summary["step"] == 3 and summary["outcome"] == "completed"
