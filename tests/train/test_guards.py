@@ -1,4 +1,7 @@
-"""Non-finite guard, early stopping, and fine-tuning from another run (init_from)."""
+"""Non-finite guard, early stopping, and fine-tuning from another run (init_from).
+
+Runs whose subject is the command line (exit 2, its last stderr line) use treadle-train in a
+subprocess; the others train in this process (loop.train: no interpreter and jax start-up)."""
 import json
 
 import jax
@@ -7,7 +10,9 @@ import numpy as np
 from flax import nnx
 
 from tests.conftest import metric_rows, run_cli
+from treadle.configs import tiny
 from treadle.train import config as config_lib
+from treadle.train import loop
 from treadle.train import mesh as mesh_lib
 from treadle.train import optimizer
 from treadle.train import state as state_lib
@@ -22,6 +27,16 @@ def _rows(workdir):
 def _train(workdir, text_file, *overrides, check=True):
   return run_cli("treadle.train.main", "--config", "configs/tiny.py", "--workdir", workdir,
                  f"--config.data.path={text_file}", *overrides, check=check)
+
+
+def _train_here(workdir, text_file, **overrides) -> dict:
+  """configs/tiny.py trained in this process with `overrides` ("section.key": value)."""
+  c = tiny.get_config()
+  c.data.path = str(text_file)
+  for key, value in overrides.items():
+    section, name = key.split(".")
+    c[section][name] = value
+  return loop.train(config_lib.split(c), workdir)
 
 
 def test_non_finite_step_is_not_applied():
@@ -72,10 +87,10 @@ def test_skips_up_to_the_configured_count(tmp_path, text_file):
 
 def test_early_stopping_then_test_loss_on_best(tmp_path, text_file):
   workdir = tmp_path / "run"
-  _train(workdir, text_file, "--config.optimizer.learning_rate=1e-9",
-         "--config.optimizer.min_learning_rate=1e-9", "--config.train.eval_every=2",
-         "--config.train.early_stopping_patience=2",
-         "--config.train.early_stopping_min_delta=0.001")
+  _train_here(workdir, text_file, **{
+      "optimizer.learning_rate": 1e-9, "optimizer.min_learning_rate": 1e-9,
+      "train.eval_every": 2, "train.early_stopping_patience": 2,
+      "train.early_stopping_min_delta": 0.001})
   rows = _rows(workdir)
   assert [r["step"] for r in rows if "val_loss" in r] == [2, 4, 6]  # best at 2, then 2 misses
   assert rows[-1]["step"] == 6 and "test_loss" in rows[-1]
@@ -84,14 +99,14 @@ def test_early_stopping_then_test_loss_on_best(tmp_path, text_file):
 
 def test_target_val_loss_stops_at_the_first_evaluation_reaching_it(tmp_path, text_file):
   workdir = tmp_path / "run"
-  _train(workdir, text_file, "--config.train.eval_every=2", "--config.train.num_steps=40",
-         "--config.optimizer.learning_rate=1e-2")
+  # 12 steps: without the target the run would go on past step 10 (evaluating at 12)
+  run = {"train.eval_every": 2, "train.num_steps": 12, "optimizer.learning_rate": 1e-2}
+  _train_here(workdir, text_file, **run)
   vals = {r["step"]: r["val_loss"] for r in _rows(workdir) if "val_loss" in r}
   target = vals[10]  # a loss the same run first reaches at some step <= 10
   first = min(step for step, v in vals.items() if v <= target)
   timed = tmp_path / "timed"
-  _train(timed, text_file, "--config.train.eval_every=2", "--config.train.num_steps=40",
-         "--config.optimizer.learning_rate=1e-2", f"--config.train.target_val_loss={target}")
+  _train_here(timed, text_file, **run, **{"train.target_val_loss": target})
   summary = json.loads((timed / "summary.json").read_text())
   assert summary["outcome"] == "reached_target" and summary["step"] == first
   assert [r["step"] for r in _rows(timed) if "val_loss" in r][-1] == first
@@ -99,13 +114,12 @@ def test_target_val_loss_stops_at_the_first_evaluation_reaching_it(tmp_path, tex
 
 def test_init_from_loads_params_and_checks_shapes(tmp_path, text_file):
   source = tmp_path / "source"
-  _train(source, text_file, "--config.train.num_steps=40", "--config.train.log_every=1")
+  _train_here(source, text_file, **{"train.num_steps": 40, "train.log_every": 1})
   other_text = tmp_path / "other.txt"
   other_text.write_text(text_file.read_text()[-200_000:])
   tuned = tmp_path / "tuned"
-  run_cli("treadle.train.main", "--config", "configs/tiny.py", "--workdir", tuned,
-          f"--config.data.path={other_text}", f"--config.train.init_from={source}",
-          "--config.train.num_steps=5", "--config.train.log_every=1")
+  _train_here(tuned, other_text, **{"train.init_from": str(source), "train.num_steps": 5,
+                                    "train.log_every": 1})
   first_source = [r["train_loss"] for r in _rows(source) if "train_loss" in r][0]
   first_tuned = [r["train_loss"] for r in _rows(tuned) if "train_loss" in r][0]
   assert first_tuned < first_source - 0.3  # starts from trained weights, not from scratch
@@ -142,10 +156,12 @@ def test_test_loss_comes_from_the_best_val_checkpoint_when_not_the_last(tmp_path
   workdir = tmp_path / "run"
   # a learning rate far too high: validation loss jumps around instead of falling, so the
   # best of the evaluations (every 2 steps, all kept as checkpoints) is not the last one
-  _train(workdir, text_file, "--config.train.num_steps=20", "--config.train.eval_every=2",
-         "--config.train.checkpoint_every=2", "--config.train.keep_checkpoints=20",
-         "--config.optimizer.learning_rate=20.0", "--config.optimizer.min_learning_rate=20.0",
-         "--config.optimizer.warmup_steps=1", "--config.train.matmul_precision=highest")
+  with jax.default_matmul_precision("highest"):  # what train.matmul_precision sets in the CLI
+    _train_here(workdir, text_file, **{
+        "train.num_steps": 20, "train.eval_every": 2, "train.checkpoint_every": 2,
+        "train.keep_checkpoints": 20, "optimizer.learning_rate": 20.0,
+        "optimizer.min_learning_rate": 20.0, "optimizer.warmup_steps": 1,
+        "train.matmul_precision": "highest"})
   vals = {r["step"]: r["val_loss"] for r in _rows(workdir) if "val_loss" in r}
   best = min(vals, key=vals.get)
   assert best != 20 and vals[20] > vals[best] + 0.01, vals  # the case this test is about
