@@ -16,12 +16,12 @@ def get_config() -> ml_collections.ConfigDict:
   c = base.get_config("dpo")
   c.dpo.beta = 0.1
   c.train.num_steps = 200
-  c.train.batch_size = 16
+  c.train.batch_size = 32
   c.train.log_every = 10
   c.train.eval_every = 50
   c.train.checkpoint_every = 100
-  c.optimizer.learning_rate = 1e-4
-  c.optimizer.min_learning_rate = 1e-5
+  c.optimizer.learning_rate = 5e-4
+  c.optimizer.min_learning_rate = 5e-5
   c.optimizer.warmup_steps = 10
   c.optimizer.weight_decay = 0.0
   return c

@@ -18,15 +18,15 @@ from treadle.configs import base
 
 def get_config() -> ml_collections.ConfigDict:
   c = base.get_config("grpo")
-  c.rl.group_size = 8
+  c.rl.group_size = 16
   c.rl.max_new_tokens = 32
   c.train.num_steps = 150
-  c.train.batch_size = 8
+  c.train.batch_size = 32
   c.train.log_every = 5
-  c.train.eval_every = 25
-  c.train.checkpoint_every = 25
-  c.optimizer.learning_rate = 1e-4
-  c.optimizer.min_learning_rate = 1e-5
+  c.train.eval_every = 10
+  c.train.checkpoint_every = 50
+  c.optimizer.learning_rate = 1e-3
+  c.optimizer.min_learning_rate = 1e-4
   c.optimizer.warmup_steps = 10
   c.optimizer.weight_decay = 0.0
   return c

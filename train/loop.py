@@ -255,6 +255,13 @@ def train_steps(run: Run, mgr, state, data_iter, progress: Progress, val_batches
   display = reporting.Display(cfg.num_steps, start, run.is_main)
   profile = reporting.ProfileWindow(cfg.profile_window, run.workdir / "profile")
   pending, outcome = None, None
+  if start == 0 and run.task.evaluate_before_training:
+    # the starting model's figures (post-training: the baseline its curves start from);
+    # not a candidate for the best checkpoint, which only steps that ran can be
+    val = evaluate(run, state.params, val_batches)
+    writer.write(0, **{f"val_{k}": v for k, v in val.items()})
+    display.eval_line(0, val, None)
+    throughput.reset(0)
 
   def flush():
     nonlocal pending

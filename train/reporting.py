@@ -44,12 +44,14 @@ class Display:
     log.info("step %d/%d  loss %.4f  lr %.3g  %s  ETA %s", step, self.num_steps, loss,
              learning_rate, speed, _duration(per_step * (self.num_steps - step)))
 
-  def eval_line(self, step: int, metrics: dict, best: float) -> None:
+  def eval_line(self, step: int, metrics: dict, best: float | None) -> None:
+    """`best` None: the evaluation of the starting model, before any step."""
     self.bar.set_postfix(val_loss=f"{metrics['loss']:.4f}")
     if not self.enabled or self.interactive:
       return
     values = "  ".join(f"val {k} {v:.4f}" for k, v in metrics.items())
-    log.info("step %d/%d  %s  (best val loss %.4f)", step, self.num_steps, values, best)
+    note = "before training" if best is None else f"best val loss {best:.4f}"
+    log.info("step %d/%d  %s  (%s)", step, self.num_steps, values, note)
 
   def close(self) -> None:
     self.bar.close()

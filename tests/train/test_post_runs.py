@@ -108,8 +108,11 @@ def test_dpo_starts_at_its_reference(base_run, files, tmp_path, lora_rank):
   first = next(r for r in rows if r.get("step") == 1 and "train_loss" in r)
   assert first["train_loss"] == pytest.approx(math.log(2), abs=1e-6)
   assert first["train_reward_margin"] == pytest.approx(0.0, abs=1e-6)
-  last_val = [r for r in rows if "val_reward_accuracy" in r][-1]
-  assert last_val["val_reward_margin"] > 0  # training moved the policy toward `chosen`
+  vals = [r for r in rows if "val_reward_accuracy" in r]
+  # logged before training: the held-out pairs under the starting policy, equal to its reference
+  assert vals[0]["step"] == 0 and vals[0]["val_reward_margin"] == pytest.approx(0.0, abs=1e-6)
+  assert vals[0]["val_loss"] == pytest.approx(math.log(2), abs=1e-6)
+  assert vals[-1]["val_reward_margin"] > 0  # training moved the policy toward `chosen`
 
 
 def _grpo(base_run, files, steps, **rl):
@@ -136,8 +139,9 @@ def test_grpo_resumed_equals_straight(base_run, files, tmp_path):
   assert any(r["train_kl"] > 0 for r in straight if "train_kl" in r)  # the policy moved
   a, b = _final_params(tmp_path / "straight", 4), _final_params(tmp_path / "resumed", 4)
   jax.tree.map(np.testing.assert_array_equal, a, b)
-  assert [r for r in straight if "val_reward_mean" in r] == \
-      [r for r in resumed if "val_reward_mean" in r]
+  evaluations = [r for r in straight if "val_reward_mean" in r]
+  assert [r["step"] for r in evaluations] == [0, 2, 4]  # step 0: the init_from model
+  assert evaluations == [r for r in resumed if "val_reward_mean" in r]
 
 
 @pytest.mark.parametrize("change,message", [

@@ -24,6 +24,7 @@ class Task(Protocol):
   """
   name: str   # the config's `task` value
   unit: str   # what throughput counts: tokens | images
+  evaluate_before_training = False  # True: a fresh run logs val_* of its starting model at step 0
 
   def load(self, cfg, workdir: pathlib.Path, init_from_dir: pathlib.Path | None
            ) -> tuple[Splits, Any]:

@@ -69,6 +69,7 @@ class PreferenceOptimization(base.Task):
   """DPO on {prompt, chosen, rejected} rows against the frozen init_from model."""
   name = "dpo"
   unit = "tokens"
+  evaluate_before_training = True  # the init_from model: the baseline
 
   def __init__(self):
     self.reference = None

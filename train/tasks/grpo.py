@@ -42,18 +42,21 @@ def group_advantages(rewards_: np.ndarray, group_size: int) -> np.ndarray:
 
 
 def grpo_objective(logp, old_logp, ref_logp, advantages, mask, clip_eps: float, kl_coef: float):
-  """(loss, metrics): the clipped surrogate, negated, plus kl_coef * k3 KL, averaged over the
-  completion tokens (`mask`) of the batch. Arrays are [B, T]; advantages [B]."""
+  """(loss, metrics): the clipped surrogate, negated, plus kl_coef * k3 KL to the reference
+  (none when `ref_logp` is None), averaged over the completion tokens (`mask`) of the batch.
+  Arrays are [B, T]; advantages [B]."""
   ratio = jnp.exp(logp - old_logp)
   adv = advantages[:, None]
   surrogate = jnp.minimum(ratio * adv, jnp.clip(ratio, 1 - clip_eps, 1 + clip_eps) * adv)
-  log_ref_ratio = ref_logp - logp
-  kl = jnp.exp(log_ref_ratio) - log_ref_ratio - 1.0  # >= 0, unbiased for KL(policy || ref)
   tokens = mask.sum()
   mean = lambda x: (x * mask).sum() / jnp.maximum(tokens, 1.0)
   clipped = (ratio < 1 - clip_eps) | (ratio > 1 + clip_eps)
-  return mean(-surrogate + kl_coef * kl), {
-      "kl": mean(kl), "clip_fraction": mean(clipped.astype(jnp.float32)), "weight": tokens}
+  metrics = {"clip_fraction": mean(clipped.astype(jnp.float32)), "weight": tokens}
+  if ref_logp is None:
+    return mean(-surrogate), metrics
+  log_ref_ratio = ref_logp - logp
+  kl = jnp.exp(log_ref_ratio) - log_ref_ratio - 1.0  # >= 0, unbiased for KL(policy || ref)
+  return mean(-surrogate + kl_coef * kl), {**metrics, "kl": mean(kl)}
 
 
 def completion_lengths(completions: np.ndarray, stop_ids) -> np.ndarray:
@@ -80,6 +83,7 @@ class GroupRelativePolicyOptimization(base.Task):
   """GRPO on rl.prompts with the rl.reward program."""
   name = "grpo"
   unit = "tokens"
+  evaluate_before_training = True  # the init_from model: the baseline
 
   def __init__(self):
     self.rl = None
@@ -217,7 +221,7 @@ class GroupRelativePolicyOptimization(base.Task):
     logp = post_lib.token_logprobs(model, batch["inputs"], batch["targets"], batch["positions"],
                                    batch["segment_ids"], dropout_key)
     old = batch["old_logp"] if "old_logp" in batch else jax.lax.stop_gradient(logp)
-    ref = batch["ref_logp"] if "ref_logp" in batch else jax.lax.stop_gradient(logp)
+    ref = batch.get("ref_logp")  # present when rl.kl_coef > 0: the KL is then measured
     return grpo_objective(logp, old, ref, batch["advantages"], batch["loss_mask"],
                           self.rl.clip_eps, self.rl.kl_coef)
 

@@ -65,6 +65,7 @@ class SupervisedFineTuning(base.Task):
   """Cross-entropy on completion / assistant tokens, token-weighted across micro-batches."""
   name = "sft"
   unit = "tokens"
+  evaluate_before_training = True  # the init_from model: the baseline
 
   def load(self, cfg, workdir: pathlib.Path, init_from_dir: pathlib.Path | None):
     cfg, tokenizer = post_lib.inherit(cfg, workdir, init_from_dir)
