@@ -5,11 +5,14 @@ import jax
 import numpy as np
 import pytest
 
+from treadle.configs import digits_cnn
+from treadle.configs import tiny
 from treadle.data import images
 from treadle.infer import predictor
 from tests import numerics
 from tests.conftest import metric_rows, run_cli
 from treadle.train import config as config_lib
+from treadle.train import loop
 from treadle.train import mesh as mesh_lib
 from treadle.train import optimizer
 from treadle.train import state as state_lib
@@ -103,10 +106,10 @@ def trained_150(tmp_path_factory):
   """Long enough to learn: 150 steps reach 73.7% test accuracy (measured), 20 stay below
   chance."""
   workdir = tmp_path_factory.mktemp("digits150") / "run"
-  run_cli("treadle.train.main", "--config", "configs/digits_cnn.py", "--workdir", workdir,
-          "--config.train.num_steps=150", "--config.model.width=8",
-          "--config.train.eval_every=50", "--config.train.log_every=50",
-          "--config.train.checkpoint_every=150")
+  c = digits_cnn.get_config()  # trained in this process: the subject is what the run learns
+  c.model.width = 8
+  c.train.update(num_steps=150, eval_every=50, log_every=50, checkpoint_every=150)
+  loop.train(config_lib.split(c), workdir)
   return workdir
 
 
@@ -162,8 +165,10 @@ def test_bad_input_is_a_one_line_error(trained, tmp_path, make, match):
 
 def test_predict_refuses_a_language_model_run(tmp_path, text_file):
   lm = tmp_path / "lm"
-  run_cli("treadle.train.main", "--config", "configs/tiny.py", "--workdir", lm,
-          f"--config.data.path={text_file}", "--config.train.num_steps=2")
+  c = tiny.get_config()  # a language-model run directory, trained in this process
+  c.data.path = str(text_file)
+  c.train.num_steps = 2
+  loop.train(config_lib.split(c), lm)
   proc = run_cli("treadle.infer.predict", "--workdir", lm, "--input", text_file, check=False)
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines()[-1] == (
