@@ -217,14 +217,13 @@ runpy.run_module("treadle.train.main", run_name="__main__")
 def test_a_start_up_signal_whose_exit_was_swallowed_still_stops_before_training(tmp_path, data):
   workdir = tmp_path / "run"
   env = child_env()
-  steps = "--config.train.num_steps=2"  # the rerun only has to complete
   proc = subprocess.run([sys.executable, "-c", _SWALLOWED, "--config", TINY, "--workdir",
-                         str(workdir), f"--config.data.path={data}", steps], cwd=REPO, env=env,
+                         str(workdir), f"--config.data.path={data}"], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 75, proc.stderr[-2000:]
   assert json.loads((workdir / "summary.json").read_text())["outcome"] == "interrupted"
   assert "step 1/" not in proc.stderr and not list((workdir / "checkpoints").iterdir())
-  rerun = _train(workdir, data, steps)  # "rerun to resume": from the start, nothing was saved
+  rerun = _train(workdir, data)  # "rerun to resume": from the start, nothing was saved
   assert rerun.returncode == 0, rerun.stderr[-2000:]
   assert json.loads((workdir / "summary.json").read_text())["outcome"] == "completed"
 
