@@ -64,6 +64,7 @@ for beta in 0.1 0.5 2.0; do
   stage "dpo_beta$beta" "$TRAIN" --config configs/dpo.py --workdir "$OUT/dpo_beta$beta" \
     --config.train.init_from="$OUT/base" --config.data.path="$DATA/dpo.jsonl" \
     --config.data.seq_len=16 --config.train.batch_size=32 --config.train.num_steps=200 \
+    --config.optimizer.learning_rate=1e-4 --config.optimizer.min_learning_rate=1e-5 \
     --config.dpo.beta="$beta"
   evaluate "dpo_beta$beta" "$OUT/dpo_beta$beta" "$DATA/heldout.jsonl"
   evaluate "dpo_beta$beta" "$OUT/dpo_beta$beta" "$DATA/heldout_dpo.jsonl" --reference "$OUT/base"
@@ -76,7 +77,8 @@ stage grpo "$TRAIN" --config configs/grpo.py --workdir "$OUT/grpo" \
   --config.train.init_from="$OUT/sft_short" --config.rl.prompts="$DATA/prompts.jsonl" \
   --config.rl.reward="$HERE/reward.py:exact_match" --config.rl.max_new_tokens=4 \
   --config.rl.group_size=16 --config.train.batch_size=32 --config.optimizer.learning_rate=1e-3 \
-  --config.train.num_steps=150 --config.train.eval_every=10
+  --config.train.num_steps=150 --config.train.eval_every=10 \
+  --config.optimizer.min_learning_rate=1e-5 --config.train.checkpoint_every=25
 evaluate grpo "$OUT/grpo" "$DATA/heldout.jsonl"
 
 "$PY" "$HERE/report.py" "$OUT" --plot "$HERE/grpo_reward.png"
