@@ -22,6 +22,7 @@ def _run_script(*args: str) -> subprocess.CompletedProcess:
                         text=True, timeout=300)
 
 
+@pytest.mark.processes
 def test_tiny_run_prints_every_figure():
   proc = _run_script("--skip-install", "--tiny")
   out = proc.stdout

@@ -68,6 +68,7 @@ def _outputs(nb) -> tuple[str, list[dict]]:
 
 
 @pytest.mark.slow
+@pytest.mark.processes
 def test_sampling_notebook_runs_on_a_fresh_run(tmp_path, monkeypatch):
   workdir = _train_tiny_run(tmp_path)
   _ensure_kernelspec()

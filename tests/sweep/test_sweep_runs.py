@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from treadle.sweep import runner
 from treadle.sweep import spec
 from treadle.common import fileio
@@ -30,6 +32,7 @@ def _popen(*args) -> subprocess.Popen:
                           env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.processes
 def test_a_failing_trial_is_recorded_the_rest_run_and_a_rerun_skips_finished(tmp_path,
                                                                               text_file):
   path = _sweep_file(tmp_path, text_file, "[spec.Grid({'model.num_heads': [5, 4]})]")
@@ -56,6 +59,7 @@ def test_a_failing_trial_is_recorded_the_rest_run_and_a_rerun_skips_finished(tmp
   assert len(runner.read_status(layout, "num_heads5")["attempts"]) == 2  # failures are retried
 
 
+@pytest.mark.processes
 def test_sigterm_interrupts_the_sweep_and_a_rerun_resumes_the_trial(tmp_path, text_file):
   path = _sweep_file(tmp_path, text_file, **{"train.num_steps": 400, "train.eval_every": 200,
                                              "train.checkpoint_every": 400})
@@ -93,6 +97,7 @@ def test_a_trial_locked_by_another_process_is_left_alone(tmp_path, text_file):
   assert not layout.workdir("seed3").exists() and not layout.status("seed3").exists()
 
 
+@pytest.mark.processes
 def test_a_training_outliving_its_killed_sweep_process_keeps_the_lock(tmp_path, text_file):
   path = _sweep_file(tmp_path, text_file, seeds="[5]", **{"train.num_steps": 100_000})
   layout = runner.Layout(tmp_path / "root")
@@ -120,6 +125,7 @@ def test_a_training_outliving_its_killed_sweep_process_keeps_the_lock(tmp_path, 
   assert "| seed5 | 5 | interrupted |" in report  # stale 'running' record, nobody alive
 
 
+@pytest.mark.processes
 def test_two_sweep_processes_at_once_train_each_trial_exactly_once(tmp_path, text_file):
   path = _sweep_file(tmp_path, text_file,
                      "[spec.Grid({'optimizer.learning_rate': [1e-3, 2e-3, 3e-3]})]")
@@ -135,6 +141,7 @@ def test_two_sweep_processes_at_once_train_each_trial_exactly_once(tmp_path, tex
     assert sum("test_loss" in r for r in runner.read_metrics(layout.workdir(name))) == 1
 
 
+@pytest.mark.processes
 def test_slurm_array_script_runs_each_trial_exactly_once(tmp_path, text_file):
   path = _sweep_file(tmp_path, text_file, "[spec.Grid({'optimizer.learning_rate': [1e-3, 2e-3]})]",
                      seeds="[0, 1]")

@@ -69,6 +69,7 @@ def _wait_for(predicate, proc, timeout=240):
     time.sleep(0.005)
 
 
+@pytest.mark.processes
 def test_sigkill_after_a_completed_checkpoint_resumes_exactly(straight, tmp_path, text_file):
   workdir = tmp_path / "run"
   # step 2N's commit is held back, so the kill always lands before the run could finish
@@ -83,6 +84,7 @@ def test_sigkill_after_a_completed_checkpoint_resumes_exactly(straight, tmp_path
   _assert_same_run(straight, workdir)
 
 
+@pytest.mark.processes
 def test_sigkill_while_a_checkpoint_is_written_restores_the_previous_one(tmp_path, text_file):
   workdir, marker = tmp_path / "run", tmp_path / "writing"
   proc = _launch(workdir, text_file, 2 * N, launcher=("tests/train/slow_save_launcher.py",),
@@ -103,6 +105,7 @@ def test_sigkill_while_a_checkpoint_is_written_restores_the_previous_one(tmp_pat
   assert not [p for p in (workdir / "checkpoints").iterdir() if "tmp" in p.name]
 
 
+@pytest.mark.processes
 def test_sigterm_checkpoints_the_current_step_and_exits_75(tmp_path, text_file):
   workdir = tmp_path / "run"
   proc = _launch(workdir, text_file, 5000)

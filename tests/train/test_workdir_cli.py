@@ -158,6 +158,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_step(run_copy, t
           == [r["train_loss"] for r in first if "train_loss" in r])
 
 
+@pytest.mark.processes
 def test_two_trainers_on_one_workdir(tmp_path, data):
   workdir = tmp_path / "run"
   cmd = [sys.executable, "-m", "treadle.train.main", "--config", TINY, "--workdir", str(workdir),
@@ -182,6 +183,7 @@ def _proc_status(pid: int) -> dict[str, str]:
   return dict(line.split(":\t", 1) for line in lines if ":\t" in line)
 
 
+@pytest.mark.processes
 def test_sigterm_during_start_up_exits_75(tmp_path, data):
   workdir = tmp_path / "run"
   cmd = [sys.executable, "-m", "treadle.train.main", "--config", TINY, "--workdir", str(workdir),
@@ -214,6 +216,7 @@ runpy.run_module("treadle.train.main", run_name="__main__")
 """
 
 
+@pytest.mark.processes
 def test_a_start_up_signal_whose_exit_was_swallowed_still_stops_before_training(tmp_path, data):
   workdir = tmp_path / "run"
   env = child_env()
