@@ -87,7 +87,8 @@ def test_sft_learns_the_answers_and_its_run_samples(base_run, files, tmp_path):
                 optimizer={"learning_rate": 3e-3, "warmup_steps": 2})
   summary = loop.train(cfg, tmp_path / "sft")
   val = [r["val_loss"] for r in _rows(tmp_path / "sft") if "val_loss" in r]
-  assert len(val) == 3 and val[0] > val[1] > val[2], val  # held-out answer loss falls
+  # step 0 (the base), 10, 20, 30: the held-out answer loss falls at each evaluation
+  assert len(val) == 4 and val[0] > val[1] > val[2] > val[3], val
   assert math.isfinite(summary["test_loss"])
   sampler = sampler_lib.Sampler.from_workdir(tmp_path / "sft")
   assert sampler.cfg.task == "sft" and sampler.cfg.model == config_lib.from_run(base_run).model
@@ -167,8 +168,9 @@ def test_bad_grpo_input_is_one_error_and_writes_nothing(base_run, files, tmp_pat
 
 
 def test_a_reward_that_returns_no_number_stops_the_run(base_run, files, tmp_path):
+  # the first call scores the starting model's greedy answers, before step 1
   with pytest.raises(rewards.RewardError, match=r"rl.reward=.*:text' returned 'high' \(str\), "
-                     r"not a finite number \(on step 1, prompt row \d+\)"):
+                     r"not a finite number \(on evaluation, prompt row \d+\)"):
     loop.train(_grpo(base_run, files, 2, reward=f"{files / 'reward.py'}:text"), tmp_path / "r")
 
 
