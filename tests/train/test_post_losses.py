@@ -1,7 +1,6 @@
 """The post-training losses against hand computations: SFT's mask and token-weighted
 accumulation, DPO's loss, GRPO's advantages and clipped objective; each task's update sharded
 equals single device."""
-import dataclasses
 
 import jax
 import jax.numpy as jnp
