@@ -13,7 +13,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from treadle.data import post
-from treadle.data import tokenizers
 from treadle.train import perf
 from treadle.train.tasks import base
 from treadle.train.tasks import post as post_lib
@@ -65,11 +64,9 @@ def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: flo
       "weight": weights.sum()}
 
 
-class PreferenceOptimization(base.Task):
+class PreferenceOptimization(post_lib.PostTrainingTask):
   """DPO on {prompt, chosen, rejected} rows against the frozen init_from model."""
   name = "dpo"
-  unit = "tokens"
-  evaluate_before_training = True  # the init_from model: the baseline
 
   def __init__(self):
     self.reference = None
@@ -88,17 +85,6 @@ class PreferenceOptimization(base.Task):
 
   def attach(self, run) -> None:
     self.reference = post_lib.Reference(run, answer_logprobs)
-
-  def save_artifact(self, splits: base.Splits, workdir: pathlib.Path) -> None:
-    tokenizers.save(splits.artifact, workdir)
-
-  def train_iterator(self, split, cfg, process_index: int, process_count: int):
-    return post.train_iterator(split, cfg.train.batch_size, cfg.train.seed, process_index,
-                               process_count)
-
-  def eval_batches(self, split, cfg, process_index: int, process_count: int) -> list[dict]:
-    return post.fixed_batches(split, cfg.train.batch_size, cfg.train.eval_batches,
-                              process_index, process_count)
 
   def prepare_batch(self, run, params, batch: dict, step: int) -> tuple[dict, dict]:
     chosen, rejected = self.reference.logprobs(params, batch)
@@ -119,6 +105,3 @@ class PreferenceOptimization(base.Task):
 
   def flops_per_unit(self, cfg) -> float:
     return perf.flops_per_token(cfg.model, cfg.data.seq_len)
-
-  def finish(self, run, params, step: int) -> dict:
-    return {}

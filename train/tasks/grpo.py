@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from treadle.data import post
 from treadle.data import streaming
@@ -79,14 +80,12 @@ def training_batch(tokens: np.ndarray, pad: np.ndarray, prompt_len: int, lengths
           "advantages": advantages}
 
 
-class GroupRelativePolicyOptimization(base.Task):
+class GroupRelativePolicyOptimization(post_lib.PostTrainingTask):
   """GRPO on rl.prompts with the rl.reward program."""
   name = "grpo"
-  unit = "tokens"
-  evaluate_before_training = True  # the init_from model: the baseline
 
   def __init__(self):
-    self.rl = None
+    self.rl, self.tokenizer = None, None
     self.examples = []      # (prompt text, the row) per usable prompt; arrays hold indices
     self.prompt_len = 0
 
@@ -120,17 +119,6 @@ class GroupRelativePolicyOptimization(base.Task):
                             cfg.data.split_seed, f"rl.prompts={cfg.rl.prompts!r}")
     return base.Splits(*(post.take(arrays, p) for p in parts), tokenizer), cfg
 
-  def save_artifact(self, splits: base.Splits, workdir: pathlib.Path) -> None:
-    tokenizers.save(splits.artifact, workdir)
-
-  def train_iterator(self, split, cfg, process_index: int, process_count: int):
-    return post.train_iterator(split, cfg.train.batch_size, cfg.train.seed, process_index,
-                               process_count)
-
-  def eval_batches(self, split, cfg, process_index: int, process_count: int) -> list[dict]:
-    return post.fixed_batches(split, cfg.train.batch_size, cfg.train.eval_batches,
-                              process_index, process_count)
-
   # -- device functions --------------------------------------------------------------------
 
   def attach(self, run) -> None:
@@ -162,7 +150,6 @@ class GroupRelativePolicyOptimization(base.Task):
     if cfg.rl.kl_coef > 0:
       self.reference = post_lib.Reference(run, lambda model, b: post_lib.token_logprobs(
           model, b["inputs"], b["targets"], b["positions"], b["segment_ids"]))
-    self._batch_sharding = run.batch_sharding
 
   def _sample(self, params, batch: dict, key, temperature: float, group: int):
     """Host copies of (sequences [B*group, P+M], pad, example index, completion lengths)."""
@@ -192,7 +179,7 @@ class GroupRelativePolicyOptimization(base.Task):
     scores = self._rewards(tokens, index, lengths, f"step {step}")
     host = training_batch(tokens, pad, self.prompt_len, lengths,
                           group_advantages(scores, self.rl.group_size))
-    out = {k: jax.make_array_from_callback(v.shape, self._batch_sharding,
+    out = {k: jax.make_array_from_callback(v.shape, run.batch_sharding,
                                            lambda idx, v=v: v[idx]) for k, v in host.items()}
     if self.reference is not None:
       out["ref_logp"] = self.reference.logprobs(params, out)
@@ -204,7 +191,6 @@ class GroupRelativePolicyOptimization(base.Task):
     """Mean reward of greedy completions of the held-out prompts; loss = its negation (lower
     is better, as early stopping and the best checkpoint read it)."""
     total, count = 0.0, 0.0
-    from jax.experimental import multihost_utils
     weights = np.asarray(multihost_utils.process_allgather(stacked["weights"], tiled=True))
     for i in range(weights.shape[0]):
       batch = {k: stacked[k][i] for k in ("prompt", "pad", "index")}
@@ -230,6 +216,3 @@ class GroupRelativePolicyOptimization(base.Task):
 
   def flops_per_unit(self, cfg) -> float:
     return perf.flops_per_token(cfg.model, self.prompt_len + cfg.rl.max_new_tokens - 1)
-
-  def finish(self, run, params, step: int) -> dict:
-    return {}

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from treadle.configs import base
+from treadle.data import post as rows
 from treadle.data import tokenizers
 from treadle.model import axes
 from treadle.model import lora
@@ -21,6 +22,28 @@ from treadle.train import config as config_lib
 from treadle.train import finetune
 from treadle.train import mesh as mesh_lib
 from treadle.train import state as state_lib
+from treadle.train.tasks import base as task_base
+
+class PostTrainingTask(task_base.Task):
+  """What sft, dpo and grpo share beyond their data and loss: rows (data/post.py) batched by
+  Grain, the inherited tokenizer saved for inference, the starting model evaluated first."""
+  unit = "tokens"
+  evaluate_before_training = True  # the init_from model: the baseline of the curves
+
+  def save_artifact(self, splits: task_base.Splits, workdir: pathlib.Path) -> None:
+    tokenizers.save(splits.artifact, workdir)
+
+  def train_iterator(self, split, cfg, process_index: int, process_count: int):
+    return rows.train_iterator(split, cfg.train.batch_size, cfg.train.seed, process_index,
+                               process_count)
+
+  def eval_batches(self, split, cfg, process_index: int, process_count: int) -> list[dict]:
+    return rows.fixed_batches(split, cfg.train.batch_size, cfg.train.eval_batches,
+                              process_index, process_count)
+
+  def finish(self, run, params, step: int) -> dict:
+    return {}
+
 
 # model fields a post-training run may set for itself (the rest are the source model's)
 _OWN_FIELDS = {"dropout", "remat", "lora_rank", "lora_alpha", "lora_targets"}

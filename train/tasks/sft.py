@@ -7,7 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from treadle.data import post
-from treadle.data import tokenizers
 from treadle.train import perf
 from treadle.train.tasks import base
 from treadle.train.tasks import post as post_lib
@@ -61,11 +60,9 @@ def packed(examples_: list[tuple], seq_len: int) -> dict:
   return out
 
 
-class SupervisedFineTuning(base.Task):
+class SupervisedFineTuning(post_lib.PostTrainingTask):
   """Cross-entropy on completion / assistant tokens, token-weighted across micro-batches."""
   name = "sft"
-  unit = "tokens"
-  evaluate_before_training = True  # the init_from model: the baseline
 
   def load(self, cfg, workdir: pathlib.Path, init_from_dir: pathlib.Path | None):
     cfg, tokenizer = post_lib.inherit(cfg, workdir, init_from_dir)
@@ -77,17 +74,6 @@ class SupervisedFineTuning(base.Task):
     build = packed if data.packing else unpacked
     splits = [build([usable[i] for i in part], data.seq_len) for part in parts]
     return base.Splits(*splits, tokenizer), cfg
-
-  def save_artifact(self, splits: base.Splits, workdir: pathlib.Path) -> None:
-    tokenizers.save(splits.artifact, workdir)
-
-  def train_iterator(self, split, cfg, process_index: int, process_count: int):
-    return post.train_iterator(split, cfg.train.batch_size, cfg.train.seed, process_index,
-                               process_count)
-
-  def eval_batches(self, split, cfg, process_index: int, process_count: int) -> list[dict]:
-    return post.fixed_batches(split, cfg.train.batch_size, cfg.train.eval_batches,
-                              process_index, process_count)
 
   def loss(self, model, batch: dict, dropout_key) -> tuple[jax.Array, dict]:
     mask = batch["loss_mask"].astype(jnp.float32)
@@ -105,6 +91,3 @@ class SupervisedFineTuning(base.Task):
 
   def flops_per_unit(self, cfg) -> float:
     return perf.flops_per_token(cfg.model, cfg.data.seq_len)
-
-  def finish(self, run, params, step: int) -> dict:
-    return {}
