@@ -18,6 +18,7 @@ HEAD_DIM = "head_dim"
 MLP = "mlp"
 VOCAB = "vocab"
 LAYERS = "layers"
+EXPERT = "expert"  # mixture-of-experts: the experts of a layer
 
 Rules = Mapping[str, str | tuple[str, ...] | None]
 
@@ -39,6 +40,13 @@ def activation_rules(rules: Rules | None, mesh: jax.sharding.Mesh | None) -> Ite
     yield
   finally:
     _active.rules, _active.mesh = previous
+
+
+def active() -> tuple[jax.sharding.Mesh | None, Rules | None]:
+  """(mesh, rules) of the enclosing activation_rules context, or (None, None)."""
+  if _active.rules is None or _active.mesh is None:
+    return None, None
+  return _active.mesh, _active.rules
 
 
 def to_mesh_spec(names: Sequence[str | None], rules: Rules) -> jax.sharding.PartitionSpec:

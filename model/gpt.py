@@ -2,7 +2,8 @@
 
 Options (all in ModelConfig): learned or rotary positions, LayerNorm or RMSNorm, GELU or
 SwiGLU MLP, grouped-query attention, biases, tied or untied output layer, QK-norm, final
-logit soft-cap, layers stacked and scanned, rematerialisation, LoRA adapters.
+logit soft-cap, layers stacked and scanned, rematerialisation, LoRA adapters, mixture-of-
+experts feed-forward blocks (model/moe.py).
 """
 import dataclasses
 from typing import Any
@@ -14,6 +15,7 @@ from flax import nnx
 from treadle.configs import base
 from treadle.model import axes
 from treadle.model import layers
+from treadle.model import moe
 from treadle.model.layers import DecodeState, LayerCache  # noqa: F401  (the cache types, re-exported)
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -60,6 +62,16 @@ class ModelConfig:
   vocab_multiple: int
   scan_layers: bool
   remat: str
+  num_experts: int
+  experts_per_token: int
+  moe_every: int
+  moe_hidden_dim: int
+  num_shared_experts: int
+  shared_expert_gate: bool
+  router_norm_topk: bool
+  capacity_factor: float
+  router_aux_loss_coef: float
+  router_z_loss_coef: float
   lora_rank: int
   lora_alpha: float
   lora_targets: str
@@ -83,7 +95,26 @@ class ModelConfig:
       raise ValueError("model.rope_scaling=llama3 needs rope_scaling_factor > 0, "
                        "rope_original_max_len > 0 and 0 < rope_low_freq_factor < "
                        "rope_high_freq_factor")
+    self._check_moe()
     self._check_lora()
+
+  def _check_moe(self):
+    if not self.num_experts:
+      return
+    if self.num_experts < 2:
+      raise ValueError(f"model.num_experts={self.num_experts}: use 0 (dense) or at least 2")
+    if self.use_bias:
+      raise ValueError("model.use_bias with model.num_experts: MoE experts have no biases "
+                       "(use qkv_bias for attention biases)")
+    if self.experts_per_token > self.num_experts:
+      raise ValueError(f"model.experts_per_token={self.experts_per_token} is more than "
+                       f"model.num_experts={self.num_experts}")
+    if self.moe_every > self.num_layers:
+      raise ValueError(f"model.moe_every={self.moe_every} leaves no MoE block in "
+                       f"model.num_layers={self.num_layers}")
+    if self.scan_layers and self.num_layers % self.moe_every:
+      raise ValueError(f"model.scan_layers with model.moe_every={self.moe_every} needs "
+                       f"num_layers divisible by it (got {self.num_layers})")
 
   def _check_lora(self):
     if not self.lora_rank:
@@ -123,6 +154,14 @@ class ModelConfig:
     return self.norm_eps or (1e-6 if self.norm == "rmsnorm" else 1e-5)
 
   @property
+  def expert_hidden_dim(self) -> int:
+    return self.moe_hidden_dim or self.hidden_dim
+
+  def is_moe_block(self, index: int) -> bool:
+    """Blocks moe_every - 1, 2 moe_every - 1, ... are MoE (Qwen2-MoE's decoder_sparse_step)."""
+    return bool(self.num_experts) and (index + 1) % self.moe_every == 0
+
+  @property
   def kv_heads(self) -> int:
     return self.num_kv_heads or self.num_heads
 
@@ -142,7 +181,8 @@ class ModelConfig:
 
 def _block_fn(cfg: ModelConfig, graphdef: nnx.GraphDef, positions_BT, decode,
               segment_ids_BT=None):
-  """A pure function (block state, x, cache, key) -> (x, cache), rematerialised per config.
+  """A pure function (block state, x, cache, key) -> (x, cache, router stats),
+  rematerialised per config.
 
   Pure (split/merge) rather than nnx.scan/nnx.remat: decoding runs the model inside
   lax.while_loop/cond, where NNX transforms refuse modules created outside the loop.
@@ -154,12 +194,45 @@ def _block_fn(cfg: ModelConfig, graphdef: nnx.GraphDef, positions_BT, decode,
   return jax.checkpoint(apply, policy=_REMAT_POLICIES[cfg.remat])
 
 
-def _stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs) -> layers.Block:
-  """num_layers blocks as one module whose parameters have a leading `layers` axis."""
-  @nnx.split_rngs(splits=cfg.num_layers)
+def _block(cfg: ModelConfig, index: int, rngs: nnx.Rngs) -> layers.Block:
+  return layers.Block(cfg, rngs, moe_mlp=moe.MoeMlp(cfg, rngs) if cfg.is_moe_block(index)
+                      else None)
+
+
+class BlockGroup(nnx.Module):
+  """moe_every consecutive blocks (the last one MoE): the unit scanned when MoE blocks are
+  interleaved with dense ones. Its cache has a leading axis of its blocks."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.blocks = nnx.List([_block(cfg, i, rngs) for i in range(cfg.moe_every)])
+
+  def __call__(self, x_BTD, positions_BT, cache, decode, key, segment_ids_BT):
+    keys = layers.split_keys(key, len(self.blocks))
+    caches, stats = [], None
+    for i, block in enumerate(self.blocks):
+      layer_cache = None if cache is None else jax.tree.map(lambda c: c[i], cache)
+      x_BTD, layer_cache, block_stats = block(x_BTD, positions_BT, layer_cache, decode,
+                                              keys[i], segment_ids_BT)
+      caches.append(layer_cache)
+      stats = block_stats if block_stats is not None else stats
+    new_cache = None if cache is None else jax.tree.map(lambda *c: jnp.stack(c), *caches)
+    return x_BTD, new_cache, stats
+
+
+def _scan_unit(cfg: ModelConfig) -> int:
+  """Blocks per scanned step: 1, or moe_every when MoE blocks alternate with dense ones."""
+  return cfg.moe_every if cfg.num_experts and cfg.moe_every > 1 else 1
+
+
+def _stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.Module:
+  """The blocks as one module whose parameters have a leading `layers` axis (of blocks, or of
+  BlockGroups when MoE blocks alternate with dense ones)."""
+  unit = _scan_unit(cfg)
+
+  @nnx.split_rngs(splits=cfg.num_layers // unit)
   @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: axes.LAYERS})
   def make(rngs):
-    return layers.Block(cfg, rngs)
+    return BlockGroup(cfg, rngs) if unit > 1 else _block(cfg, 0, rngs)
   return make(rngs)
 
 
@@ -167,27 +240,39 @@ def _run_blocks(cfg: ModelConfig, blocks, x_BTD, positions_BT, cache, decode, ke
                 segment_ids_BT=None):
   """Applies an nnx.List of blocks one by one; `cache` is a list of LayerCache."""
   keys = layers.split_keys(key, len(blocks))
-  new_cache = []
+  new_cache, stats = [], []
   for i, block in enumerate(blocks):
     graphdef, state = nnx.split(block)
-    x_BTD, layer_cache = _block_fn(cfg, graphdef, positions_BT, decode, segment_ids_BT)(
-        state, x_BTD, None if cache is None else cache[i], keys[i])
+    x_BTD, layer_cache, block_stats = _block_fn(
+        cfg, graphdef, positions_BT, decode, segment_ids_BT)(
+            state, x_BTD, None if cache is None else cache[i], keys[i])
     new_cache.append(layer_cache)
-  return x_BTD, (None if cache is None else new_cache)
+    if block_stats is not None:
+      stats.append(block_stats)
+  stacked = jax.tree.map(lambda *s: jnp.stack(s), *stats) if stats else None
+  return x_BTD, (None if cache is None else new_cache), stacked
 
 
 def _scan_blocks(cfg: ModelConfig, blocks, x_BTD, positions_BT, cache, decode, key,
                  segment_ids_BT=None):
   """Scans the stacked blocks; `cache` is one LayerCache with a leading layers axis."""
   graphdef, state = nnx.split(blocks)
-  keys = None if key is None else jax.random.split(key, cfg.num_layers)
+  unit = _scan_unit(cfg)
+  steps = cfg.num_layers // unit
+  keys = None if key is None else jax.random.split(key, steps)
+  if cache is not None and unit > 1:
+    cache = jax.tree.map(lambda c: c.reshape(steps, unit, *c.shape[1:]), cache)
   fn = _block_fn(cfg, graphdef, positions_BT, decode, segment_ids_BT)
 
   def body(x, xs):
     layer_state, layer_cache, layer_key = xs
-    return fn(layer_state, x, layer_cache, layer_key)
+    x, layer_cache, stats = fn(layer_state, x, layer_cache, layer_key)
+    return x, (layer_cache, stats)
 
-  return jax.lax.scan(body, x_BTD, (state, cache, keys))
+  x_BTD, (cache, stats) = jax.lax.scan(body, x_BTD, (state, cache, keys))
+  if cache is not None and unit > 1:
+    cache = jax.tree.map(lambda c: c.reshape(cfg.num_layers, *c.shape[2:]), cache)
+  return x_BTD, cache, stats
 
 
 class Decoder(nnx.Module):
@@ -202,7 +287,7 @@ class Decoder(nnx.Module):
                                       (cfg.max_seq_len, D), (None, axes.EMBED))
                            if cfg.position == "learned" else None)
     self.blocks = (_stacked_blocks(cfg, rngs) if cfg.scan_layers
-                   else nnx.List([layers.Block(cfg, rngs) for _ in range(cfg.num_layers)]))
+                   else nnx.List([_block(cfg, i, rngs) for i in range(cfg.num_layers)]))
     self.ln_f = layers.norm(cfg, D)
     self.lm_head = (None if cfg.tie_embeddings else
                     axes.param(nnx.initializers.normal(0.02), rngs.params(), (D, V),
@@ -215,6 +300,16 @@ class Decoder(nnx.Module):
 
     segment_ids_BT (packed training windows): tokens attend only within their segment.
     """
+    logits_BTV, cache, _ = self.forward(tokens_BT, positions_BT=positions_BT, cache=cache,
+                                        decode=decode, dropout_key=dropout_key,
+                                        segment_ids_BT=segment_ids_BT)
+    return logits_BTV, cache
+
+  def forward(self, tokens_BT: jax.Array, *, positions_BT: jax.Array | None = None,
+              cache: Any = None, decode: DecodeState | None = None,
+              dropout_key: jax.Array | None = None, segment_ids_BT: jax.Array | None = None):
+    """(logits, cache, router statistics of the MoE blocks stacked on a leading axis, or
+    None for a dense model): `router_losses` and `moe_metrics` read them."""
     cfg = self.cfg
     if positions_BT is None:
       positions_BT = jnp.broadcast_to(jnp.arange(tokens_BT.shape[1]), tokens_BT.shape)
@@ -224,13 +319,10 @@ class Decoder(nnx.Module):
     embed_key, blocks_key = layers.split_keys(dropout_key, 2)
     x_BTD = layers.dropout(x_BTD, cfg.dropout, embed_key).astype(cfg.dtype)
     x_BTD = axes.constrain(x_BTD, (axes.BATCH, None, axes.EMBED))
-    if cfg.scan_layers:
-      x_BTD, cache = _scan_blocks(cfg, self.blocks, x_BTD, positions_BT, cache, decode,
-                                  blocks_key, segment_ids_BT)
-    else:
-      x_BTD, cache = _run_blocks(cfg, self.blocks, x_BTD, positions_BT, cache, decode, blocks_key,
-                                 segment_ids_BT)
-    return self._logits(self.ln_f(x_BTD)), cache
+    run = _scan_blocks if cfg.scan_layers else _run_blocks
+    x_BTD, cache, stats = run(cfg, self.blocks, x_BTD, positions_BT, cache, decode, blocks_key,
+                              segment_ids_BT)
+    return self._logits(self.ln_f(x_BTD)), cache, stats
 
   def _logits(self, x_BTD: jax.Array) -> jax.Array:
     cfg = self.cfg
@@ -262,6 +354,28 @@ def cache_len(cache: Any) -> int:
   """Number of slots of a cache made by Decoder.init_cache."""
   first = cache if isinstance(cache, LayerCache) else cache[0]
   return first.k_BGKS.shape[-1]
+
+
+def router_losses(cfg: ModelConfig, stats: dict | None) -> jax.Array:
+  """The router terms a training loss adds: coefficients x the mean over MoE blocks."""
+  if stats is None:
+    return jnp.float32(0.0)
+  return (cfg.router_aux_loss_coef * stats["aux_loss"].mean()
+          + cfg.router_z_loss_coef * stats["z_loss"].mean())
+
+
+def moe_metrics(cfg: ModelConfig, stats: dict | None) -> dict[str, jax.Array]:
+  """Scalars to log: the router losses (mean over MoE blocks), the share of assignments
+  dropped by capacity, and each MoE block's load (share of its assignments) per expert,
+  as expert_load/layer{block index}/e{expert}."""
+  if stats is None:
+    return {}
+  out = {"moe_aux_loss": stats["aux_loss"].mean(), "moe_z_loss": stats["z_loss"].mean(),
+         "moe_dropped": stats["dropped"].mean()}
+  moe_blocks = [i for i in range(cfg.num_layers) if cfg.is_moe_block(i)]
+  for block, load_E in zip(moe_blocks, stats["load_E"]):
+    out.update({f"expert_load/layer{block}/e{e}": load_E[e] for e in range(load_E.shape[0])})
+  return out
 
 
 def cross_entropy(logits_BTV: jax.Array, targets_BT: jax.Array,

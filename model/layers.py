@@ -272,8 +272,8 @@ def _write_cache(cache: LayerCache, start, k_BTGK, v_BTGK) -> LayerCache:
 class Mlp(nnx.Module):
   """GELU (tanh form, GPT-2's) or SwiGLU (gate and up fused in one [D, 2, F] weight)."""
 
-  def __init__(self, cfg, rngs: nnx.Rngs):
-    D, F = cfg.embed_dim, cfg.hidden_dim
+  def __init__(self, cfg, rngs: nnx.Rngs, hidden: int = 0):
+    D, F = cfg.embed_dim, hidden or cfg.hidden_dim
     self.kind = cfg.mlp
     if cfg.mlp == "swiglu":
       self.fc = Projection(cfg, "fc", (D, 2, F), (axes.EMBED, None, axes.MLP), 1, 0.02, rngs)
@@ -294,20 +294,28 @@ class Mlp(nnx.Module):
 
 
 class Block(nnx.Module):
-  """Pre-norm transformer block."""
+  """Pre-norm transformer block. Its feed-forward is an Mlp, or `moe_mlp` (a mixture of
+  experts, model/moe.py, built by the caller) returning (output, router statistics)."""
 
-  def __init__(self, cfg, rngs: nnx.Rngs, causal: bool = True):
+  def __init__(self, cfg, rngs: nnx.Rngs, causal: bool = True, moe_mlp: nnx.Module | None = None):
     self.dropout_rate = cfg.dropout
     self.ln1 = norm(cfg, cfg.embed_dim)
     self.attn = Attention(cfg, rngs, causal)
     self.ln2 = norm(cfg, cfg.embed_dim)
-    self.mlp = Mlp(cfg, rngs)
+    self.moe = moe_mlp is not None
+    self.mlp = moe_mlp if self.moe else Mlp(cfg, rngs)
 
   def __call__(self, x_BTD, positions_BT=None, cache=None, decode=None, key=None,
-               segment_ids_BT=None) -> tuple[jax.Array, Any]:
+               segment_ids_BT=None) -> tuple[jax.Array, Any, dict | None]:
+    """(output, updated cache, router statistics of an MoE block or None)."""
     k_attn, k_res1, k_res2 = split_keys(key, 3)
     y_BTD, cache = self.attn(self.ln1(x_BTD), positions_BT, cache, decode, k_attn,
                              segment_ids_BT)
     x_BTD = x_BTD + dropout(y_BTD, self.dropout_rate, k_res1)
-    x_BTD = x_BTD + dropout(self.mlp(self.ln2(x_BTD)), self.dropout_rate, k_res2)
-    return axes.constrain(x_BTD, (axes.BATCH, None, axes.EMBED)), cache
+    stats = None
+    if self.moe:
+      y_BTD, stats = self.mlp(self.ln2(x_BTD))
+    else:
+      y_BTD = self.mlp(self.ln2(x_BTD))
+    x_BTD = x_BTD + dropout(y_BTD, self.dropout_rate, k_res2)
+    return axes.constrain(x_BTD, (axes.BATCH, None, axes.EMBED)), cache, stats

@@ -22,12 +22,15 @@ def trainable_mask(params: Any) -> Any:
   return jax.tree_util.tree_map_with_path(is_adapter, params)
 
 
-def _fold(node: dict, scale: float, stacked: bool) -> dict:
-  """A Projection's params {w, bias?, lora: {a, b}} -> {w + scale * a b, bias?}."""
+def _fold(node: dict, scale: float) -> dict:
+  """A Projection's (or MoE experts') params {w, bias?, lora: {a, b}} -> {w + scale * a b,
+  bias?}. Leading axes shared by a, b and w (stacked layers, experts) are batch axes."""
   out = {k: v for k, v in node.items() if k != ADAPTER_KEY}
   a, b = node[ADAPTER_KEY]["a"], node[ADAPTER_KEY]["b"]
   contract = lambda a, b: jnp.tensordot(a, b, 1)  # [in..., r] x [r, out...] -> W's shape
-  delta = jax.vmap(contract)(a, b) if stacked else contract(a, b)
+  for _ in range(a.ndim + b.ndim - 2 - node["w"].ndim):
+    contract = jax.vmap(contract)
+  delta = contract(a, b)
   out["w"] = (node["w"] + scale * delta).astype(node["w"].dtype)
   return out
 
@@ -40,7 +43,7 @@ def merge(params: Any, cfg: gpt.ModelConfig) -> tuple[Any, gpt.ModelConfig]:
     if not isinstance(node, dict):
       return node
     if ADAPTER_KEY in node:
-      return _fold(node, scale, cfg.scan_layers)
+      return _fold(node, scale)
     return {k: walk(v) for k, v in node.items()}
 
   return walk(params), dataclasses.replace(cfg, lora_rank=0)

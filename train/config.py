@@ -101,6 +101,7 @@ class MeshConfig:
   data: int
   fsdp: int
   tensor: int
+  expert: int
   rules: str
   cpu_devices: int
 
@@ -108,8 +109,8 @@ class MeshConfig:
     base.check_fields("mesh", "lm", self)  # each key's own range: configs/base.py
 
   @property
-  def shape(self) -> tuple[int, int, int]:
-    return (self.data, self.fsdp, self.tensor)
+  def shape(self) -> tuple[int, int, int, int]:
+    return (self.data, self.fsdp, self.tensor, self.expert)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -69,7 +69,9 @@ def main(argv) -> None:
     entry.fail(background.describe(disk, _WORKDIR.value))
   if (disk := quiet.disk_error(None)) is not None:  # only a thread saw it: not all was saved
     entry.fail(background.describe(disk, _WORKDIR.value))
-  logging.getLogger("treadle").info("finished: %s", summary)
+  # per-expert loads ("expert_load/layer0/e3") are in metrics.jsonl, not the log line
+  shown = {k: v for k, v in summary.items() if "/" not in k}
+  logging.getLogger("treadle").info("finished: %s", shown)
   if summary["outcome"] == "interrupted" or interrupts.received_outside_training():
     sys.exit(interrupts.EXIT_CODE)
 

@@ -1,4 +1,5 @@
-"""Device meshes over (data, fsdp, tensor) and the presets mapping logical axes onto them."""
+"""Device meshes over (data, fsdp, tensor, expert) and the presets mapping logical axes onto
+them."""
 import math
 from typing import Any
 
@@ -7,17 +8,20 @@ import numpy as np
 
 from treadle.model import axes
 
-AXES = ("data", "fsdp", "tensor")
-_BATCH = ("data", "fsdp")  # every preset splits the batch over data and fsdp
+AXES = ("data", "fsdp", "tensor", "expert")
+# Every preset splits the batch over data, fsdp and expert (outside MoE blocks the expert
+# axis is more data parallelism) and MoE experts over expert.
+_BATCH = ("data", "fsdp", "expert")
 
 RULES: dict[str, axes.Rules] = {
-    # pure data parallel: parameters replicated
-    "dp": {axes.BATCH: _BATCH},
+    # pure data parallel: parameters replicated (but experts)
+    "dp": {axes.BATCH: _BATCH, axes.EXPERT: "expert"},
     # ZeRO-3 style: parameters split along the embedding dim over fsdp
-    "fsdp": {axes.BATCH: _BATCH, axes.EMBED: "fsdp"},
+    "fsdp": {axes.BATCH: _BATCH, axes.EMBED: "fsdp", axes.EXPERT: "expert"},
     # fsdp plus Megatron-style tensor parallelism over heads, mlp and vocab
     "fsdp_tp": {axes.BATCH: _BATCH, axes.EMBED: "fsdp", axes.HEADS: "tensor",
-                axes.KV_HEADS: "tensor", axes.MLP: "tensor", axes.VOCAB: "tensor"},
+                axes.KV_HEADS: "tensor", axes.MLP: "tensor", axes.VOCAB: "tensor",
+                axes.EXPERT: "expert"},
 }
 
 
@@ -27,8 +31,10 @@ def rules(name: str) -> axes.Rules:
   return RULES[name]
 
 
-def resolve_shape(shape: tuple[int, int, int], num_devices: int) -> tuple[int, int, int]:
-  """Replaces one -1 with the remaining devices; the product must equal the device count."""
+def resolve_shape(shape: tuple[int, ...], num_devices: int) -> tuple[int, ...]:
+  """Replaces one -1 with the remaining devices; the product must equal the device count.
+  A shape of three (data, fsdp, tensor) has expert 1."""
+  shape = tuple(shape) + (1,) * (len(AXES) - len(shape))
   if shape.count(-1) > 1:
     raise ValueError(f"mesh shape {dict(zip(AXES, shape))}: at most one axis may be -1")
   if any(s == 0 or s < -1 for s in shape):
@@ -43,10 +49,11 @@ def resolve_shape(shape: tuple[int, int, int], num_devices: int) -> tuple[int, i
   return full
 
 
-def make_mesh(shape: tuple[int, int, int], devices=None) -> jax.sharding.Mesh:
+def make_mesh(shape: tuple[int, ...], devices=None) -> jax.sharding.Mesh:
+  """(data, fsdp, tensor[, expert]) sizes, one of them -1 at most."""
   devices = jax.devices() if devices is None else list(devices)
   full = resolve_shape(tuple(shape), len(devices))
-  return jax.make_mesh(full, AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3,
+  return jax.make_mesh(full, AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(AXES),
                        devices=devices)
 
 
@@ -70,7 +77,7 @@ def check_divisible(abstract: Any, shardings: Any) -> None:
 
 
 def batch_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
-  """Splits dim 0 (the batch) of an array of any rank over data x fsdp."""
+  """Splits dim 0 (the batch) of an array of any rank over data x fsdp x expert."""
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(_BATCH))
 
 
@@ -80,7 +87,7 @@ def stacked_batch_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedShardin
 
 
 def batch_parallelism(mesh: jax.sharding.Mesh) -> int:
-  return mesh.shape["data"] * mesh.shape["fsdp"]
+  return math.prod(mesh.shape[a] for a in _BATCH)
 
 
 def sharding_table(params: Any) -> list[dict]:

@@ -39,25 +39,40 @@ PEAK_FLOPS = {
 }
 
 
-def _layer_matmul_params(cfg: gpt.ModelConfig) -> int:
-  D, H, G, K, F = cfg.embed_dim, cfg.num_heads, cfg.kv_heads, cfg.head_dim, cfg.hidden_dim
+def _mlp_params(cfg: gpt.ModelConfig, hidden: int) -> int:
+  return (3 if cfg.mlp == "swiglu" else 2) * cfg.embed_dim * hidden
+
+
+def _layer_matmul_params(cfg: gpt.ModelConfig, index: int = 0, active: bool = False) -> int:
+  """Matmul parameters of block `index`; active: those one token uses (its top-k experts)."""
+  D, H, G, K = cfg.embed_dim, cfg.num_heads, cfg.kv_heads, cfg.head_dim
   attention = D * H * K + 2 * D * G * K + H * K * D  # q, k and v, out
-  mlp = (3 if cfg.mlp == "swiglu" else 2) * D * F
-  return attention + mlp
+  if not cfg.is_moe_block(index):
+    return attention + _mlp_params(cfg, cfg.hidden_dim)
+  experts = cfg.experts_per_token if active else cfg.num_experts
+  shared = _mlp_params(cfg, cfg.num_shared_experts * cfg.expert_hidden_dim)
+  router = D * cfg.num_experts + (D if cfg.num_shared_experts and cfg.shared_expert_gate else 0)
+  return attention + experts * _mlp_params(cfg, cfg.expert_hidden_dim) + shared + router
 
 
-def num_params(cfg: gpt.ModelConfig, include_embeddings: bool = True) -> int:
-  """Parameters of the decoder without LoRA adapters (norm scales and biases included)."""
+def _matmul_params(cfg: gpt.ModelConfig, active: bool = False) -> int:
+  return sum(_layer_matmul_params(cfg, i, active) for i in range(cfg.num_layers))
+
+
+def num_params(cfg: gpt.ModelConfig, include_embeddings: bool = True,
+               active: bool = False) -> int:
+  """Parameters of the decoder without LoRA adapters (norm scales and biases included);
+  active: only the experts a token is routed to count (MoE)."""
   D, L = cfg.embed_dim, cfg.num_layers
   norms = 2 * D * (2 if cfg.use_bias and cfg.norm == "layernorm" else 1)
   biases = 0
   if cfg.use_bias:
     biases = cfg.num_heads * cfg.head_dim + 2 * cfg.kv_heads * cfg.head_dim + D
-    biases += (2 if cfg.mlp == "swiglu" else 1) * cfg.hidden_dim + D
+    biases += (2 if cfg.mlp == "swiglu" else 1) * cfg.hidden_dim + D  # (MoE: experts have none)
   elif cfg.qkv_bias:
     biases = cfg.num_heads * cfg.head_dim + 2 * cfg.kv_heads * cfg.head_dim
   qk_norms = 2 * cfg.head_dim if cfg.qk_norm else 0
-  total = L * (_layer_matmul_params(cfg) + norms + biases + qk_norms) + norms // 2
+  total = _matmul_params(cfg, active) + L * (norms + biases + qk_norms) + norms // 2
   if include_embeddings:
     total += cfg.padded_vocab_size * D
     total += cfg.max_seq_len * D if cfg.position == "learned" else 0
@@ -67,8 +82,9 @@ def num_params(cfg: gpt.ModelConfig, include_embeddings: bool = True) -> int:
 
 
 def flops_per_token(cfg: gpt.ModelConfig, seq_len: int) -> float:
-  """Training FLOPs per token: 6 x (matmul params incl. the output layer) + attention."""
-  matmul_params = cfg.num_layers * _layer_matmul_params(cfg) + cfg.padded_vocab_size * cfg.embed_dim
+  """Training FLOPs per token: 6 x (matmul params a token uses, incl. the output layer; MoE:
+  its top-k experts) + attention."""
+  matmul_params = _matmul_params(cfg, active=True) + cfg.padded_vocab_size * cfg.embed_dim
   # QK^T and PV: 2 matmuls x 2 FLOPs x T x (H x K) per token forward, x3 for forward+backward
   attention = 12 * cfg.num_layers * seq_len * cfg.num_heads * cfg.head_dim
   return 6 * matmul_params + attention

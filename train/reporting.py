@@ -49,7 +49,9 @@ class Display:
     self.bar.set_postfix(val_loss=f"{metrics['loss']:.4f}")
     if not self.enabled or self.interactive:
       return
-    values = "  ".join(f"val {k} {v:.4f}" for k, v in metrics.items())
+    # per-expert loads ("expert_load/layer0/e3": dozens of them) go to metrics.jsonl and
+    # TensorBoard, not to the log line
+    values = "  ".join(f"val {k} {v:.4f}" for k, v in metrics.items() if "/" not in k)
     note = "before training" if best is None else f"best val loss {best:.4f}"
     log.info("step %d/%d  %s  (%s)", step, self.num_steps, values, note)
 

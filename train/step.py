@@ -24,10 +24,11 @@ Batch = dict[str, jax.Array]
 WEIGHT = "weight"
 
 
-def _loss(task, graphdef: nnx.GraphDef, params: Any, batch: Batch, dropout_key):
+def _loss(task, graphdef: nnx.GraphDef, params: Any, batch: Batch, dropout_key,
+          training: bool = True):
   """(loss, metrics) of the task on one batch."""
   params = lora.stop_base_gradients(params)  # LoRA: only adapters get gradients
-  return task.loss(nnx.merge(graphdef, params), batch, dropout_key)
+  return task.loss(nnx.merge(graphdef, params), batch, dropout_key, training=training)
 
 
 def _weighted_loss(task, graphdef, params, batch: Batch, dropout_key):
@@ -97,7 +98,7 @@ def eval_step(params: Any, batches: Batch, *, task, graphdef, rules, mesh) -> di
   """
   def body(carry, batch):
     total, count = carry
-    loss, aux = _loss(task, graphdef, params, batch, None)
+    loss, aux = _loss(task, graphdef, params, batch, None, training=False)
     aux = dict(aux)
     # a loss over weighted units (answer tokens) counts them; else batches padded with
     # zero-weight examples count only their real examples
@@ -109,7 +110,8 @@ def eval_step(params: Any, batches: Batch, *, task, graphdef, rules, mesh) -> di
 
   with axes.activation_rules(rules, mesh):
     first = jax.tree.map(lambda x: x[0], batches)
-    shapes = jax.eval_shape(lambda b: _loss(task, graphdef, params, b, None), first)
+    shapes = jax.eval_shape(lambda b: _loss(task, graphdef, params, b, None, training=False),
+                            first)
     zeros = {"loss": jnp.zeros((), jnp.float32),
              **{k: jnp.zeros(v.shape, v.dtype) for k, v in shapes[1].items() if k != WEIGHT}}
     (total, count), _ = jax.lax.scan(body, (zeros, jnp.float32(0)), batches)

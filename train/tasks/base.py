@@ -39,8 +39,10 @@ class Task(Protocol):
   def eval_batches(self, split, cfg, process_index: int, process_count: int) -> list[dict]:
     """Fixed evaluation batches (this process's rows)."""
 
-  def loss(self, model, batch: dict, dropout_key) -> tuple[jax.Array, dict]:
-    """(mean loss, extra metrics) of one batch; traced inside the jitted step."""
+  def loss(self, model, batch: dict, dropout_key, training: bool = True
+           ) -> tuple[jax.Array, dict]:
+    """(mean loss, extra metrics) of one batch; traced inside the jitted step. training=False
+    (evaluation): the loss without training-only terms (MoE router losses)."""
 
   def units_per_example(self, cfg) -> int:
     """Units of work (see `unit`) in one example."""

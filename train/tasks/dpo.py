@@ -94,7 +94,8 @@ class PreferenceOptimization(post_lib.PostTrainingTask):
     chosen, rejected = self.reference.stacked_logprobs(params, stacked)
     return {**stacked, "ref_chosen": chosen, "ref_rejected": rejected}
 
-  def loss(self, model, batch: dict, dropout_key) -> tuple[jax.Array, dict]:
+  def loss(self, model, batch: dict, dropout_key, training: bool = True
+           ) -> tuple[jax.Array, dict]:
     chosen, rejected = answer_logprobs(model, batch, dropout_key)
     weights = batch.get("weights", jnp.ones_like(chosen))
     return dpo_loss(chosen, rejected, batch["ref_chosen"], batch["ref_rejected"], self.beta,

@@ -203,7 +203,8 @@ class GroupRelativePolicyOptimization(post_lib.PostTrainingTask):
 
   # -- the update ------------------------------------------------------------------------
 
-  def loss(self, model, batch: dict, dropout_key) -> tuple[jax.Array, dict]:
+  def loss(self, model, batch: dict, dropout_key, training: bool = True
+           ) -> tuple[jax.Array, dict]:
     logp = post_lib.token_logprobs(model, batch["inputs"], batch["targets"], batch["positions"],
                                    batch["segment_ids"], dropout_key)
     old = batch["old_logp"] if "old_logp" in batch else jax.lax.stop_gradient(logp)

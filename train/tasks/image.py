@@ -37,7 +37,8 @@ class ImageClassification(base.Task):
   def eval_batches(self, split, cfg, process_index: int, process_count: int) -> list[dict]:
     return images.fixed_batches(split, cfg.train.batch_size, process_index, process_count)
 
-  def loss(self, model, batch: dict, dropout_key) -> tuple[jax.Array, dict]:
+  def loss(self, model, batch: dict, dropout_key, training: bool = True
+           ) -> tuple[jax.Array, dict]:
     logits_BC = model(batch["images"], dropout_key=dropout_key).astype(jnp.float32)
     weights_B = batch.get("weights", jnp.ones(batch["labels"].shape, jnp.float32))
     nll_B = -jnp.take_along_axis(jax.nn.log_softmax(logits_BC), batch["labels"][:, None],

@@ -40,11 +40,18 @@ class LanguageModeling(base.Task):
                                  cfg.train.eval_batches, cfg.data.packing, process_index,
                                  process_count)
 
-  def loss(self, model, batch: dict, dropout_key) -> tuple[jax.Array, dict]:
+  def loss(self, model, batch: dict, dropout_key, training: bool = True
+           ) -> tuple[jax.Array, dict]:
     # packed batches (data.packing) carry segment ids, positions and a loss mask
-    logits_BTV, _ = model(batch["inputs"], positions_BT=batch.get("positions"),
-                          segment_ids_BT=batch.get("segment_ids"), dropout_key=dropout_key)
-    return gpt.cross_entropy(logits_BTV, batch["targets"], batch.get("loss_mask")), {}
+    logits_BTV, _, stats = model.forward(batch["inputs"], positions_BT=batch.get("positions"),
+                                         segment_ids_BT=batch.get("segment_ids"),
+                                         dropout_key=dropout_key)
+    ce = gpt.cross_entropy(logits_BTV, batch["targets"], batch.get("loss_mask"))
+    metrics = gpt.moe_metrics(model.cfg, stats)
+    if stats is None or not training:
+      return ce, metrics
+    # an MoE model trains on cross entropy + its router losses (also logged on their own)
+    return ce + gpt.router_losses(model.cfg, stats), {"cross_entropy": ce, **metrics}
 
   def units_per_example(self, cfg) -> int:
     return cfg.data.seq_len

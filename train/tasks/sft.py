@@ -75,7 +75,8 @@ class SupervisedFineTuning(post_lib.PostTrainingTask):
     splits = [build([usable[i] for i in part], data.seq_len) for part in parts]
     return base.Splits(*splits, tokenizer), cfg
 
-  def loss(self, model, batch: dict, dropout_key) -> tuple[jax.Array, dict]:
+  def loss(self, model, batch: dict, dropout_key, training: bool = True
+           ) -> tuple[jax.Array, dict]:
     mask = batch["loss_mask"].astype(jnp.float32)
     if "weights" in batch:  # evaluation padding rows count nowhere
       mask = mask * batch["weights"][:, None]
