@@ -314,7 +314,7 @@ class Block(nnx.Module):
     x_BTD = x_BTD + dropout(y_BTD, self.dropout_rate, k_res1)
     stats = None
     if self.moe:
-      y_BTD, stats = self.mlp(self.ln2(x_BTD))
+      y_BTD, stats = self.mlp(self.ln2(x_BTD), dropless=cache is not None)
     else:
       y_BTD = self.mlp(self.ln2(x_BTD))
     x_BTD = x_BTD + dropout(y_BTD, self.dropout_rate, k_res2)

@@ -30,27 +30,33 @@ class Routing(NamedTuple):
   weight_NK: jax.Array   # float32 combine weight (0 where dropped)
 
 
+class ExpertLora(nnx.Module):
+  """Per-expert LoRA of an expert weight [E, in, out...]: a [E, in, r], b [E, r, out...]."""
+
+  def __init__(self, cfg, shape, names, rngs: nnx.Rngs):
+    E, fan_in, out = shape[0], shape[1], tuple(shape[2:])
+    self.scale = cfg.lora_alpha / cfg.lora_rank
+    self.a = axes.param(nnx.initializers.normal(1.0 / math.sqrt(fan_in)), rngs.params(),
+                        (E, fan_in, cfg.lora_rank), (names[0], names[1], None))
+    self.b = axes.param(nnx.initializers.zeros, rngs.params(), (E, cfg.lora_rank, *out),
+                        (names[0], None, *names[2:]))
+
+  def delta(self) -> jax.Array:
+    return self.scale * jnp.einsum("eir,er...->ei...", self.a[...], self.b[...])
+
+
 class ExpertWeight(nnx.Module):
   """One matrix per expert, [E, in, out...], with an optional per-expert LoRA adapter."""
 
   def __init__(self, cfg, name: str, shape, names, std: float, rngs: nnx.Rngs):
     self.w = axes.param(nnx.initializers.normal(std), rngs.params(), shape, names)
-    self.lora = None
-    if name in cfg.lora_weights:
-      E, fan_in, out = shape[0], shape[1], tuple(shape[2:])
-      self.lora = nnx.Dict(
-          a=axes.param(nnx.initializers.normal(1.0 / math.sqrt(fan_in)), rngs.params(),
-                       (E, fan_in, cfg.lora_rank), (names[0], names[1], None)),
-          b=axes.param(nnx.initializers.zeros, rngs.params(), (E, cfg.lora_rank, *out),
-                       (names[0], None, *names[2:])))
-      self.scale = cfg.lora_alpha / cfg.lora_rank
+    self.lora = ExpertLora(cfg, shape, names, rngs) if name in cfg.lora_weights else None
 
   def value(self, dtype) -> jax.Array:
     """The weight the experts use (with the adapter's low-rank update added)."""
     w = self.w[...]
     if self.lora is not None:
-      a, b = self.lora["a"][...], self.lora["b"][...]
-      w = w + self.scale * jnp.einsum("eir,er...->ei...", a, b)
+      w = w + self.lora.delta()
     return w.astype(dtype)
 
 
@@ -75,14 +81,16 @@ class MoeMlp(nnx.Module):
                                    (axes.EMBED, None))
                         if shared_hidden and cfg.shared_expert_gate else None)
 
-  def __call__(self, x_BTD: jax.Array) -> tuple[jax.Array, dict]:
+  def __call__(self, x_BTD: jax.Array, dropless: bool = False) -> tuple[jax.Array, dict]:
+    """(output, router statistics). dropless: ignore capacity_factor (cached decoding, where
+    a token's output must not depend on the other rows of the batch)."""
     cfg = self.cfg
     B, T, D = x_BTD.shape
     x_ND = x_BTD.reshape(B * T, D)
     logits_NE = jnp.dot(x_ND.astype(jnp.float32), self.router[...],
                         preferred_element_type=jnp.float32)
     routing, stats = route(logits_NE, cfg.experts_per_token, cfg.router_norm_topk,
-                           cfg.capacity_factor)
+                           0.0 if dropless else cfg.capacity_factor)
     y_ND = experts(x_ND, routing, self.fc.value(cfg.dtype), self.proj.value(cfg.dtype), cfg.mlp)
     y_BTD = y_ND.reshape(B, T, D).astype(x_BTD.dtype)
     if self.shared is not None:
@@ -237,28 +245,27 @@ def _blocked_ffn(x_ND, token_A, group_A, fc, proj, kind) -> jax.Array:
   """Per-assignment expert outputs [A, D] (0 for groups >= E): each expert's assignments
   padded to whole blocks of b rows, every block multiplied by its expert's weights.
 
-  At most A + min(E, A) (b - 1) rows: the padding is under b rows per expert.
+  At most A + min(E, A) (b - 1) rows: the padding is under b rows per expert. Ranks within
+  an expert come from a cumulative sum over a one-hot [A, E] (CPU-only path, where it beat
+  argsort: 12.7 vs 14.4 ms forward+backward at the size in the module docstring).
   """
   E, A = fc.shape[0], group_A.shape[0]
   b = block_size(A, E)
   num_blocks = -(-(A + min(E, A) * (b - 1)) // b)
   R = num_blocks * b
-  order = jnp.argsort(group_A, stable=True)
-  sorted_group = group_A[order]
-  sizes = jnp.zeros((E + 1,), jnp.int32).at[group_A].add(1)[:E]
+  one_hot_AE = (group_A[:, None] == jnp.arange(E)[None]).astype(jnp.int32)  # group E: no 1
+  sizes = one_hot_AE.sum(0)
+  rank_A = (jnp.cumsum(one_hot_AE, 0) * one_hot_AE).sum(1) - 1
   padded = -(-sizes // b) * b
   padded_end = jnp.cumsum(padded)
-  first = jnp.cumsum(sizes) - sizes
-  ours = sorted_group < E
-  safe_group = jnp.minimum(sorted_group, E - 1)
-  row = padded_end[safe_group] - padded[safe_group] + jnp.arange(A) - first[safe_group]
-  row = jnp.where(ours, row, R)  # R: out of bounds, dropped by the scatter
-  source = jnp.full((R,), -1, jnp.int32).at[row].set(order.astype(jnp.int32), mode="drop")
-  rows_RD = jnp.where((source >= 0)[:, None], x_ND[token_A[jnp.maximum(source, 0)]], 0)
+  group = jnp.minimum(group_A, E - 1)
+  row_A = jnp.where(group_A < E, padded_end[group] - padded[group] + rank_A, R)  # R: none
+  source_R = jnp.full((R,), -1, jnp.int32).at[row_A].set(jnp.arange(A, dtype=jnp.int32),
+                                                        mode="drop")
+  rows_RD = jnp.where((source_R >= 0)[:, None], x_ND[token_A[jnp.maximum(source_R, 0)]], 0)
   block_expert = jnp.minimum(jnp.searchsorted(padded_end, jnp.arange(num_blocks) * b,
                                               side="right"), E - 1)
   rows = rows_RD.reshape(num_blocks, b, -1)
   h = _activation(jnp.einsum("nbd,nd...->nb...", rows, fc[block_expert]), kind)
-  out = jnp.einsum("nbf,nfd->nbd", h, proj[block_expert]).reshape(R, -1)
-  row_of_A = jnp.zeros((A,), jnp.int32).at[order].set(row.astype(jnp.int32))
-  return jnp.where((row_of_A < R)[:, None], out[jnp.minimum(row_of_A, R - 1)], 0)
+  out_RD = jnp.einsum("nbf,nfd->nbd", h, proj[block_expert]).reshape(R, -1)
+  return jnp.where((row_A < R)[:, None], out_RD[jnp.minimum(row_A, R - 1)], 0)
