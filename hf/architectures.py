@@ -1,4 +1,5 @@
-"""Hugging Face config.json <-> treadle model options, for the GPT-2 and Llama families.
+"""Hugging Face config.json <-> treadle model options, for the GPT-2 and Llama families
+(the MoE options of Mixtral and Qwen2-MoE: hf/moe_config.py).
 
 Import reads both the transformers 4.x form (top-level rope_theta / rope_scaling,
 torch_dtype) and the 5.x form (rope_parameters, dtype). Any setting that would change the
@@ -7,6 +8,7 @@ numbers and has no treadle equivalent is a one-line HfFormatError naming the fie
 from typing import Any
 
 from treadle.hf import config_fields as fields
+from treadle.hf import moe_config
 from treadle.hf.config_fields import HfFormatError
 from treadle.model import gpt
 
@@ -14,7 +16,8 @@ GPT2 = "GPT2LMHeadModel"
 LLAMA = "LlamaForCausalLM"
 MISTRAL = "MistralForCausalLM"
 QWEN2 = "Qwen2ForCausalLM"
-SUPPORTED = (GPT2, LLAMA, MISTRAL, QWEN2)
+MIXTRAL, QWEN2_MOE = moe_config.MIXTRAL, moe_config.QWEN2_MOE
+SUPPORTED = (GPT2, LLAMA, MISTRAL, QWEN2, MIXTRAL, QWEN2_MOE)
 _TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
 GENERATION_CONFIG = "generation_config.json"
@@ -54,11 +57,11 @@ def _gpt2_options(c: fields.Fields) -> dict:
               tie_embeddings=c.boolean("tie_word_embeddings", True))
 
 
-def _rope(c: fields.Fields) -> dict:
+def _rope(c: fields.Fields, default_theta: float) -> dict:
   """rope_base and the llama3 scaling from either config form (4.x: top-level rope_theta and
   rope_scaling; 5.x: both in rope_parameters)."""
   params = c.mapping("rope_parameters")
-  theta = c.number("rope_theta", 0.0, 1e12, 10000.0)
+  theta = c.number("rope_theta", 0.0, 1e12, default_theta)
   if params is not None:
     theta = params.number("rope_theta", 0.0, 1e12, theta)
   scaling = c.mapping("rope_scaling")
@@ -83,17 +86,32 @@ def _rope(c: fields.Fields) -> dict:
 
 def _check_full_attention(c: fields.Fields, arch: str, max_len: int) -> None:
   """Sliding-window attention (Mistral v0.1, some Qwen2) is not in treadle."""
-  if arch == MISTRAL:
+  if arch in (MISTRAL, MIXTRAL):
     window = c.integer("sliding_window", 1, 2**62, None)
     if window is not None and window < max_len:
       raise HfFormatError(f"config.json: sliding_window={window} has no treadle equivalent "
                           "(full attention only)")
-  if arch == QWEN2:
+  if arch in (QWEN2, QWEN2_MOE):  # Qwen2-MoE then writes sliding_window 0: not read
     c.choice("use_sliding_window", (False,), False)
   layer_types = c.strings("layer_types", [])
   if any(t != "full_attention" for t in layer_types):
     raise HfFormatError(f"config.json: layer_types={sorted(set(layer_types))} has no treadle "
                         "equivalent (full_attention only)")
+
+
+def _biases(c: fields.Fields, arch: str) -> tuple[bool, bool]:
+  """(use_bias, qkv_bias): Mixtral has no biases, Qwen2-MoE q/k/v ones unless qkv_bias is
+  false (transformers 5); the others read attention_bias and mlp_bias."""
+  if arch == MIXTRAL:
+    return False, False
+  if arch == QWEN2_MOE:
+    return False, c.boolean("qkv_bias", True)
+  attention_bias = c.boolean("attention_bias", False)
+  mlp_bias = c.boolean("mlp_bias", False)
+  if attention_bias != mlp_bias:
+    raise HfFormatError(f"config.json: attention_bias={attention_bias} with mlp_bias={mlp_bias} "
+                        "has no treadle equivalent (biases are all on or all off)")
+  return attention_bias, arch == QWEN2 or attention_bias
 
 
 def _llama_options(c: fields.Fields, arch: str) -> dict:
@@ -103,19 +121,19 @@ def _llama_options(c: fields.Fields, arch: str) -> dict:
   _check_full_attention(c, arch, max_len)
   heads, embed = _dim(c, "num_attention_heads"), _dim(c, "hidden_size")
   head_dim = _dim(c, "head_dim", embed // heads)
-  attention_bias = c.boolean("attention_bias", False)
-  mlp_bias = c.boolean("mlp_bias", False)
-  if attention_bias != mlp_bias:
-    raise HfFormatError(f"config.json: attention_bias={attention_bias} with mlp_bias={mlp_bias} "
-                        "has no treadle equivalent (biases are all on or all off)")
-  return dict(num_layers=c.integer("num_hidden_layers", 1, fields.MAX_LAYERS), num_heads=heads,
+  use_bias, qkv_bias = _biases(c, arch)
+  layers = c.integer("num_hidden_layers", 1, fields.MAX_LAYERS)
+  hidden = _dim(c, "intermediate_size")
+  moe = (moe_config.options(c, arch, layers, hidden) if arch in moe_config.ARCHS
+         else moe_config.DENSE)
+  rope = _rope(c, 1e6 if arch == MIXTRAL else 10000.0)  # transformers' default_theta
+  return dict(num_layers=layers, num_heads=heads,
               num_kv_heads=_dim(c, "num_key_value_heads", heads), embed_dim=embed,
               attn_head_dim=0 if head_dim * heads == embed else head_dim,
-              mlp="swiglu", mlp_hidden_dim=_dim(c, "intermediate_size"), norm="rmsnorm",
-              position="rope", max_seq_len=max_len,
-              use_bias=attention_bias, qkv_bias=arch == QWEN2 or attention_bias,
+              mlp="swiglu", mlp_hidden_dim=hidden, norm="rmsnorm",
+              position="rope", max_seq_len=max_len, use_bias=use_bias, qkv_bias=qkv_bias,
               norm_eps=c.number("rms_norm_eps", *_EPS, 1e-6),
-              tie_embeddings=c.boolean("tie_word_embeddings", False), **_rope(c))
+              tie_embeddings=c.boolean("tie_word_embeddings", False), **rope, **moe)
 
 
 def model_options(hf_config: dict) -> tuple[str, dict]:
@@ -123,7 +141,8 @@ def model_options(hf_config: dict) -> tuple[str, dict]:
   Every value read is type- and range-checked (a one-line HfFormatError naming the key)."""
   arch = architecture(hf_config)
   c = _fields(hf_config)
-  options = _gpt2_options(c) if arch == GPT2 else _llama_options(c, arch)
+  options = ({**_gpt2_options(c), **moe_config.DENSE} if arch == GPT2 else
+             _llama_options(c, arch))
   options.update(vocab_size=c.integer("vocab_size", 1, fields.MAX_VOCAB), dropout=0.0,
                  qk_norm=False, logit_softcap=0.0)
   return arch, options
@@ -161,9 +180,12 @@ def _check_common(cfg: gpt.ModelConfig, arch: str) -> None:
 
 def export_architecture(cfg: gpt.ModelConfig) -> str:
   """GPT-2-style runs (learned positions) -> GPT2LMHeadModel; RoPE runs -> LlamaForCausalLM,
-  or Qwen2ForCausalLM when only q/k/v carry biases."""
+  or Qwen2ForCausalLM when only q/k/v carry biases; RoPE MoE runs -> MixtralForCausalLM or
+  Qwen2MoeForCausalLM (hf/moe_config.py)."""
   if cfg.position == "learned":
     arch = GPT2
+    if cfg.num_experts:
+      raise _unsupported("num_experts", cfg.num_experts, arch)
     if cfg.kv_heads != cfg.num_heads:
       raise _unsupported("num_kv_heads", cfg.num_kv_heads, arch)
     for field, wanted in (("norm", "layernorm"), ("mlp", "gelu"), ("attn_head_dim", 0),
@@ -172,6 +194,8 @@ def export_architecture(cfg: gpt.ModelConfig) -> str:
         raise _unsupported(field, getattr(cfg, field), arch)
   else:
     arch = QWEN2 if cfg.qkv_bias and not cfg.use_bias else LLAMA
+    if cfg.num_experts:
+      arch = moe_config.export_architecture(cfg)
     for field, wanted in (("norm", "rmsnorm"), ("mlp", "swiglu")):
       if getattr(cfg, field) != wanted:
         raise _unsupported(field, getattr(cfg, field), arch)
@@ -204,6 +228,8 @@ def _llama_config(cfg: gpt.ModelConfig, arch: str) -> dict:
          "tie_word_embeddings": cfg.tie_embeddings}
   if arch == QWEN2:
     out.update(use_sliding_window=False, sliding_window=None)
+  elif arch in moe_config.ARCHS:
+    out.update(moe_config.hf_fields(cfg, arch))
   else:
     out.update(attention_bias=cfg.use_bias, mlp_bias=cfg.use_bias)
   return out

@@ -122,6 +122,15 @@ class Fields:
       raise self._wrong(key, "a list of strings", value)
     return value
 
+  def integers(self, key: str, default: Any = REQUIRED) -> Any:
+    """A list of integers."""
+    value = self._get(key, default)
+    if value is None:
+      return default
+    if not isinstance(value, list) or not all(_is_int(v) for v in value):
+      raise self._wrong(key, "a list of integers", value)
+    return value
+
   def mapping(self, key: str) -> "Fields | None":
     """A nested JSON object as Fields (errors name `key.inner`); None when absent or null."""
     value = self.body.get(key)

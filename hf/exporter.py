@@ -61,8 +61,14 @@ def load_run(workdir, step=None, merge_lora: bool = False):
 
 
 def _unstack_layers(params: dict, cfg):
-  """Scanned blocks (leading layers axis) -> one dict per layer, as unscanned runs keep."""
-  blocks = {i: jax.tree.map(lambda a, i=i: a[i], params["blocks"]) for i in range(cfg.num_layers)}
+  """Scanned blocks (leading layers axis) -> one dict per layer, as unscanned runs keep.
+  MoE blocks interleaved with dense ones are scanned in groups (model/gpt.py's BlockGroup,
+  {"blocks": {j: block}}): block i is group i // size, position i % size."""
+  stacked = params["blocks"]
+  groups = stacked["blocks"] if set(stacked) == {"blocks"} else {0: stacked}
+  size = len(groups)
+  blocks = {i: jax.tree.map(lambda a, i=i: a[i // size], groups[i % size])
+            for i in range(cfg.num_layers)}
   return {**params, "blocks": blocks}, dataclasses.replace(cfg, scan_layers=False)
 
 
@@ -74,14 +80,18 @@ def _get(tree, path):
 
 def _entries(links: list, params: dict) -> list[safetensors_io.Entry]:
   """One Entry per HF tensor; a fused treadle weight is converted once per HF tensor it
-  makes (cheap), so no more than one shard's tensors are ever held."""
-  entries = []
+  makes (cheap: views), so no more than one shard's tensors are ever held. The last weight
+  fetched to the host is kept: MoE experts are one weight for 2E or E HF tensors, which
+  would otherwise each copy the whole weight off the device."""
+  entries, last = [], {}
   for link in links:
     for k, (name, shape) in enumerate(zip(link.hf_names, link.hf_shapes)):
       def produce(link=link, k=k, shape=shape):
         if link.path is None:
           return np.zeros(shape, np.float32)
-        return link.to_hf(_get(params, link.path))[k]
+        if last.get("path") != link.path:
+          last.update(path=link.path, host=_get(params, link.path))
+        return link.to_hf(last["host"])[k]
       entries.append(safetensors_io.Entry(name, tuple(shape), produce))
   return entries
 

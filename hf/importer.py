@@ -18,6 +18,7 @@ from treadle.configs import base as base_config
 from treadle.data import tokenizers
 from treadle.hf import architectures
 from treadle.hf import dir_files
+from treadle.hf import moe_weights
 from treadle.hf import safetensors_io
 from treadle.hf import tokenizer_files
 from treadle.hf import weights
@@ -96,7 +97,7 @@ def plan(hf_dir, base: ml_collections.ConfigDict | None = None) -> Plan:
     raise HfFormatError(f"config.json maps to an invalid model: {e}") from None
   tensors = safetensors_io.scan(hf_dir)
   prefix = "" if "wte.weight" in tensors else "transformer."  # files before transformers 5
-  links = weights.links(cfg.model, arch, prefix)
+  links = weights.links(cfg.model, arch, prefix, moe_weights.fused_layout(tensors))
   check_tensors(links, tensors, cfg.model)
   tokenizer = tokenizer_files.load(hf_dir, cfg.model.vocab_size)
   tokenizer.token_ids.update(token_ids)

@@ -6,7 +6,7 @@ treadle's; Llama's nn.Linear weights are (out, in) and are transposed. Fused wei
 (GPT-2's c_attn; treadle's qkv/kv and SwiGLU gate|up) are split or stacked. The vocabulary
 axis is zero-padded to the model's padded size (those logits are masked) and cut back on
 export. A Link with no path exists only on the HF side: zeros on export (GPT-2's biases of
-a bias-free run).
+a bias-free run). MoE blocks' tensors (Mixtral, Qwen2-MoE): hf/moe_weights.py.
 """
 import dataclasses
 from typing import Callable
@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 
 from treadle.hf import architectures as arch_lib
+from treadle.hf import moe_weights
 from treadle.model import gpt
 
 Shape = tuple[int, ...]
@@ -124,7 +125,7 @@ def _llama_attention(cfg: gpt.ModelConfig, b: tuple, h: str) -> list[Link]:
   return links
 
 
-def _llama_links(cfg: gpt.ModelConfig) -> list[Link]:
+def _llama_links(cfg: gpt.ModelConfig, arch: str, fused_experts: bool) -> list[Link]:
   D, F, V, Vp = cfg.embed_dim, cfg.hidden_dim, cfg.vocab_size, cfg.padded_vocab_size
   vector = lambda path, name, n: Link(path, (name,), ((n,),), _same, _one(_same))
   links = [Link(("token_embed",), ("model.embed_tokens.weight",), ((V, D),), _pad_rows(Vp),
@@ -134,6 +135,9 @@ def _llama_links(cfg: gpt.ModelConfig) -> list[Link]:
     links.append(vector((*b, "ln1", "scale"), f"{h}input_layernorm.weight", D))
     links += _llama_attention(cfg, b, h)
     links.append(vector((*b, "ln2", "scale"), f"{h}post_attention_layernorm.weight", D))
+    if cfg.is_moe_block(i):
+      links += [Link(*spec) for spec in moe_weights.block_specs(cfg, b, h, arch, fused_experts)]
+      continue
     to_t, to_h = _fused_linear(2, (F,))
     links.append(Link((*b, "mlp", "fc", "w"), (f"{h}mlp.gate_proj.weight",
                                                f"{h}mlp.up_proj.weight"), ((F, D), (F, D)),
@@ -153,11 +157,13 @@ def _llama_links(cfg: gpt.ModelConfig) -> list[Link]:
   return links
 
 
-def links(cfg: gpt.ModelConfig, arch: str, gpt2_prefix: str = "transformer.") -> list[Link]:
-  """Every treadle parameter of `cfg` (unscanned, no adapters) and its HF sources."""
+def links(cfg: gpt.ModelConfig, arch: str, gpt2_prefix: str = "transformer.",
+          fused_experts: bool = False) -> list[Link]:
+  """Every treadle parameter of `cfg` (unscanned, no adapters) and its HF sources; MoE
+  experts per expert (the hub's layout) or, with fused_experts, transformers' fused one."""
   if arch == arch_lib.GPT2:
     return _gpt2_links(cfg, gpt2_prefix)
-  return _llama_links(cfg)
+  return _llama_links(cfg, arch, fused_experts)
 
 
 # HF tensors that are buffers or duplicates, not weights of their own
