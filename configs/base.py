@@ -171,6 +171,12 @@ OPTIMIZER = (
     Key("muon_momentum", 0.95, BELOW_ONE, "muon: Nesterov momentum of its matrices"),
 )
 
+EVAL = (
+    Key("tasks", "", None, 'multiple-choice tasks scored at every evaluation: '
+        '"NAME=PATH.jsonl,..." (lm-eval fields context, choices, label); "" = none',
+        resume=True),
+)
+
 # resume=True: how long the run trains, how often it logs, evaluates and checkpoints, what it
 # keeps and when it stops, and where it runs (checkpoints restore onto any mesh). Any other
 # change (seed, batch size, data, model, optimizer, fine-tuning, ...) would make a different
@@ -239,6 +245,7 @@ SECTIONS = {
     "mesh": ("device mesh and sharding rules", dict.fromkeys(TASKS, MESH)),
     "finetune": ("LoRA adapters (with train.init_from); decoder tasks only",
                  dict.fromkeys(TASKS, FINETUNE)),
+    "eval": ("downstream evaluation inside the training loop (task=lm)", {"lm": EVAL}),
     "dpo": ("direct preference optimisation (task=dpo)", {"dpo": DPO}),
     "rl": ("GRPO: sampled groups, a reward program, clipped policy gradient (task=grpo)",
            {"grpo": RL}),

@@ -114,6 +114,15 @@ class MeshConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  """eval.* (task=lm): keys, base values and meanings in configs/base.py."""
+  tasks: str
+
+  def __post_init__(self):
+    base.check_fields("eval", "lm", self)
+
+
+@dataclasses.dataclass(frozen=True)
 class DpoConfig:
   """dpo.* (task=dpo): keys, base values and meanings in configs/base.py."""
   beta: float
@@ -146,7 +155,8 @@ class RunConfig:
   train: TrainConfig
   mesh: MeshConfig
   finetune: FinetuneConfig
-  # sections of one task only (configs/base.SECTIONS); None in the other tasks' configs
+  # sections of some tasks only (configs/base.SECTIONS); None in the other tasks' configs
+  eval: EvalConfig | None = None
   dpo: DpoConfig | None = None
   rl: RlConfig | None = None
 
@@ -166,7 +176,7 @@ _SECTION_TYPES = {"lm": (gpt.ModelConfig, text.DataConfig),
                   "sft": (gpt.ModelConfig, post.SftDataConfig),
                   "dpo": (gpt.ModelConfig, post.DpoDataConfig),
                   "grpo": (gpt.ModelConfig, post.GrpoDataConfig)}
-_TASK_SECTIONS = {"dpo": DpoConfig, "rl": RlConfig}  # sections only some tasks have
+_TASK_SECTIONS = {"eval": EvalConfig, "dpo": DpoConfig, "rl": RlConfig}  # of some tasks
 
 
 def _build(cls, section: str, values: dict):

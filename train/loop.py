@@ -12,6 +12,7 @@ from treadle.model import lora
 from treadle.train import checkpoint
 from treadle.train import config as config_lib
 from treadle.common import fileio
+from treadle.train import downstream
 from treadle.train import finetune
 from treadle.train import interrupts
 from treadle.train import mesh as mesh_lib
@@ -53,6 +54,7 @@ class Run:
   train_step: Any
   eval_step: Any
   is_main: bool
+  scorer: downstream.Scorer | None = None  # eval.tasks, scored at every evaluation
 
 
 def prepare(cfg: config_lib.RunConfig, workdir) -> Run:
@@ -80,8 +82,13 @@ def prepare(cfg: config_lib.RunConfig, workdir) -> Run:
   train_step, eval_step = step_lib.compile_steps(
       task, graphdef, tx, optimizer.schedule(cfg.optimizer, cfg.train.num_steps),
       cfg.train.grad_accum_steps, cfg.model.dropout > 0, rules, shardings, batch_sharding)
+  scorer = None
+  if cfg.eval is not None and cfg.eval.tasks:
+    scorer = downstream.Scorer(cfg.eval.tasks, splits.artifact, cfg.model.max_seq_len, graphdef,
+                               shardings.params, mesh, rules, cfg.train.batch_size,
+                               jax.process_index(), jax.process_count())
   run = Run(cfg, workdir, task, splits, mesh, shardings, batch_sharding, tx,
-            train_step, eval_step, jax.process_index() == 0)
+            train_step, eval_step, jax.process_index() == 0, scorer)
   task.attach(run)
   return run
 
@@ -166,6 +173,12 @@ def evaluate(run: Run, params, stacked: dict) -> dict[str, float]:
   if (own := run.task.evaluate(run, params, stacked)) is not None:
     return {k: float(v) for k, v in own.items()}
   return {k: float(v) for k, v in jax.device_get(run.eval_step(params, stacked)).items()}
+
+
+def _evaluation_row(run: Run, params, val: dict) -> dict[str, float]:
+  """The metrics row of an evaluation: val_* and the eval.tasks scores (eval/NAME/acc...)."""
+  row = {f"val_{k}": v for k, v in val.items()}
+  return {**row, **(run.scorer(params) if run.scorer is not None else {})}
 
 
 def _save(run: Run, mgr, state, data_iter, progress: Progress, val_loss=None) -> None:
@@ -259,8 +272,9 @@ def train_steps(run: Run, mgr, state, data_iter, progress: Progress, val_batches
     # the starting model's figures (post-training: the baseline its curves start from);
     # not a candidate for the best checkpoint, which only steps that ran can be
     val = evaluate(run, state.params, val_batches)
-    writer.write(0, **{f"val_{k}": v for k, v in val.items()})
-    display.eval_line(0, val, None)
+    row = _evaluation_row(run, state.params, val)
+    writer.write(0, **row)
+    display.eval_line(0, row, None)
     throughput.reset(0)
 
   def flush():
@@ -288,8 +302,9 @@ def train_steps(run: Run, mgr, state, data_iter, progress: Progress, val_batches
       val = evaluate(run, state.params, val_batches)
       val_loss = val["loss"]
       improved = _after_eval(run, progress, val_loss)
-      writer.write(done, **{f"val_{k}": v for k, v in val.items()})
-      display.eval_line(done, val, progress.best_val_loss)
+      row = _evaluation_row(run, state.params, val)
+      writer.write(done, **row)
+      display.eval_line(done, row, progress.best_val_loss)
       if cfg.early_stopping_patience and progress.evals_since_best >= cfg.early_stopping_patience:
         outcome = "early_stopped"
       if cfg.target_val_loss and val_loss <= cfg.target_val_loss:

@@ -45,13 +45,15 @@ class Display:
              learning_rate, speed, _duration(per_step * (self.num_steps - step)))
 
   def eval_line(self, step: int, metrics: dict, best: float | None) -> None:
-    """`best` None: the evaluation of the starting model, before any step."""
-    self.bar.set_postfix(val_loss=f"{metrics['loss']:.4f}")
+    """`metrics`: an evaluation's row (val_*, eval/NAME/*); `best` None: the evaluation of
+    the starting model, before any step."""
+    self.bar.set_postfix(val_loss=f"{metrics['val_loss']:.4f}")
     if not self.enabled or self.interactive:
       return
-    # per-expert loads ("expert_load/layer0/e3": dozens of them) go to metrics.jsonl and
+    # per-expert loads ("val_expert_load/layer0/e3": dozens of them) go to metrics.jsonl and
     # TensorBoard, not to the log line
-    values = "  ".join(f"val {k} {v:.4f}" for k, v in metrics.items() if "/" not in k)
+    values = "  ".join(f"{k.replace('_', ' ', 1) if k.startswith('val_') else k} {v:.4f}"
+                       for k, v in metrics.items() if "expert_load/" not in k)
     note = "before training" if best is None else f"best val loss {best:.4f}"
     log.info("step %d/%d  %s  (%s)", step, self.num_steps, values, note)
 
