@@ -18,6 +18,7 @@ from treadle.sweep import spec
 COLUMNS = ("status", "steps", "final_val_loss", "best_val_loss", "test_loss", "wall_time_s",
            "tokens_per_second", "error")
 # Markdown: short headers; the CSV keeps the full column names
+EVAL_PREFIX = "eval/"  # downstream task columns, after COLUMNS
 _HEADERS = {"final_val_loss": "final val", "best_val_loss": "best val", "test_loss": "test",
             "wall_time_s": "wall time (s)", "tokens_per_second": "tokens/s"}
 
@@ -33,6 +34,8 @@ def _row(sweep: spec.Sweep, trial: spec.Trial, layout: runner.Layout) -> dict[st
   train, val = plots.curves(metrics)
   speeds = [r["tokens_per_second"] for r in metrics if "tokens_per_second" in r]
   tests = [r["test_loss"] for r in metrics if "test_loss" in r]
+  # eval.tasks scores (eval/NAME/acc): their values at the trial's last evaluation
+  evals = {k: v for r in metrics for k, v in r.items() if k.startswith(EVAL_PREFIX)}
   return {"trial": trial.name, **trial.swept,
           "status": _state(metrics, status, runner.command(sweep, trial, layout)),
           "steps": max((r["step"] for r in metrics), default=None),
@@ -41,7 +44,7 @@ def _row(sweep: spec.Sweep, trial: spec.Trial, layout: runner.Layout) -> dict[st
           "test_loss": tests[-1] if tests else None,
           "wall_time_s": runner.wall_time(status) if status else None,
           "tokens_per_second": statistics.median(speeds) if speeds else None,
-          "error": (status or {}).get("error") or ""}
+          "error": (status or {}).get("error") or "", **evals}
 
 
 def _state(metrics: list[dict], status: dict | None, argv: list[str]) -> str:
@@ -76,12 +79,12 @@ def markdown(sweep: spec.Sweep, table: list[dict], sweep_file: str) -> str:
            f"{len(table)} trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
            + "." + (f" Best by {sweep.metric}: **{top['trial']}** ({top[sweep.metric]:.4f})."
                     if top else ""), ""]
-  columns = ["trial", *keys, *COLUMNS[:-1]]
+  columns = ["trial", *keys, *COLUMNS[:-1], *_eval_keys(table)]
   lines.append("| " + " | ".join(_HEADERS.get(c, c) for c in columns) + " |")
   lines.append("|" + "|".join("---" if c in ("trial", "status") else "---:" for c in columns)
                + "|")
   for r in table:
-    lines.append("| " + " | ".join(_cell(c, r[c], r is top) for c in columns) + " |")
+    lines.append("| " + " | ".join(_cell(c, r.get(c), r is top) for c in columns) + " |")
   failed = [r for r in table if r["error"]]
   if failed:
     lines += ["", "Errors:", ""] + [f"- `{r['trial']}`: {r['error']}" for r in failed]
@@ -95,22 +98,28 @@ def _cell(column: str, value: Any, bold: bool) -> str:
     return f"**{value}**" if bold else value
   if column in ("wall_time_s", "tokens_per_second"):
     return f"{value:.0f}"
-  if column.endswith("_loss"):
+  if column.endswith("_loss") or column.startswith(EVAL_PREFIX):
     return f"{value:.4f}"
   return spec.format_value(value)
 
 
 def write_csv(table: list[dict], path: pathlib.Path) -> None:
-  columns = ["trial", *_swept_keys(table), *COLUMNS]
+  columns = ["trial", *_swept_keys(table), *COLUMNS, *_eval_keys(table)]
   with open(path, "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=columns)
     writer.writeheader()
     for r in table:
-      writer.writerow({c: "" if r[c] is None else r[c] for c in columns})
+      writer.writerow({c: "" if r.get(c) is None else r[c] for c in columns})
 
 
 def _swept_keys(table: list[dict]) -> list[str]:
-  return [k for k in table[0] if k != "trial" and k not in COLUMNS] if table else []
+  return [k for k in table[0] if k != "trial" and k not in COLUMNS
+          and not k.startswith(EVAL_PREFIX)] if table else []
+
+
+def _eval_keys(table: list[dict]) -> list[str]:
+  """The eval/NAME/metric columns of any trial, in first-seen order."""
+  return list(dict.fromkeys(k for r in table for k in r if k.startswith(EVAL_PREFIX)))
 
 
 def plot_curves(trials: list[spec.Trial], layout: runner.Layout, path: pathlib.Path,

@@ -187,3 +187,26 @@ def test_treadle_plot_bad_flags_are_one_line_exit_2(tmp_path, args, message):
   assert proc.returncode == 2, proc.stderr
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+
+
+def test_eval_task_scores_are_columns_of_their_last_evaluation(tmp_path):
+  """eval.tasks metrics (eval/NAME/acc): the value of each trial's last evaluation, after
+  the fixed columns, in the Markdown and the CSV; a trial without them leaves them empty."""
+  layout = runner.Layout(tmp_path / "root")
+  t = spec.expand(SWEEP)
+  scored = [*FINISHED_ROWS[:5], {"step": 10, "eval/mc/acc": 0.25, "eval/mc/acc_norm": 0.5},
+            *FINISHED_ROWS[5:7], {"step": 20, "eval/mc/acc": 0.75, "eval/mc/acc_norm": 0.625},
+            *FINISHED_ROWS[7:]]
+  _write_trial(layout, t[0], scored, "finished")
+  _write_trial(layout, t[1], FINISHED_ROWS, "finished")
+  report.write(SWEEP, t[:2], layout, "experiments/r/sweep.py")
+  rows = report.rows(SWEEP, t[:2], layout)
+  assert rows[0]["eval/mc/acc"] == 0.75 and rows[0]["eval/mc/acc_norm"] == 0.625
+  assert "eval/mc/acc" not in rows[1] and "eval/mc/acc" not in report._swept_keys(rows)
+  lines = (layout.root / "report.md").read_text().splitlines()
+  assert any(line.endswith("| tokens/s | eval/mc/acc | eval/mc/acc_norm |") for line in lines)
+  assert any(line.startswith(f"| **{t[0].name}** |") and line.endswith("| 0.7500 | 0.6250 |")
+             for line in lines)  # (the best trial, in bold)
+  with open(layout.root / "report.csv") as f:
+    table = list(csv.DictReader(f))
+  assert table[0]["eval/mc/acc"] == "0.75" and table[1]["eval/mc/acc"] == ""
