@@ -61,6 +61,10 @@ LM_MODEL = (
     Key("use_bias", False, None, "biases in Linear and LayerNorm (nanoGPT: False)"),
     Key("compute_dtype", "float32", one_of("float32", "bfloat16"),
         "float32 | bfloat16 (params stay float32)"),
+    Key("parametrization", "sp", one_of("sp", "mup"),
+        "sp (standard) | mup (maximal update: hidden init and Adam/Lion lr / m, logits / m, "
+        "m = embed_dim / mup_base_width)"),
+    Key("mup_base_width", 128, POSITIVE, "mup: the embed_dim at which mup equals sp"),
     Key("num_experts", 0, NON_NEGATIVE,
         "mixture of experts: experts per MoE block; 0 = dense MLP everywhere"),
     Key("experts_per_token", 2, POSITIVE, "MoE: experts each token is routed to (top-k)"),

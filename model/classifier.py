@@ -85,7 +85,7 @@ def _vit_block_config(cfg: ClassifierConfig, num_patches: int) -> gpt.ModelConfi
       rope_high_freq_factor=4.0, rope_original_max_len=8192, attn_head_dim=0, norm_eps=0.0,
       qkv_bias=False, qk_norm=False, logit_softcap=0.0, tie_embeddings=True, dropout=cfg.dropout,
       use_bias=False, compute_dtype="float32", vocab_multiple=8, scan_layers=False,
-      remat="none", num_experts=0, experts_per_token=2, moe_every=1, moe_hidden_dim=0,
+      remat="none", parametrization="sp", mup_base_width=cfg.embed_dim, num_experts=0, experts_per_token=2, moe_every=1, moe_hidden_dim=0,
       num_shared_experts=0, shared_expert_gate=False, router_norm_topk=False,
       capacity_factor=0.0, router_aux_loss_coef=0.0, router_z_loss_coef=0.0, lora_rank=0,
       lora_alpha=16.0, lora_targets="attn")

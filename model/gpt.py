@@ -6,6 +6,7 @@ logit soft-cap, layers stacked and scanned, rematerialisation, LoRA adapters, mi
 experts feed-forward blocks (model/moe.py).
 """
 import dataclasses
+import math
 from typing import Any
 
 import jax
@@ -62,6 +63,8 @@ class ModelConfig:
   vocab_multiple: int
   scan_layers: bool
   remat: str
+  parametrization: str
+  mup_base_width: int
   num_experts: int
   experts_per_token: int
   moe_every: int
@@ -95,6 +98,10 @@ class ModelConfig:
       raise ValueError("model.rope_scaling=llama3 needs rope_scaling_factor > 0, "
                        "rope_original_max_len > 0 and 0 < rope_low_freq_factor < "
                        "rope_high_freq_factor")
+    if self.parametrization == "mup" and not self.attn_head_dim and (
+        self.mup_base_width % self.num_heads):
+      raise ValueError(f"model.mup_base_width={self.mup_base_width} is not divisible by "
+                       f"model.num_heads={self.num_heads} (the base width's head dim)")
     self._check_moe()
     self._check_lora()
 
@@ -152,6 +159,25 @@ class ModelConfig:
   @property
   def norm_epsilon(self) -> float:
     return self.norm_eps or (1e-6 if self.norm == "rmsnorm" else 1e-5)
+
+  @property
+  def width_mult(self) -> float:
+    """mup's m = embed_dim / mup_base_width; 1 under sp (and at the base width)."""
+    return self.embed_dim / self.mup_base_width if self.parametrization == "mup" else 1.0
+
+  @property
+  def hidden_init_scale(self) -> float:
+    """Hidden matrices' init std multiplier: 1 / sqrt(m) (variance / m) under mup."""
+    return 1.0 / math.sqrt(self.width_mult)
+
+  @property
+  def attention_scale_mult(self) -> float:
+    """Attention scores are q.k / sqrt(d_head) x this: sqrt(d_base / d_head) under mup, where
+    d_base is the head dim at the base width, so q.k x sqrt(d_base) / d_head (1 at the base)."""
+    if self.parametrization != "mup":
+      return 1.0
+    base_head_dim = self.attn_head_dim or self.mup_base_width // self.num_heads
+    return math.sqrt(base_head_dim / self.head_dim)
 
   @property
   def expert_hidden_dim(self) -> int:
@@ -332,6 +358,8 @@ class Decoder(nnx.Module):
     else:
       logits_BTV = jnp.einsum("btd,dv->btv", x_BTD, self.lm_head[...].astype(cfg.dtype),
                               preferred_element_type=jnp.float32)
+    if cfg.parametrization == "mup":  # mup's readout: logits / m
+      logits_BTV = logits_BTV * (1.0 / cfg.width_mult)
     if cfg.logit_softcap:
       logits_BTV = cfg.logit_softcap * jnp.tanh(logits_BTV / cfg.logit_softcap)
     if cfg.padded_vocab_size != cfg.vocab_size:

@@ -87,7 +87,9 @@ class Projection(nnx.Module):
   def __init__(self, cfg, name: str, shape, names, n_in: int, std: float, rngs: nnx.Rngs):
     self.n_in = n_in
     self.dtype = cfg.dtype
-    self.w = axes.param(nnx.initializers.normal(std), rngs.params(), shape, names)
+    # every Projection is a hidden matrix: under mup its init variance is divided by m
+    self.w = axes.param(nnx.initializers.normal(std * cfg.hidden_init_scale), rngs.params(),
+                        shape, names)
     has_bias = cfg.use_bias or (cfg.qkv_bias and name in ("qkv", "q", "kv"))
     self.bias = (axes.param(nnx.initializers.zeros, rngs.params(), shape[n_in:], names[n_in:])
                  if has_bias else None)
@@ -234,8 +236,11 @@ class Attention(nnx.Module):
 
   def _scores(self, q_BTGRK, keys, kv: str):
     # scores and softmax in fp32: bf16 exp overflows and loses probability mass
-    return jnp.einsum(f"btgrk,{kv}->bgtrs", q_BTGRK, keys.astype(self.cfg.dtype),
-                      preferred_element_type=jnp.float32) / math.sqrt(q_BTGRK.shape[-1])
+    scores = jnp.einsum(f"btgrk,{kv}->bgtrs", q_BTGRK, keys.astype(self.cfg.dtype),
+                        preferred_element_type=jnp.float32) / math.sqrt(q_BTGRK.shape[-1])
+    if self.cfg.attention_scale_mult != 1.0:  # mup away from its base width
+      scores = scores * self.cfg.attention_scale_mult
+    return scores
 
   def _probs(self, scores, mask_BTS, key):
     scores = jnp.where(mask_BTS[:, None, :, None], scores, jnp.finfo(jnp.float32).min)

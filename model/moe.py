@@ -49,7 +49,8 @@ class ExpertWeight(nnx.Module):
   """One matrix per expert, [E, in, out...], with an optional per-expert LoRA adapter."""
 
   def __init__(self, cfg, name: str, shape, names, std: float, rngs: nnx.Rngs):
-    self.w = axes.param(nnx.initializers.normal(std), rngs.params(), shape, names)
+    self.w = axes.param(nnx.initializers.normal(std * cfg.hidden_init_scale), rngs.params(),
+                        shape, names)  # a hidden matrix per expert (mup: variance / m)
     self.lora = ExpertLora(cfg, shape, names, rngs) if name in cfg.lora_weights else None
 
   def value(self, dtype) -> jax.Array:

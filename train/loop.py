@@ -74,7 +74,7 @@ def prepare(cfg: config_lib.RunConfig, workdir) -> Run:
   _check_batch(cfg.train, mesh)
   metrics_lib.check_wandb(cfg.train.wandb_project)
   graphdef, abstract_params, specs = state_lib.model_graph(cfg.model)
-  tx = optimizer.build(cfg.optimizer, cfg.train.num_steps, specs)
+  tx = optimizer.build(cfg.optimizer, cfg.train.num_steps, specs, _hidden_lr_scale(cfg.model))
   if cfg.finetune.lora_rank:
     tx = finetune.freeze_base(tx, abstract_params)
   shardings = state_lib.shardings(cfg.model, tx, mesh, rules)
@@ -91,6 +91,12 @@ def prepare(cfg: config_lib.RunConfig, workdir) -> Run:
             train_step, eval_step, jax.process_index() == 0, scorer)
   task.attach(run)
   return run
+
+
+def _hidden_lr_scale(model_cfg) -> float | None:
+  """mup: 1/m for the hidden matrices' Adam/Lion lr; None under sp (or a non-decoder model)."""
+  return (1.0 / model_cfg.width_mult
+          if getattr(model_cfg, "parametrization", "sp") == "mup" else None)
 
 
 def _data_source(cfg: config_lib.RunConfig) -> str:

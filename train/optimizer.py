@@ -96,22 +96,43 @@ def _muon(cfg: config_lib.OptimizerConfig, lr: optax.Schedule,
   return optax.partition({"muon": muon, "adamw": _adamw(cfg, lr)}, labels)
 
 
-def build(cfg: config_lib.OptimizerConfig, num_steps: int,
-          param_specs: Any = None) -> optax.GradientTransformation:
+def _lion(cfg: config_lib.OptimizerConfig, lr: optax.Schedule) -> optax.GradientTransformation:
+  return optax.lion(lr, b1=cfg.beta1, b2=cfg.beta2, weight_decay=cfg.weight_decay,
+                    mask=_decay_mask)
+
+
+def _hidden_scaled(make, cfg: config_lib.OptimizerConfig, lr: optax.Schedule, param_specs: Any,
+                   hidden_lr_scale: float) -> optax.GradientTransformation:
+  """mup: the optimizer `make` with lr x hidden_lr_scale (1/m) on the hidden matrices (the
+  params Muon would take: named input and output dims, no vocab) and lr on the rest."""
+  if param_specs is None:
+    raise ValueError("model.parametrization='mup' needs the params' logical axis specs")
+  hidden = jax.tree.map(lambda d: "vector" if d is None else "hidden", _all_dims(param_specs),
+                        is_leaf=_is_dims)
+  return optax.partition({"hidden": make(cfg, lambda step: lr(step) * hidden_lr_scale),
+                          "vector": make(cfg, lr)}, hidden)
+
+
+def build(cfg: config_lib.OptimizerConfig, num_steps: int, param_specs: Any = None,
+          hidden_lr_scale: float | None = None) -> optax.GradientTransformation:
   """Global-norm clipping, then the optimizer cfg.name, all on schedule(cfg, num_steps).
 
-  param_specs: the logical axis names of every param (`state.model_graph(...)[2]`); only
-  'muon' reads them, to pick its matrices and their input/output dims, and requires them.
+  param_specs: the logical axis names of every param (`state.model_graph(...)[2]`); 'muon'
+  reads them, to pick its matrices and their input/output dims, and requires them.
   'lion' reads learning_rate, beta1, beta2 as optax.lion's (it wants a 3-10x smaller lr).
   Every optimizer shrinks matrices by learning_rate(t) * weight_decay per step.
+  hidden_lr_scale (mup: 1/m, `gpt.ModelConfig.width_mult`): AdamW's and Lion's lr on hidden
+  matrices is multiplied by it. Muon ignores it: its orthogonalised update already has a
+  spectral norm independent of width (scaled by the matrix's shape), which is what mup's lr
+  rule gives Adam; its AdamW part (embeddings, norms, biases) has mup's unscaled lr anyway.
   """
   lr = schedule(cfg, num_steps)
-  if cfg.name == "adamw":
-    opt = _adamw(cfg, lr)
-  elif cfg.name == "lion":
-    opt = optax.lion(lr, b1=cfg.beta1, b2=cfg.beta2, weight_decay=cfg.weight_decay,
-                     mask=_decay_mask)
-  else:
+  if cfg.name == "muon":
     opt = _muon(cfg, lr, param_specs)
+  elif hidden_lr_scale is not None:
+    opt = _hidden_scaled(_adamw if cfg.name == "adamw" else _lion, cfg, lr, param_specs,
+                         hidden_lr_scale)
+  else:
+    opt = (_adamw if cfg.name == "adamw" else _lion)(cfg, lr)
   parts = [optax.clip_by_global_norm(cfg.grad_clip_norm)] if cfg.grad_clip_norm > 0 else []
   return optax.chain(*parts, opt)
