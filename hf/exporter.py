@@ -41,6 +41,10 @@ def load_run(workdir, step=None, merge_lora: bool = False):
   model_cfg = cfg.model
   if model_cfg.lora_rank and not merge_lora:
     raise HfFormatError("a LoRA run: pass --merge_lora to fold the adapters into the weights")
+  if model_cfg.width_mult != 1.0:  # transformers' architectures have no mup multipliers
+    raise HfFormatError(f"model.parametrization=mup at width multiplier "
+                        f"{model_cfg.width_mult:g} (embed_dim / mup_base_width): its logit and "
+                        f"attention multipliers have no Hugging Face config field")
   architectures.export_architecture(dataclasses.replace(model_cfg, lora_rank=0))
   tokenizer = tokenizers.load(workdir)
   reader = checkpoint.reader(workdir)
