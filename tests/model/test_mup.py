@@ -122,3 +122,17 @@ def test_muon_keeps_its_lr_under_mup():
 def test_mup_base_width_must_give_whole_heads():
   with pytest.raises(ValueError, match="model.mup_base_width=30 is not divisible"):
     dataclasses.replace(SP, parametrization="mup", mup_base_width=30)
+
+
+def test_a_mup_run_trains_and_its_export_is_refused_in_one_line(tmp_path, text_file):
+  from tests.conftest import run_cli
+  workdir = tmp_path / "run"
+  run_cli("treadle.train.main", "--config", "configs/tiny.py", "--workdir", workdir,
+          f"--config.data.path={text_file}", "--config.train.num_steps=2",
+          "--config.model.parametrization=mup", "--config.model.mup_base_width=16")
+  proc = run_cli("treadle.hf.export_cli", f"--workdir={workdir}", f"--hf_dir={tmp_path / 'hf'}",
+                 check=False)
+  lines = [line for line in proc.stderr.splitlines() if line.strip()]
+  assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+  assert "model.parametrization=mup at width multiplier 2" in lines[0]
+  assert not (tmp_path / "hf").exists()
