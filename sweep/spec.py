@@ -13,9 +13,9 @@ A sweep file is Python with `get_sweep() -> spec.Sweep`:
         seeds=[0, 1])
 
 Axes blocks (Grid: every combination; Zip: equal-length lists taken together;
-Random: n distinct draws from a seeded generator) are combined with each other and with
-`seeds` (-> train.seed) as a Cartesian product. Every key is checked against the base
-config before anything runs.
+Random: n distinct draws from a seeded generator; IsoFLOP: model shapes and step counts per
+compute budget) are combined with each other and with `seeds` (-> train.seed) as a Cartesian
+product. Every key is checked against the base config before anything runs.
 """
 import dataclasses
 import hashlib
@@ -145,12 +145,75 @@ class Random:
 
 
 @dataclasses.dataclass(frozen=True)
+class IsoFLOP:
+  """Model shapes and step counts at fixed compute, for `treadle-scaling isoflop` (Chinchilla's
+  approach 2). For each budget C (FLOPs) and shape (every width x depth), the train.num_steps
+  that spends C = 6 N D: N the non-embedding parameters of the base config with `fixed` and
+  the shape, D = steps x train.batch_size x data.seq_len. A budget keeps the shapes that train
+  at least min_steps steps (rounding then misses C by under 5%) and within tokens_per_param;
+  3 or more (a parabola each)."""
+  budgets: Sequence[float]
+  widths: Sequence[int]                  # model.embed_dim
+  depths: Sequence[int]                  # model.num_layers
+  min_steps: int = 20
+  tokens_per_param: tuple[float, float] = (1.0, 1000.0)  # D/N: far from Chinchilla's ~20
+
+  KEYS = ("model.embed_dim", "model.num_layers", "train.num_steps")
+
+  def points(self, config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
+    """config: the base config with the sweep's fixed overrides."""
+    from treadle.sweep import scaling  # noqa: PLC0415 (scipy: only IsoFLOP sweeps need it)
+    self._check(scaling.MIN_BUDGET_RATIO)
+    sizes = sorted(self._size(config, w, d) + (w, d) for w in self.widths for d in self.depths)
+    low, high = self.tokens_per_param
+    points = []
+    for budget in sorted(self.budgets):
+      kept = []
+      for params, tokens_per_step, width, depth in sizes:
+        steps = round(budget / (6 * params * tokens_per_step))
+        if steps >= self.min_steps and low <= steps * tokens_per_step / params <= high:
+          kept.append(dict(zip(self.KEYS, (width, depth, steps))))
+      if len(kept) < 3:
+        raise SweepError(f"IsoFLOP: budget {budget:.3g} keeps {len(kept)} shape(s), a parabola "
+                         f"needs 3 (>= {self.min_steps} steps, tokens/param in "
+                         f"{list(self.tokens_per_param)}): change the widths, depths or budget")
+      points += kept
+    return points
+
+  def _check(self, min_ratio: float) -> None:
+    budgets = sorted(self.budgets)
+    if not budgets or not all(math.isfinite(b) and b > 0 for b in budgets):
+      raise SweepError(f"IsoFLOP: budgets {list(self.budgets)} must be positive FLOP counts")
+    if any(b2 < min_ratio * b1 for b1, b2 in zip(budgets, budgets[1:])):
+      raise SweepError(f"IsoFLOP: budgets {budgets} must be >= {min_ratio}x apart "
+                       "(treadle-scaling isoflop tells them apart by 6ND)")
+    if self.min_steps < 10:
+      raise SweepError(f"IsoFLOP: min_steps={self.min_steps}: >= 10, or rounding the steps "
+                       "misses the budget by over 5%")
+
+  @staticmethod
+  def _size(config: ml_collections.ConfigDict, width: int, depth: int) -> tuple[int, int]:
+    """(N, tokens per step) of the config with this shape."""
+    from treadle.sweep import scaling_data  # noqa: PLC0415 (imports jax)
+    from treadle.train import config as config_lib  # noqa: PLC0415
+    shaped = config.copy_and_resolve_references()
+    shaped.model.embed_dim, shaped.model.num_layers = width, depth
+    try:
+      return scaling_data.size(config_lib.split(shaped), f"IsoFLOP {width}x{depth}")
+    except ValueError as e:
+      raise SweepError(f"IsoFLOP: width {width}, depth {depth}: {e}") from None
+
+  def examples(self) -> dict[str, list[Any]]:
+    return dict(zip(self.KEYS, (list(self.widths), list(self.depths), [self.min_steps])))
+
+
+@dataclasses.dataclass(frozen=True)
 class Sweep:
   """A sweep file's content; see the module docstring."""
   name: str
   base_config: str                      # a config file, relative to the working directory
   fixed: dict[str, Any] = dataclasses.field(default_factory=dict)
-  axes: Sequence[Grid | Zip | Random] = ()
+  axes: Sequence[Grid | Zip | Random | IsoFLOP] = ()
   seeds: Sequence[int] = ()             # -> train.seed; empty = the base config's seed
   metric: str = "best_val_loss"         # what the report ranks and plots: one of METRICS
 
@@ -204,7 +267,8 @@ def _import_file(path, function: str):
 def expand(sweep: Sweep) -> list[Trial]:
   """Validates the sweep against its base config; returns its trials in a fixed order."""
   validate(sweep)
-  blocks = [block.points() for block in sweep.axes]
+  blocks = [block.points() if not isinstance(block, IsoFLOP) else block.points(_fixed(sweep))
+            for block in sweep.axes]
   if sweep.seeds:
     blocks.append([{SEED_KEY: int(s)} for s in sweep.seeds])
   points = [_merge(combo) for combo in itertools.product(*blocks)]
@@ -226,8 +290,8 @@ def validate(sweep: Sweep) -> None:
     raise SweepError(f"metric {sweep.metric!r} is not one of {list(METRICS)}")
   values: dict[str, list[Any]] = {k: [v] for k, v in sweep.fixed.items()}
   for block in sweep.axes:
-    if not isinstance(block, (Grid, Zip, Random)):
-      raise SweepError(f"axes: {block!r} is not a Grid, Zip or Random")
+    if not isinstance(block, (Grid, Zip, Random, IsoFLOP)):
+      raise SweepError(f"axes: {block!r} is not a Grid, Zip, Random or IsoFLOP")
     for key, examples in block.examples().items():
       if key in values:
         raise SweepError(f"{key} is set twice (fixed and/or in several axes)")
@@ -236,10 +300,29 @@ def validate(sweep: Sweep) -> None:
     if SEED_KEY in values:
       raise SweepError(f"{SEED_KEY} is set by `seeds` and elsewhere")
     values[SEED_KEY] = list(sweep.seeds)
+  _check_isoflop(sweep)
   config = load_config(sweep.base_config)
   for key, examples in values.items():
     for value in examples:
       check_override(config, key, value)
+
+
+def _check_isoflop(sweep: Sweep) -> None:
+  """One IsoFLOP block at most, and no other block changing N or D (its steps assume them)."""
+  count = sum(isinstance(b, IsoFLOP) for b in sweep.axes)
+  if count > 1:
+    raise SweepError("axes: more than one IsoFLOP block")
+  others = [b for b in sweep.axes if not isinstance(b, IsoFLOP)] if count else []
+  for key in (key for block in others for key in block.examples()):
+    if key.startswith("model.") or key in ("train.batch_size", "data.seq_len"):
+      raise SweepError(f"{key} varies N or D under IsoFLOP's step counts: set it in fixed")
+
+
+def _fixed(sweep: Sweep) -> ml_collections.ConfigDict:
+  config = load_config(sweep.base_config)
+  for key, value in sweep.fixed.items():
+    check_override(config, key, value)  # sets it
+  return config
 
 
 def check_override(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
