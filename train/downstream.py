@@ -97,11 +97,15 @@ def _request(tokenizer, context: str, continuation: str, window: int) -> tuple[l
   return whole[-(window + 1):], scored
 
 
+def read(spec: str) -> list[tuple[str, list[dict]]]:
+  """(name, rows) of every task of `spec`: the checks that need no tokenizer (TaskError)."""
+  return [(name, _rows(name, path)) for name, path in parse(spec)]
+
+
 def load(spec: str, tokenizer, window: int) -> list[Requests]:
   """The tasks of `spec`, tokenized for a model of context `window`; TaskError if bad."""
   out = []
-  for name, path in parse(spec):
-    rows = _rows(name, path)
+  for name, rows in read(spec):
     requests = []
     for r, row in enumerate(rows):
       for choice in row["choices"]:
@@ -155,10 +159,10 @@ class Scorer:
   """Scores `eval.tasks` with a run's current parameters: {"eval/NAME/acc": ...}."""
 
   def __init__(self, spec: str, tokenizer, window: int, graphdef, param_shardings, mesh,
-               rules, batch_size: int, process_index: int = 0, process_count: int = 1):
+               rules, batch_size: int):
     self.tasks = load(spec, tokenizer, window)
     self.batch_size, self.mesh = batch_size, mesh
-    self.process_index, self.process_count = process_index, process_count
+    self.process_index, self.process_count = jax.process_index(), jax.process_count()
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     stacked = mesh_lib.stacked_batch_sharding(mesh)
     self._score = jax.jit(functools.partial(_loglik, graphdef, rules, mesh),

@@ -65,6 +65,8 @@ def prepare(cfg: config_lib.RunConfig, workdir) -> Run:
   if init_dir is not None:
     workdir_lib.check_artifacts(init_dir, "train.init_from")
   workdir_lib.check_artifacts(workdir)  # before the task reads the workdir's tokenizer
+  if cfg.eval is not None and cfg.eval.tasks:
+    downstream.read(cfg.eval.tasks)  # a bad task file fails before the data is tokenized
   splits, cfg = task.load(cfg, workdir, init_dir)
   _check_saved_config(cfg, workdir)
   workdir_lib.check_data(workdir, splits, _data_source(cfg))
@@ -74,7 +76,8 @@ def prepare(cfg: config_lib.RunConfig, workdir) -> Run:
   _check_batch(cfg.train, mesh)
   metrics_lib.check_wandb(cfg.train.wandb_project)
   graphdef, abstract_params, specs = state_lib.model_graph(cfg.model)
-  tx = optimizer.build(cfg.optimizer, cfg.train.num_steps, specs, _hidden_lr_scale(cfg.model))
+  tx = optimizer.build(cfg.optimizer, cfg.train.num_steps, specs,
+                       optimizer.hidden_lr_scale(cfg.model))
   if cfg.finetune.lora_rank:
     tx = finetune.freeze_base(tx, abstract_params)
   shardings = state_lib.shardings(cfg.model, tx, mesh, rules)
@@ -82,21 +85,13 @@ def prepare(cfg: config_lib.RunConfig, workdir) -> Run:
   train_step, eval_step = step_lib.compile_steps(
       task, graphdef, tx, optimizer.schedule(cfg.optimizer, cfg.train.num_steps),
       cfg.train.grad_accum_steps, cfg.model.dropout > 0, rules, shardings, batch_sharding)
-  scorer = None
-  if cfg.eval is not None and cfg.eval.tasks:
-    scorer = downstream.Scorer(cfg.eval.tasks, splits.artifact, cfg.model.max_seq_len, graphdef,
-                               shardings.params, mesh, rules, cfg.train.batch_size,
-                               jax.process_index(), jax.process_count())
+  scorer = (downstream.Scorer(cfg.eval.tasks, splits.artifact, cfg.model.max_seq_len, graphdef,
+                              shardings.params, mesh, rules, cfg.train.batch_size)
+            if cfg.eval is not None and cfg.eval.tasks else None)
   run = Run(cfg, workdir, task, splits, mesh, shardings, batch_sharding, tx,
             train_step, eval_step, jax.process_index() == 0, scorer)
   task.attach(run)
   return run
-
-
-def _hidden_lr_scale(model_cfg) -> float | None:
-  """mup: 1/m for the hidden matrices' Adam/Lion lr; None under sp (or a non-decoder model)."""
-  return (1.0 / model_cfg.width_mult
-          if getattr(model_cfg, "parametrization", "sp") == "mup" else None)
 
 
 def _data_source(cfg: config_lib.RunConfig) -> str:

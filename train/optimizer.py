@@ -113,6 +113,13 @@ def _hidden_scaled(make, cfg: config_lib.OptimizerConfig, lr: optax.Schedule, pa
                           "vector": make(cfg, lr)}, hidden)
 
 
+def hidden_lr_scale(model_cfg) -> float | None:
+  """mup: 1/m for the hidden matrices' AdamW/Lion lr (`build`); None under sp (or for a
+  model without the key, the image models)."""
+  return (1.0 / model_cfg.width_mult
+          if getattr(model_cfg, "parametrization", "sp") == "mup" else None)
+
+
 def build(cfg: config_lib.OptimizerConfig, num_steps: int, param_specs: Any = None,
           hidden_lr_scale: float | None = None) -> optax.GradientTransformation:
   """Global-norm clipping, then the optimizer cfg.name, all on schedule(cfg, num_steps).

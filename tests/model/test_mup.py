@@ -25,8 +25,7 @@ def _train(model, opt_name="adamw", steps=3):
   trainer builds (mup: hidden lr x 1/m)."""
   opt = config_lib.section("optimizer", name=opt_name, warmup_steps=1)
   specs = state_lib.model_graph(model)[2]
-  scale = 1.0 / model.width_mult if model.parametrization == "mup" else None
-  tx = optimizer.build(opt, 10, specs, scale)
+  tx = optimizer.build(opt, 10, specs, optimizer.hidden_lr_scale(model))
   mesh = sharding.mesh_lib.make_mesh((1, 1, 1), jax.devices()[:1])
   shardings = state_lib.shardings(model, tx, mesh, sharding.mesh_lib.rules("dp"))
   state = state_lib.create(model, tx, 0, shardings)

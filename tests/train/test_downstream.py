@@ -1,6 +1,7 @@
 """eval.tasks: multiple-choice accuracy inside the training loop equals the same scoring
 computed outside it, from the checkpoint; bad task specs and files are one line, exit 2."""
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +10,7 @@ import pytest
 from flax import nnx
 
 from tests.conftest import metric_rows, run_cli
+from treadle.data import tokenizers
 from treadle.infer import sampler as sampler_lib
 from treadle.train import downstream
 
@@ -106,18 +108,27 @@ def test_request_layout_follows_lm_eval():
     ("mc={file}", [{"context": "ab", "choices": ["c", "d"], "label": 2}],
      "mc.jsonl:1: label 2 is not an index into its 2 choices"),
     ("mc={file}", [{"context": "ab", "choices": ["c"], "label": 0}], "mc.jsonl:1: needs"),
+    ("mc={file}", [{"context": "", "choices": ["c", "d"], "label": 0}], "empty context"),
     ("mc={file}", [{"context": "ab", "choices": ["c", "\u00e9"], "label": 0}], "mc: row 1:"),
 ])
-def test_bad_tasks_are_one_line_and_write_nothing(tmp_path, text_file, spec, rows, match):
+def test_bad_tasks_are_one_line_errors(tmp_path, spec, rows, match):
   file = tmp_path / "mc.jsonl"
   if rows is not None:
     file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  tokenizer = tokenizers.CharTokenizer("abcd")
+  with pytest.raises(downstream.TaskError, match=re.escape(match)) as raised:
+    downstream.load(spec.format(file=file, missing=tmp_path / "no.jsonl"), tokenizer, WINDOW)
+  assert "\n" not in str(raised.value)
+
+
+def test_a_bad_task_exits_2_in_one_line_and_writes_nothing(tmp_path, text_file):
+  file = tmp_path / "mc.jsonl"
+  file.write_text(json.dumps({"context": "ab", "choices": ["c", "d"], "label": 5}) + "\n")
   workdir = tmp_path / "run"
   proc = run_cli("treadle.train.main", "--config", "configs/tiny.py", "--workdir", workdir,
-                 f"--config.data.path={text_file}",
-                 "--config.eval.tasks=" + spec.format(file=file, missing=tmp_path / "no.jsonl"),
+                 f"--config.data.path={text_file}", f"--config.eval.tasks=mc={file}",
                  check=False)
   assert proc.returncode == 2, proc.stderr[-2000:]
   lines = [line for line in proc.stderr.splitlines() if line.strip()]
-  assert len(lines) == 1 and lines[0].startswith("error:") and match in lines[0], proc.stderr
+  assert len(lines) == 1 and lines[0].startswith("error:") and "label 5" in lines[0], proc.stderr
   assert not workdir.exists()
