@@ -4,8 +4,10 @@ Rows are lm-evaluation-harness's multiple-choice fields, {"context": str, "choic
 ...], "label": int}; each choice is appended to the context with no separator. A request is
 scored as lm-eval scores a loglikelihood request: whitespace ending the context moves to the
 front of the continuation; the continuation's tokens are those of encode(context +
-continuation) after the context's own tokens; a request longer than the model's window + 1
-keeps its last window + 1 tokens (the context is cut from the left). acc is the share of rows
+continuation) after the context's own tokens; a request longer than the model's window - 1
+keeps its last window - 1 tokens (the context is cut from the left), as lm-eval's API models
+(`local-completions` through treadle-serve, max_length = the model's context) keep
+max_length - 1, one position left for the token they ask the server to generate. acc is the share of rows
 whose label has the highest summed log-probability; acc_norm divides each choice's by its
 length in characters (lm-eval's acc_norm).
 
@@ -91,10 +93,11 @@ def _request(tokenizer, context: str, continuation: str, window: int) -> tuple[l
   context_ids = [int(t) for t in tokenizer.encode(context)]
   whole = [int(t) for t in tokenizer.encode(context + continuation)]
   scored = len(whole) - len(context_ids)
-  if scored < 1 or scored > window:
+  keep = window - 1  # lm-eval's API models: max_length - 1 tokens
+  if scored < 1 or scored >= keep:
     raise TaskError(f"a continuation of {scored} tokens (of {continuation!r}): it must be "
-                    f"1 to the model's window ({window})")
-  return whole[-(window + 1):], scored
+                    f"1 to {keep - 1} (the model's window {window} - 2)")
+  return whole[-keep:], scored
 
 
 def read(spec: str) -> list[tuple[str, list[dict]]]:

@@ -50,9 +50,10 @@ def scored_run(tmp_path_factory, text_file):
 
 
 def _loglik(sampler, forward, context: str, choice: str) -> float:
-  """Summed log-probability of `choice` after `context` (the last WINDOW + 1 tokens), with
-  the whitespace ending the context scored as part of it (lm-eval moves it there)."""
-  ids = [int(t) for t in sampler.tokenizer.encode(context + choice)][-(WINDOW + 1):]
+  """Summed log-probability of `choice` after `context` (the last WINDOW - 1 tokens, as
+  lm-eval's local-completions keeps with max_length = WINDOW), with the whitespace ending the
+  context scored as part of it (lm-eval moves it there)."""
+  ids = [int(t) for t in sampler.tokenizer.encode(context + choice)][-(WINDOW - 1):]
   n = len(sampler.tokenizer.encode(choice)) + len(context) - len(context.rstrip())
   padded = np.zeros((1, WINDOW), np.int32)  # right padding: invisible to a causal model
   padded[0, :len(ids) - 1] = ids[:-1]
@@ -78,7 +79,7 @@ def test_in_loop_accuracy_equals_scoring_the_checkpoint(scored_run):
   evals = [r for r in metric_rows(workdir) if "eval/mc/acc" in r]
   assert [r["step"] for r in evals] == [10, 20, 30]  # every evaluation (tiny: eval_every 10)
   assert all("val_loss" in r and "eval/short/acc_norm" in r for r in evals)
-  assert any(len(r["context"]) + min(map(len, r["choices"])) > WINDOW + 1 for r in rows)
+  assert any(len(r["context"]) + min(map(len, r["choices"])) > WINDOW - 1 for r in rows)
   assert any(r["context"] != r["context"].rstrip() for r in rows)
   expected = outside_the_loop(workdir, rows)
   assert evals[-1]["eval/mc/acc"] == pytest.approx(expected["acc"], abs=1e-9)
@@ -97,7 +98,7 @@ def test_request_layout_follows_lm_eval():
   tokens, scored = downstream._request(Words(), "the cat ", "sat", 8)
   assert scored == 1 and len(tokens) == 3  # "the", " cat", " sat"
   tokens, scored = downstream._request(Words(), "a b c d e f g h i j", " k", 4)
-  assert len(tokens) == 5 and scored == 1  # cut from the left to window + 1
+  assert len(tokens) == 3 and scored == 1  # cut from the left to window - 1
 
 
 @pytest.mark.parametrize("spec,rows,match", [
