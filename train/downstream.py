@@ -114,9 +114,7 @@ def load(spec: str, tokenizer, window: int) -> list[Requests]:
       for choice in row["choices"]:
         try:
           tokens, scored = _request(tokenizer, row["context"], choice, window)
-        except TaskError as e:
-          raise TaskError(f"eval.tasks: {name}: row {r + 1}: {e}") from None
-        except ValueError as e:  # a character the tokenizer does not know
+        except ValueError as e:  # a TaskError, or a character the tokenizer does not know
           raise TaskError(f"eval.tasks: {name}: row {r + 1}: {e}") from None
         requests.append((tokens, scored, r, len(choice)))
     length = max(len(t) for t, *_ in requests)

@@ -54,6 +54,7 @@ def main(argv) -> None:
   from treadle.common import logs
   from treadle.train import background
   from treadle.train import loop
+  from treadle.train import reporting
   logs.setup()
   quiet = background.Quiet().install()  # a failed disk: one line, not Orbax's thread tracebacks
   try:
@@ -69,9 +70,7 @@ def main(argv) -> None:
     entry.fail(background.describe(disk, _WORKDIR.value))
   if (disk := quiet.disk_error(None)) is not None:  # only a thread saw it: not all was saved
     entry.fail(background.describe(disk, _WORKDIR.value))
-  # per-expert loads ("expert_load/layer0/e3") are in metrics.jsonl, not the log line
-  shown = {k: v for k, v in summary.items() if "/" not in k}
-  logging.getLogger("treadle").info("finished: %s", shown)
+  logging.getLogger("treadle").info("finished: %s", reporting.shown(summary))
   if summary["outcome"] == "interrupted" or interrupts.received_outside_training():
     sys.exit(interrupts.EXIT_CODE)
 

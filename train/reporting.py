@@ -11,6 +11,12 @@ import tqdm
 log = logging.getLogger("treadle")
 
 
+def shown(metrics: dict) -> dict:
+  """The metrics a log line shows: all but the per-expert loads ("val_expert_load/layer0/e3":
+  dozens of them), which go to metrics.jsonl and TensorBoard."""
+  return {k: v for k, v in metrics.items() if "expert_load/" not in k}
+
+
 def _duration(seconds: float) -> str:
   seconds = int(seconds)
   h, m, s = seconds // 3600, seconds // 60 % 60, seconds % 60
@@ -50,10 +56,8 @@ class Display:
     self.bar.set_postfix(val_loss=f"{metrics['val_loss']:.4f}")
     if not self.enabled or self.interactive:
       return
-    # per-expert loads ("val_expert_load/layer0/e3": dozens of them) go to metrics.jsonl and
-    # TensorBoard, not to the log line
     values = "  ".join(f"{k.replace('_', ' ', 1) if k.startswith('val_') else k} {v:.4f}"
-                       for k, v in metrics.items() if "expert_load/" not in k)
+                       for k, v in shown(metrics).items())
     note = "before training" if best is None else f"best val loss {best:.4f}"
     log.info("step %d/%d  %s  (%s)", step, self.num_steps, values, note)
 
