@@ -17,6 +17,7 @@ from treadle.configs import base
 from treadle.model import axes
 from treadle.model import layers
 from treadle.model import moe
+from treadle.model import quant
 from treadle.model.layers import DecodeState, LayerCache  # noqa: F401  (the cache types, re-exported)
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -356,8 +357,13 @@ class Decoder(nnx.Module):
       logits_BTV = jnp.einsum("btd,vd->btv", x_BTD, self.token_embed[...].astype(cfg.dtype),
                               preferred_element_type=jnp.float32)
     else:
-      logits_BTV = jnp.einsum("btd,dv->btv", x_BTD, self.lm_head[...].astype(cfg.dtype),
-                              preferred_element_type=jnp.float32)
+      head = quant.value(self.lm_head)
+      if isinstance(head, quant.QWeight):  # int8 [D, V] with scales [1, V]: (x . q) * scale
+        logits_BTV = jnp.einsum("btd,dv->btv", x_BTD, head.q.astype(cfg.dtype),
+                                preferred_element_type=jnp.float32) * head.scale[0]
+      else:
+        logits_BTV = jnp.einsum("btd,dv->btv", x_BTD, head.astype(cfg.dtype),
+                                preferred_element_type=jnp.float32)
     if cfg.parametrization == "mup":  # mup's readout: logits / m
       logits_BTV = logits_BTV * (1.0 / cfg.width_mult)
     if cfg.logit_softcap:

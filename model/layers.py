@@ -15,6 +15,7 @@ import numpy as np
 from flax import nnx
 
 from treadle.model import axes
+from treadle.model import quant
 
 
 class LayerCache(NamedTuple):
@@ -97,7 +98,8 @@ class Projection(nnx.Module):
                  if name in cfg.lora_weights else None)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    y = jnp.tensordot(x, self.w[...].astype(self.dtype), self.n_in)
+    # an int8 QWeight (model/quant.py) is dequantised inside the matmul: (x . q) * scale
+    y = quant.contract(x, quant.value(self.w), self.n_in, self.dtype)
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
     if self.lora is not None:

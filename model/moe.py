@@ -22,6 +22,7 @@ from flax import nnx
 
 from treadle.model import axes
 from treadle.model import layers
+from treadle.model import quant
 
 
 class Routing(NamedTuple):
@@ -55,7 +56,9 @@ class ExpertWeight(nnx.Module):
 
   def value(self, dtype) -> jax.Array:
     """The weight the experts use (with the adapter's low-rank update added)."""
-    w = self.w[...]
+    w = quant.value(self.w)
+    if isinstance(w, quant.QWeight):  # int8: the dispatch paths gather whole expert weights
+      w = w.dequantize(jnp.float32 if self.lora is not None else dtype)
     if self.lora is not None:
       w = w + self.lora.delta()
     return w.astype(dtype)
