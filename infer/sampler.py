@@ -10,8 +10,12 @@ import numpy as np
 
 from treadle.data import streaming
 from treadle.data import tokenizers
+from treadle.infer import drafting
+from treadle.infer import quantized
 from treadle.model import decode
 from treadle.model import lora
+from treadle.model import quant
+from treadle.model import speculative
 from treadle.train import checkpoint
 from treadle.train import config as config_lib
 from treadle.train import mesh as mesh_lib
@@ -58,9 +62,17 @@ class Sampler:
   """Generates from a trained run. Build with `Sampler.from_workdir(DIR)`."""
 
   def __init__(self, cfg: config_lib.RunConfig, tokenizer, params, mesh, step: int,
-               dtype: str | None = None):
+               dtype: str | None = None, draft: drafting.Draft | None = None,
+               quantize: str | None = None):
     """`dtype` ("float32" or "bfloat16"; default: the run's compute dtype) is the dtype of
-    the floating weights and of the computation: weights are cast once, here."""
+    the floating weights and of the computation: weights are cast once, here. `draft`
+    (drafting.from_workdir or drafting.ngram) decodes speculatively: the same greedy text,
+    the same sampling distribution, fewer target passes when the draft guesses well.
+    `quantize` ("int8") stores the decoder's matrices as int8 with per-output-channel
+    scales (model/quant.py), quantized from the float weights given, before any cast."""
+    quant.check_mode(quantize)
+    if quantize and not quant.is_quantized(params):
+      params = quant.quantize_placed(params, cfg.model)
     if dtype is not None:
       cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, compute_dtype=dtype))
       params = cast_weights(params, cfg.model.dtype)  # the model checks the dtype name
@@ -77,19 +89,42 @@ class Sampler:
     self._decode = jax.jit(self._decode_fn, in_shardings=(param_shardings, replicated,
                                                            replicated, replicated),
                            out_shardings=replicated, donate_argnums=1)
+    self.draft = draft
+    self.acceptance = (0, 0)  # (accepted, proposed) draft tokens of the last generate/stream
+    if draft is not None:
+      drafting.check(draft, self.window)
+      self._weights = (params, draft.params)
+      self._prefill = jax.jit(self._spec_prefill_fn, static_argnums=(3,),
+                              out_shardings=replicated)
+      self._decode = jax.jit(self._spec_decode_fn, out_shardings=replicated, donate_argnums=1)
+    else:
+      self._weights = params
 
   @classmethod
   def from_workdir(cls, workdir, step: int | str | None = None,
                    mesh_shape: tuple[int, int, int] = (-1, 1, 1), rules: str = "dp",
                    devices=None, merge_lora: bool = False,
-                   dtype: str | None = None) -> "Sampler":
+                   dtype: str | None = None, draft_workdir=None, draft: str | None = None,
+                   num_draft_tokens: int = drafting.DEFAULT_NUM_DRAFT_TOKENS,
+                   quantize: str | None = None) -> "Sampler":
     """Loads parameters only (step None = latest, "best", or a number) onto a mesh over
     `devices` (default all), sharded by the rule preset `rules`.
 
     A LoRA run samples through its adapters, or with `merge_lora` through base weights
     with the adapters folded in (one plain model, no adapter matmuls). `dtype`
     ("bfloat16": half the weight bytes each decode step reads; default: the run's compute
-    dtype, float32 weights) casts the weights as they are read (after merging adapters)."""
+    dtype, float32 weights) casts the weights as they are read (after merging adapters).
+    `quantize` ("int8"): see __init__; a run written by treadle-quantize loads as int8
+    whatever `quantize` says.
+
+    Speculative decoding: `draft_workdir` (a smaller run or imported model with this
+    tokenizer) or `draft="ngram"` (prompt lookup), proposing `num_draft_tokens` per round."""
+    if draft_workdir is not None and draft is not None:
+      raise ValueError("give a draft workdir or draft='ngram', not both")
+    if draft is not None and draft != drafting.NGRAM:
+      raise ValueError(f"draft={draft!r}: the only built-in draft is {drafting.NGRAM!r} "
+                       "(a draft model is a draft workdir)")
+    quant.check_mode(quantize)
     workdir = pathlib.Path(workdir)
     cfg = config_lib.from_run(workdir)
     workdir_lib.check_artifacts(workdir)  # tokenizer.json as training wrote it
@@ -104,8 +139,14 @@ class Sampler:
     # the model config checks the name, before any tensor is read
     weights = dataclasses.replace(cfg.model, compute_dtype=dtype).dtype if dtype else None
     merging = merge_lora and cfg.model.lora_rank  # merges in float32; __init__ casts after
-    params, step = checkpoint.load_params(workdir, step, cfg.model, shardings,
-                                          None if merging else weights)
+    if quantized.recorded(workdir):
+      if merging:
+        raise ValueError(f"--merge_lora: {str(workdir)!r} is quantized (treadle-quantize); "
+                         "its LoRA adapters stay float and unmerged")
+      params, step = quantized.load_params(workdir, step, cfg.model, shardings)
+    else:  # quantizing reads float32 too: the int8 values come from the unrounded weights
+      params, step = checkpoint.load_params(workdir, step, cfg.model, shardings,
+                                            None if merging or quantize else weights)
     if merging:
       merged_cfg = dataclasses.replace(cfg.model, lora_rank=0)
       merged_shardings = mesh_lib.param_shardings(state_lib.model_graph(merged_cfg)[2], mesh,
@@ -113,7 +154,13 @@ class Sampler:
       params = jax.jit(lambda p: lora.merge(p, cfg.model)[0],
                        out_shardings=merged_shardings)(params)
       cfg = dataclasses.replace(cfg, model=merged_cfg)
-    return cls(cfg, tokenizer, params, mesh, step, dtype)
+    spec = None
+    if draft_workdir is not None:
+      spec = drafting.from_workdir(draft_workdir, cfg.model, tokenizer, mesh, num_draft_tokens,
+                                   dtype)
+    elif draft is not None:
+      spec = drafting.ngram(num_draft_tokens)
+    return cls(cfg, tokenizer, params, mesh, step, dtype, spec, quantize=quantize)
 
   # -- jitted pieces ---------------------------------------------------------------------
 
@@ -125,6 +172,38 @@ class Sampler:
 
   def _decode_fn(self, params, carry, num_steps, sampling):
     return decode.decode_steps(decode.merge(self.graphdef, params), carry, num_steps, sampling)
+
+  def _models(self, weights):
+    target = decode.merge(self.graphdef, weights[0])
+    draft_model = None if self.draft.cfg is None else decode.merge(self.draft.graphdef, weights[1])
+    return target, self.draft.spec(draft_model)
+
+  def _spec_prefill_fn(self, weights, tokens_BN, pad_B, prompt_len: int, key, sampling,
+                       first_row, stop_ids_K):
+    target, spec = self._models(weights)
+    return speculative.prefill(target, spec, tokens_BN, pad_B, prompt_len, key, sampling,
+                               first_row, stop_ids_K)
+
+  def _spec_decode_fn(self, weights, carry, num_steps, sampling):
+    target, spec = self._models(weights)
+    return speculative.decode_steps(target, spec, carry, num_steps, sampling)
+
+  @property
+  def weights_bytes(self) -> int:
+    """Resident bytes of the model's parameters (int8 values and scales as stored)."""
+    return quant.weights_bytes(self.params)
+
+  @property
+  def acceptance_rate(self) -> float | None:
+    """Accepted / proposed draft tokens in the last generate or stream (None: no draft or
+    nothing proposed)."""
+    accepted, proposed = self.acceptance
+    return accepted / proposed if proposed else None
+
+  def _record(self, carry) -> None:
+    if self.draft is not None:
+      accepted, proposed = jax.device_get((carry.accepted_B.sum(), carry.proposed_B.sum()))
+      self.acceptance = (int(accepted), int(proposed))
 
   # -- public API ------------------------------------------------------------------------
 
@@ -149,14 +228,14 @@ class Sampler:
     sampling = decode.SamplingParams(jnp.float32(temperature), jnp.int32(top_k),
                                      jnp.float32(top_p))
     stop_ids = decode.stop_ids(() if ignore_eos else self.stop_ids)
-    carry = self._prefill(self.params, tokens, pad, prompt_len, jax.random.key(seed), sampling,
-                          jnp.int32(first_row), stop_ids)
+    carry = self._prefill(self._weights, tokens, pad, prompt_len, jax.random.key(seed),
+                          sampling, jnp.int32(first_row), stop_ids)
     return carry, sampling, prompt_len, ids
 
   def compile(self, prompts: Sequence[str], max_new_tokens: int) -> None:
     """Compiles (and runs once, zero decode steps) for these prompt and output lengths."""
     carry, sampling, _, _ = self._start(list(prompts), max_new_tokens, 0.0, 0, 1.0, 0)
-    jax.block_until_ready(self._decode(self.params, carry, jnp.int32(0), sampling))
+    jax.block_until_ready(self._decode(self._weights, carry, jnp.int32(0), sampling))
 
   def generate(self, prompts: str | Sequence[str], max_new_tokens: int = 200,
                temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
@@ -169,7 +248,8 @@ class Sampler:
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     carry, sampling, prompt_len, ids = self._start(prompts, max_new_tokens, temperature, top_k,
                                                    top_p, seed, ignore_eos=ignore_eos)
-    carry = self._decode(self.params, carry, jnp.int32(max_new_tokens - 1), sampling)
+    carry = self._decode(self._weights, carry, jnp.int32(max_new_tokens - 1), sampling)
+    self._record(carry)
     new = np.asarray(jax.device_get(carry.tokens_BN))[:, prompt_len:prompt_len + max_new_tokens]
     out = []
     for prompt, prompt_ids, row in zip(prompts, ids, new):
@@ -208,14 +288,18 @@ class Sampler:
       if text.done:
         return
       steps = min(chunk_tokens, text.max_tokens - produced)
-      carry = self._decode(self.params, carry, jnp.int32(steps), sampling)
+      carry = self._decode(self._weights, carry, jnp.int32(steps), sampling)
+      self._record(carry)
       produced += steps
 
 
 def cast_weights(params, dtype):
-  """Floating weights in `dtype`, on the shardings they had (no work if they already are)."""
-  floating = lambda x: jnp.issubdtype(x.dtype, jnp.floating)
-  if all(x.dtype == dtype for x in jax.tree.leaves(params) if floating(x)):
+  """Floating weights in `dtype`, on the shardings they had (no work if they already are);
+  the float32 scales of int8 weights stay float32."""
+  is_q = lambda x: isinstance(x, quant.QWeight)
+  floating = lambda x: not is_q(x) and jnp.issubdtype(x.dtype, jnp.floating)
+  if all(x.dtype == dtype for x in jax.tree.leaves(params, is_leaf=is_q) if floating(x)):
     return params
-  return jax.jit(lambda p: jax.tree.map(lambda x: x.astype(dtype) if floating(x) else x, p),
-                 out_shardings=jax.tree.map(lambda x: x.sharding, params))(params)
+  cast = lambda p: jax.tree.map(lambda x: x.astype(dtype) if floating(x) else x, p,
+                                is_leaf=is_q)
+  return jax.jit(cast, out_shardings=jax.tree.map(lambda x: x.sharding, params))(params)

@@ -66,37 +66,44 @@ def _token_keys(carry_keys_B: jax.Array, index) -> jax.Array:
   return jax.vmap(lambda k: jax.random.fold_in(k, index))(carry_keys_B)
 
 
-def sample_token(logits_BV: jax.Array, keys_B: jax.Array, params: SamplingParams) -> jax.Array:
-  """Greedy, temperature, top-k and top-p (nucleus) sampling, combinable; row b draws with
-  keys_B[b] alone."""
-  logits = logits_BV.astype(jnp.float32)
-  greedy_B = jnp.argmax(logits, axis=-1)
-  scaled = logits / jnp.maximum(params.temperature, 1e-6)
-  V = logits.shape[-1]
+def filtered_logits(logits_BV: jax.Array, params: SamplingParams) -> jax.Array:
+  """Temperature-scaled fp32 logits with top-k and top-p (nucleus) filtering applied (the
+  removed tokens at -inf): the distribution sample_token draws from when temperature > 0."""
+  scaled = logits_BV.astype(jnp.float32) / jnp.maximum(params.temperature, 1e-6)
+  V = scaled.shape[-1]
   # One sort serves both filters: masking below the k-th value keeps the sorted order, so
   # the top-k-filtered values, sorted, are the sorted values masked the same way (each sort
   # of a [32, 65] batch was ~5% of a batch-32 decode step at the CPU recipe size).
   sorted_desc = -jnp.sort(-scaled, axis=-1)
-  kth = jnp.take(sorted_desc, jnp.clip(params.top_k - 1, 0, V - 1), axis=-1)[:, None]
+  kth = jnp.take(sorted_desc, jnp.clip(params.top_k - 1, 0, V - 1), axis=-1)[..., None]
   below_kth = lambda x: (params.top_k > 0) & (x < kth)
   scaled = jnp.where(below_kth(scaled), -jnp.inf, scaled)
   sorted_desc = jnp.where(below_kth(sorted_desc), -jnp.inf, sorted_desc)
   # nucleus: the smallest set of top tokens whose probability reaches top_p
   probs = jax.nn.softmax(sorted_desc, axis=-1)
   kept = jnp.sum((jnp.cumsum(probs, axis=-1) - probs) < params.top_p, axis=-1)
-  threshold = jnp.take_along_axis(sorted_desc, jnp.maximum(kept, 1)[:, None] - 1, axis=-1)
-  scaled = jnp.where(scaled < threshold, -jnp.inf, scaled)
-  sampled_B = jax.vmap(jax.random.categorical)(keys_B, scaled)
+  threshold = jnp.take_along_axis(sorted_desc, jnp.maximum(kept, 1)[..., None] - 1, axis=-1)
+  return jnp.where(scaled < threshold, -jnp.inf, scaled)
+
+
+def sample_token(logits_BV: jax.Array, keys_B: jax.Array, params: SamplingParams) -> jax.Array:
+  """Greedy, temperature, top-k and top-p (nucleus) sampling, combinable; row b draws with
+  keys_B[b] alone."""
+  greedy_B = jnp.argmax(logits_BV.astype(jnp.float32), axis=-1)
+  sampled_B = jax.vmap(jax.random.categorical)(keys_B, filtered_logits(logits_BV, params))
   return jnp.where(params.temperature > 0, sampled_B, greedy_B).astype(jnp.int32)
 
 
-def encode(model: gpt.Decoder, tokens_BT, first_slot, pad_B, cache, base):
-  """Writes tokens at absolute slots first_slot.. into the cache; returns logits and cache."""
+def encode(model: gpt.Decoder, tokens_BT, first_slot, pad_B, cache, base, max_position=None):
+  """Writes tokens at absolute slots first_slot.. into the cache; returns logits and cache.
+  `max_position` clamps positions (speculative blocks score slots past the window)."""
   T = tokens_BT.shape[1]
   W = gpt.cache_len(cache)
   slots_T = first_slot + jnp.arange(T)
   row_start_B = jnp.maximum(base, pad_B)  # first real slot inside the window
   positions_BT = jnp.maximum(slots_T[None, :] - row_start_B[:, None], 0)
+  if max_position is not None:
+    positions_BT = jnp.minimum(positions_BT, max_position)
   valid_BS = (base + jnp.arange(W))[None, :] >= pad_B[:, None]
   decode = gpt.DecodeState(write_index=first_slot - base, valid_BS=valid_BS)
   return model(tokens_BT, positions_BT=positions_BT, cache=cache, decode=decode)
