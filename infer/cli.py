@@ -2,7 +2,13 @@
 
   treadle-sample --workdir DIR --prompt "ROMEO:" --max_new_tokens 500 --temperature 0.8 \
       --top_k 200 --num_samples 2 --seed 0 [--top_p 0.95] [--step N|best] [--stream] [--json]
-      [--dtype bfloat16] [--stop TEXT] [--ignore_eos] [--noskip_special_tokens]
+      [--dtype bfloat16] [--quantize int8] [--stop TEXT] [--ignore_eos]
+      [--noskip_special_tokens] [--draft_workdir D | --draft ngram] [--num_draft_tokens 4]
+
+Speculative decoding: --draft_workdir (a smaller run or imported model with the same
+tokenizer) or --draft ngram (prompt lookup) proposes --num_draft_tokens tokens a round for the
+target to check in one pass; greedy text is identical, sampled text has the same distribution,
+and --json reports the acceptance_rate.
 
 A sample ends at the model's end-of-sequence ids (those of config.json, generation_config.json
 and the chat template's end of turn, for an imported model), at a --stop string or after
@@ -45,7 +51,19 @@ _MERGE_LORA = flags.DEFINE_bool("merge_lora", False,
 _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"],
                            "Weights and compute dtype, cast at load; default: the run's "
                            "compute dtype with float32 weights.")
+_QUANTIZE = flags.DEFINE_enum("quantize", None, ["int8"],
+                              "Store the decoder's matrices as int8 with per-output-channel "
+                              "scales (quantized at load; a treadle-quantize run is int8 "
+                              "already).")
 
+_DRAFT_WORKDIR = flags.DEFINE_string("draft_workdir", None,
+                                     "Speculative decoding: a smaller run or imported model "
+                                     "with the same tokenizer proposes tokens.")
+_DRAFT = flags.DEFINE_enum("draft", None, ["ngram"],
+                           "Speculative decoding without a draft model: ngram = prompt lookup "
+                           "(the continuation of the last n-gram's earlier occurrence).")
+_NUM_DRAFT = flags.DEFINE_integer("num_draft_tokens", 4,
+                                  "Tokens the draft proposes per round (speculative decoding).")
 
 def _prompts() -> list[str]:
   if _PROMPT_FILE.value:
@@ -77,6 +95,8 @@ def _print_samples(sampler, prompts, args) -> None:
     new_tokens = sum(len(c.token_ids) for c in completions)
     print(json.dumps({"step": sampler.step, "seconds": seconds, "new_tokens": new_tokens,
                       "tokens_per_second": new_tokens / seconds,
+                      "weights_bytes": sampler.weights_bytes,
+                      "acceptance_rate": sampler.acceptance_rate,
                       "samples": [{"prompt": c.prompt, "text": c.text,
                                    "num_tokens": len(c.token_ids),
                                    "finish_reason": c.finish_reason} for c in completions]}))
@@ -116,6 +136,10 @@ def main(argv) -> None:
     entry.fail("--workdir is required")
   if _NUM_SAMPLES.value < 1:
     entry.fail(f"--num_samples={_NUM_SAMPLES.value} must be positive")
+  if _DRAFT_WORKDIR.value and _DRAFT.value:
+    entry.fail("--draft_workdir and --draft ngram: give one draft")
+  if _NUM_DRAFT.value < 1:
+    entry.fail(f"--num_draft_tokens={_NUM_DRAFT.value} must be >= 1")
   shape = _mesh_shape()
   from treadle.infer import sampler as sampler_lib  # after flag parsing: a bad flag never starts jax
   from treadle.common import logs
@@ -130,7 +154,9 @@ def main(argv) -> None:
     prompts = _prompts()
     sampler = sampler_lib.Sampler.from_workdir(
         _WORKDIR.value, entry.checkpoint_step(_STEP.value), shape, _RULES.value,
-        merge_lora=_MERGE_LORA.value, dtype=_DTYPE.value)
+        merge_lora=_MERGE_LORA.value, dtype=_DTYPE.value, quantize=_QUANTIZE.value,
+        draft_workdir=_DRAFT_WORKDIR.value, draft=_DRAFT.value,
+        num_draft_tokens=_NUM_DRAFT.value)
     sampler.encode_prompts(prompts)  # validate before generating anything
     _print_samples(sampler, prompts, args)
 

@@ -2,8 +2,9 @@
 
   treadle-serve --workdir=DIR [--step N|best] [--host 127.0.0.1] [--port 8000] \
       [--max_batch 32] [--max_queue 256] [--merge_lora] [--dtype float32|bfloat16] \
+      [--quantize int8] \
       [--api_key KEY] [--max_body_mb 4] [--shutdown_timeout 30] [--max_model_len N] \
-      [--max_cache_gib 16]
+      [--max_cache_gib 16] [--draft_workdir D | --draft ngram] [--num_draft_tokens 4]
 
 Routes: GET /health, GET /v1/models, POST /v1/completions, POST /v1/chat/completions;
 the schema at /openapi.json. SIGTERM (or Ctrl-C) stops accepting connections, gives the
@@ -39,6 +40,17 @@ _MERGE_LORA = flags.DEFINE_bool("merge_lora", False,
 _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"],
                            "Weights and compute dtype, cast at load; default: the run's "
                            "compute dtype with float32 weights.")
+_QUANTIZE = flags.DEFINE_enum("quantize", None, ["int8"],
+                              "Store the decoder's matrices as int8 with per-output-channel "
+                              "scales (quantized at load; a treadle-quantize run is int8 "
+                              "already).")
+_DRAFT_WORKDIR = flags.DEFINE_string("draft_workdir", None,
+                                     "Speculative decoding: a smaller run or imported model "
+                                     "with the same tokenizer proposes tokens.")
+_DRAFT = flags.DEFINE_enum("draft", None, ["ngram"],
+                           "Speculative decoding without a draft model: ngram = prompt lookup.")
+_NUM_DRAFT = flags.DEFINE_integer("num_draft_tokens", 4,
+                                  "Tokens the draft proposes per round (speculative decoding).")
 _API_KEY = flags.DEFINE_string("api_key", None, "Require 'Authorization: Bearer KEY' on "
                                "every route but GET /health; default: $TREADLE_API_KEY.")
 _MAX_BODY_MB = flags.DEFINE_float("max_body_mb", 4.0, "Largest request body (MiB); past it, 413.")
@@ -53,7 +65,9 @@ def _load(workdir: str):
   from treadle.infer import sampler as sampler_lib
   return sampler_lib.Sampler.from_workdir(
       workdir, entry.checkpoint_step(_STEP.value), (1, 1, 1), "dp",
-      devices=jax.devices()[:1], merge_lora=_MERGE_LORA.value, dtype=_DTYPE.value)
+      devices=jax.devices()[:1], merge_lora=_MERGE_LORA.value, dtype=_DTYPE.value,
+      quantize=_QUANTIZE.value, draft_workdir=_DRAFT_WORKDIR.value, draft=_DRAFT.value,
+      num_draft_tokens=_NUM_DRAFT.value)
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -120,9 +134,12 @@ def main(argv) -> None:
   if not _WORKDIR.value:
     entry.fail("--workdir is required")
   for name, flag, low in (("max_batch", _MAX_BATCH, 1), ("max_queue", _MAX_QUEUE, 0),
-                          ("port", _PORT, 0), ("max_model_len", _MAX_MODEL_LEN, 0)):
+                          ("port", _PORT, 0), ("max_model_len", _MAX_MODEL_LEN, 0),
+                          ("num_draft_tokens", _NUM_DRAFT, 1)):
     if flag.value < low:
       entry.fail(f"--{name}={flag.value} must be >= {low}")
+  if _DRAFT_WORKDIR.value and _DRAFT.value:
+    entry.fail("--draft_workdir and --draft ngram: give one draft")
   if _PORT.value > 65535:
     entry.fail(f"--port={_PORT.value} must be <= 65535")
   if not 0 < _MAX_BODY_MB.value < math.inf:
@@ -139,10 +156,15 @@ def main(argv) -> None:
   _warn_if_open(sock, _api_key())  # now, not after minutes of loading
   with entry.one_line_errors():
     sampler = _load(_WORKDIR.value)
-    engine = engine_lib.Engine(sampler, _MAX_BATCH.value, _MAX_QUEUE.value,
-                               _MAX_MODEL_LEN.value or None, _MAX_CACHE_GIB.value)
-  log.info("KV cache: %d slots x %d tokens = %.3f GiB; step buckets %s", engine.max_batch,
-           engine.window, engine.cache_gib, engine.buckets)
+    engine_class = engine_lib.Engine
+    if sampler.draft is not None:
+      from treadle.serve import spec_engine
+      engine_class = spec_engine.SpecEngine
+    engine = engine_class(sampler, _MAX_BATCH.value, _MAX_QUEUE.value,
+                          _MAX_MODEL_LEN.value or None, _MAX_CACHE_GIB.value)
+  log.info("KV cache: %d slots x %d tokens = %.3f GiB; step buckets %s; weights %s bytes",
+           engine.max_batch, engine.window, engine.cache_gib, engine.buckets,
+           f"{sampler.weights_bytes:,}")
   engine.warm_up()
   name = pathlib.Path(_WORKDIR.value).resolve().name
   serve(api.Server(engine, name, sampler.step), sock, _api_key(), _MAX_BODY_MB.value,

@@ -1,0 +1,111 @@
+"""int8 weight-only sampling end to end: treadle-quantize's run directory, treadle-sample
+--quantize int8 and the Sampler, against a tiny trained run."""
+import json
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.conftest import run_cli
+from treadle.infer import sampler as sampler_lib
+from treadle.model import quant
+
+# embed_dim 64: at the tiny config's 32 the embeddings are a fifth of the weights and int8
+# leaves 0.37x of the bytes; the CPU recipe's (128 wide, 4 layers) leaves 0.27x
+WIDE = "--config.model.embed_dim=64"
+SAMPLE = ("--prompt", "ROMEO:", "--prompt", "KING:", "--max_new_tokens", "24",
+          "--temperature", "0", "--json")
+is_q = lambda x: isinstance(x, quant.QWeight)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, text_file):
+  workdir = tmp_path_factory.mktemp("quant") / "run"
+  run_cli("treadle.train.main", "--config", "configs/tiny.py", "--workdir", workdir,
+          f"--config.data.path={text_file}", WIDE)
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def quantized(trained):
+  out = trained.parent / "run-int8"
+  run_cli("treadle.infer.quantize", "--workdir", trained, "--out", out)
+  return out
+
+
+def _sample(workdir, *extra) -> dict:
+  return json.loads(run_cli("treadle.infer.cli", "--workdir", workdir, *SAMPLE,
+                            *extra).stdout)
+
+
+def test_quantized_run_loads_the_same_int8_arrays_without_the_float_run(trained, tmp_path):
+  source, out = tmp_path / "source", tmp_path / "int8"
+  shutil.copytree(trained, source)
+  run_cli("treadle.infer.quantize", "--workdir", source, "--out", out)
+  on_disk = sum(f.stat().st_size for f in (out / "checkpoints").rglob("*") if f.is_file())
+  shutil.rmtree(source)  # the quantized run needs nothing of the float one
+  loaded = sampler_lib.Sampler.from_workdir(out).params
+  at_load = sampler_lib.Sampler.from_workdir(trained, quantize="int8").params
+  assert jax.tree.structure(loaded) == jax.tree.structure(at_load)
+  for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(at_load)):
+    assert a.dtype == b.dtype and np.array_equal(np.asarray(a), np.asarray(b))
+  assert sum(is_q(x) for x in jax.tree.leaves(loaded, is_leaf=is_q)) >= 4
+  float_bytes = quant.weights_bytes(sampler_lib.Sampler.from_workdir(trained).params)
+  assert on_disk < 0.4 * float_bytes  # ~1/4, plus Orbax's metadata
+
+
+def test_greedy_text_and_weights_bytes(trained, quantized):
+  fp32, at_load, from_run = _sample(trained), _sample(trained, "--quantize", "int8"), \
+      _sample(quantized)
+  assert [s["text"] for s in from_run["samples"]] == [s["text"] for s in at_load["samples"]]
+  assert from_run["weights_bytes"] == at_load["weights_bytes"]
+  assert from_run["weights_bytes"] <= 0.35 * fp32["weights_bytes"]
+  params = sampler_lib.Sampler.from_workdir(trained).params
+  assert fp32["weights_bytes"] == sum(x.nbytes for x in jax.tree.leaves(params))
+
+
+def test_bfloat16_keeps_int8_values_and_float32_scales(trained):
+  sampler = sampler_lib.Sampler.from_workdir(trained, dtype="bfloat16", quantize="int8")
+  leaves = jax.tree.leaves(sampler.params, is_leaf=is_q)
+  weights = [x for x in leaves if is_q(x)]
+  assert weights and all(w.q.dtype == jnp.int8 and w.scale.dtype == jnp.float32
+                         for w in weights)
+  assert all(x.dtype == jnp.bfloat16 for x in leaves if not is_q(x))
+  float32 = sampler_lib.Sampler.from_workdir(trained, quantize="int8")
+  for a, b in zip(weights, [x for x in jax.tree.leaves(float32.params, is_leaf=is_q)
+                            if is_q(x)]):
+    assert np.array_equal(np.asarray(a.q), np.asarray(b.q))  # quantized before the cast
+  assert sampler.generate("ROMEO:", 8, temperature=0)[0].token_ids
+
+
+def _refused(*args, match):
+  proc = run_cli("treadle.infer.quantize", *args, check=False)
+  errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+  assert proc.returncode == 2 and len(errors) == 1 and match in errors[0], proc.stderr
+  return proc
+
+
+def test_bad_input_is_one_line_and_writes_nothing(trained, quantized, tmp_path):
+  out = tmp_path / "out"
+  _refused("--workdir", trained, match="--out is required")
+  _refused("--out", out, match="--workdir is required")
+  _refused("--workdir", tmp_path / "absent", "--out", out, match="not a treadle run directory")
+  no_checkpoint = tmp_path / "no_checkpoint"
+  no_checkpoint.mkdir()
+  for name in ("config.json", "tokenizer.json"):
+    shutil.copy(trained / name, no_checkpoint / name)
+  _refused("--workdir", no_checkpoint, "--out", out, match="no checkpoints")
+  _refused("--workdir", quantized, "--out", out, match="already quantized")
+  _refused("--workdir", trained, "--out", out, "--step", "7", match="no checkpoint step 7")
+  _refused("--workdir", trained, "--out", out, "--step", "x", match="--step='x'")
+  assert not out.exists()
+  assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
+  taken = tmp_path / "taken"
+  taken.mkdir()
+  (taken / "keep.txt").write_text("mine")
+  _refused("--workdir", trained, "--out", taken, match="exists and is not empty")
+  assert [p.name for p in taken.iterdir()] == ["keep.txt"]
+  sample = run_cli("treadle.infer.cli", "--workdir", trained, "--quantize", "int4", check=False)
+  assert sample.returncode == 2 and "int4" in sample.stderr.strip().splitlines()[-1]
