@@ -96,7 +96,7 @@ def _encode_row(model: gpt.Decoder, tokens_T, slot, pad, cache, base):
   return logits[0], cache
 
 
-def _prefill_row(model: gpt.Decoder, tokens_N, pad, prompt_len: int, cache_len: int, keep: int):
+def prefill_row(model: gpt.Decoder, tokens_N, pad, prompt_len: int, cache_len: int, keep: int):
   """Encodes the prompt's last `keep` slots (all of them when keep = prompt_len)."""
   base = jnp.int32(prompt_len - keep)
   cache = model.init_cache(1, cache_len)
@@ -113,7 +113,7 @@ def prefill(target: gpt.Decoder, spec: Spec, tokens_BN, pad_B, prompt_len: int, 
   tokens_BN = jnp.pad(tokens_BN, ((0, 0), (0, K + 1)))
   W = target.cfg.max_seq_len
   logits_BV, cache, base_B = jax.vmap(
-      lambda t, p: _prefill_row(target, t, p, prompt_len, W + K, prompt_len))(tokens_BN, pad_B)
+      lambda t, p: prefill_row(target, t, p, prompt_len, W + K, prompt_len))(tokens_BN, pad_B)
   keys_B = decode.row_keys(key, B, first_row)
   first_B = decode.sample_token(logits_BV, decode._token_keys(keys_B, 0), params)
   draft_cache, draft_base_B = None, jnp.zeros((B,), jnp.int32)
@@ -121,7 +121,7 @@ def prefill(target: gpt.Decoder, spec: Spec, tokens_BN, pad_B, prompt_len: int, 
     Wd = spec.model.cfg.max_seq_len
     keep = prompt_len if prompt_len + K < Wd else Wd // 2
     _, draft_cache, draft_base_B = jax.vmap(
-        lambda t, p: _prefill_row(spec.model, t, p, prompt_len, Wd, keep))(tokens_BN, pad_B)
+        lambda t, p: prefill_row(spec.model, t, p, prompt_len, Wd, keep))(tokens_BN, pad_B)
   stop_ids_K = decode.stop_ids() if stop_ids_K is None else stop_ids_K
   cur = jnp.int32(prompt_len)
   zeros = jnp.zeros((B,), jnp.int32)
@@ -195,7 +195,7 @@ def _accept(p_KV, q_KV, drafts_K, limit, row_key, index0, params):
   return n, _draw(dist, _key(row_key, index0 + n, _RESIDUAL), params)
 
 
-def _round_row(target, spec: Spec, W: int, params, tokens_N, pad, cache, base, dcache, dbase,
+def round_row(target, spec: Spec, W: int, params, tokens_N, pad, cache, base, dcache, dbase,
                cur, start, row_key, stop):
   K = spec.num_draft
   if spec.model is not None:
@@ -214,7 +214,7 @@ def _round_row(target, spec: Spec, W: int, params, tokens_N, pad, cache, base, d
   old = jax.lax.dynamic_slice_in_dim(tokens_N, cur + 1, K + 1)
   tokens_N = jax.lax.dynamic_update_slice_in_dim(tokens_N, jnp.where(i <= n, new, old), cur + 1,
                                                  axis=0)
-  return tokens_N, cache, dcache, cur + n + 1, limit, n, (new, i <= n)
+  return tokens_N, cache, dcache, cur + n + 1, limit, n, (new, i <= n), logits_TV
 
 
 def _active(c: Carry, stop_B):
@@ -268,9 +268,9 @@ def _slide(target, spec: Spec, W: int, c: Carry, stop_B) -> Carry:
 
 def _round(target, spec: Spec, W: int, params, c: Carry, stop_B) -> Carry:
   active = _active(c, stop_B)
-  one = lambda t, p, cache, b, dc, db, cur, k, s: _round_row(
+  one = lambda t, p, cache, b, dc, db, cur, k, s: round_row(
       target, spec, W, params, t, p, cache, b, dc, db, cur, c.start, k, s)
-  tokens, cache, dcache, cur, proposed, accepted, (new_BT, written_BT) = jax.vmap(one)(
+  tokens, cache, dcache, cur, proposed, accepted, (new_BT, written_BT), _ = jax.vmap(one)(
           c.tokens_BN, c.pad_B, c.cache, c.base_B, c.draft_cache, c.draft_base_B, c.cur_B,
           c.keys_B, stop_B)
   stopped = jnp.any(written_BT & jnp.isin(new_BT, c.stop_ids_K), axis=1)  # ids are >= 0
