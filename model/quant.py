@@ -11,7 +11,10 @@ leaf's type), so every leaf in memory is the int8 array or its scales: resident 
 bytes are ~1/4 of float32's.
 
 Dequantisation is inside the matmul: a projection computes (x . q) * scale, exact in the
-algebra because the scale is per output channel; MoE experts and the lm head likewise.
+algebra because the scale is per output channel, and the lm head likewise; no float copy of
+a weight is kept (XLA may convert q into a temporary of one matmul). MoE expert weights are
+dequantised whole before dispatch (the dispatch paths gather them per block), a temporary
+per MoE layer and step.
 
 Why not qwix (Google's JAX quantization library, 0.1.8, checked 2026-12-07 against this
 model): its PTQ provider quantizes a weight when it intercepts `jax.lax.dot_general`,
@@ -72,8 +75,13 @@ def quantize(w: jax.Array, contracted: tuple[int, ...]) -> QWeight:
 
 
 def contract(x: jax.Array, w: jax.Array | QWeight, n_in: int, dtype) -> jax.Array:
-  """tensordot(x, w, n_in) in `dtype`; a QWeight as (x . q) * scale (the float copy of the
-  weight never exists: the int8 array is converted inside the dot's operand)."""
+  """tensordot(x, w, n_in) in `dtype`; a QWeight as (x . q) * scale, the scale applied to
+  the output channels after the dot.
+
+  XLA:CPU (jax 0.12) does not fuse the int8 -> float convert into the dot: it writes a float
+  copy of q for each matmul, so on a CPU int8 saves memory, not time (experiments/bench,
+  quant_bench.py). A one-row multiply-reduce instead (convert fused, q read once as int8)
+  decoded 10x slower at batch 1 inside the decode loop on this CPU, so the dot stays."""
   if not isinstance(w, QWeight):
     return jnp.tensordot(x, w.astype(dtype), n_in)
   y = jnp.tensordot(x, w.q.astype(dtype), n_in)

@@ -18,17 +18,19 @@ def _weight(rng, shape, n_in):
   return w * (10.0 ** rng.uniform(-3, 1, shape[n_in:])).astype(np.float32)
 
 
+# rows (5, 3): a dot; (1, 1): one token, the multiply-reduce form
+@pytest.mark.parametrize("rows", [(5, 3), (1, 1)])
 @pytest.mark.parametrize("shape,n_in", [((48, 3, 4, 8), 1), ((4, 8, 40), 2), ((40, 72), 1)])
-def test_int8_matmul_error_is_within_half_a_step_per_output(shape, n_in):
+def test_int8_matmul_error_is_within_half_a_step_per_output(shape, n_in, rows):
   rng = np.random.default_rng(0)
   w = _weight(rng, shape, n_in)
-  x = rng.standard_normal((5, 3, *shape[:n_in])).astype(np.float32)
+  x = rng.standard_normal((*rows, *shape[:n_in])).astype(np.float32)
   qw = quant.quantize(jnp.asarray(w), tuple(range(n_in)))
   assert qw.q.dtype == jnp.int8 and qw.scale.shape == (1,) * n_in + shape[n_in:]
   y = np.asarray(quant.contract(jnp.asarray(x), qw, n_in, jnp.float32), np.float64)
   reference = np.tensordot(x.astype(np.float64), w.astype(np.float64), n_in)
   scale = np.asarray(qw.scale, np.float64).reshape(shape[n_in:])
-  abs_x = np.abs(x.astype(np.float64)).sum(axis=tuple(range(2, 2 + n_in)))  # [5, 3]
+  abs_x = np.abs(x.astype(np.float64)).sum(axis=tuple(range(2, 2 + n_in)))  # rows
   # rounding to the nearest step: |w - q scale| <= scale / 2 per weight, so per output
   # |err| <= sum_i |x_i| scale / 2; plus float32 accumulation of the int8 product
   bound = abs_x[(...,) + (None,) * (len(shape) - n_in)] * scale / 2
