@@ -6,8 +6,7 @@ its target cache holds (`hist_SN`, index = absolute slot - base: the host rewrit
 slides the cache) for n-gram lookup and as the round's scratch, and the draft model's cache
 with its own base. The round runs in coordinates relative to the slot's base, which leaves
 positions, masks and sampling keys as they are in absolute slots. The host slides both
-caches (the target when full, as for plain slots; the draft when its next K + 1 feeds would
-not fit) and emits each slot's 1..K+1 new tokens.
+caches, each on its own window when it is full, and emits each slot's 1..K+1 new tokens.
 """
 from typing import Any, NamedTuple
 
@@ -22,7 +21,7 @@ from treadle.model import speculative
 
 class Extra(NamedTuple):
   hist_SN: jax.Array       # int32 [S, window + K + 1]
-  draft_cache: Any         # the draft's Decoder.init_cache(1, Wd) per slot; None for n-gram
+  draft_cache: Any         # the draft's Decoder.init_cache(1, Wd + K) per slot; None: n-gram
   draft_base_S: jax.Array  # int32 absolute slot held by the draft cache's index 0
 
 
@@ -39,7 +38,7 @@ def empty(target: gpt.Decoder, spec: speculative.Spec, num_slots: int, window: i
   slots = slots_lib.empty(target, num_slots, window + K)
   draft_cache = None
   if spec.model is not None:
-    one = spec.model.init_cache(1, spec.model.cfg.max_seq_len)
+    one = spec.model.init_cache(1, spec.model.cfg.max_seq_len + K)
     draft_cache = jax.tree.map(lambda x: jnp.zeros((num_slots, *x.shape), x.dtype), one)
   zeros = jnp.zeros((num_slots,), jnp.int32)
   return slots, Extra(jnp.zeros((num_slots, window + K + 1), jnp.int32), draft_cache, zeros)
@@ -54,8 +53,9 @@ def prefill(target: gpt.Decoder, spec: speculative.Spec, window: int, tokens_P, 
   draft_cache, draft_base = None, jnp.int32(0)
   if spec.model is not None:
     Wd = spec.model.cfg.max_seq_len
-    keep = P if P + K < Wd else Wd // 2
-    _, draft_cache, draft_base = speculative.prefill_row(spec.model, hist, pad, P, Wd, keep)
+    keep = speculative.draft_prompt_keep(P, Wd)
+    _, draft_cache, draft_base = speculative.prefill_row(spec.model, hist, pad, P, Wd + K,
+                                                         keep)
     draft_cache = jax.tree.map(lambda x: x[None], draft_cache)
   return (slot, Extra(hist[None], draft_cache, draft_base[None])), out
 

@@ -17,8 +17,10 @@ token at absolute slot s is predicted from the same cache contents as plain deco
 use (the target slides exactly when its cache is full, W//2 tokens kept), so cached greedy
 decoding with a draft reproduces it across the slide. A verification block never crosses the
 slide point: positions past it are scored (fixed shapes) but never accepted. The target cache
-has K spare slots so a block that starts near the end still fits; the draft model slides on
-its own window whenever its next K+1 feeds would not fit.
+has K spare slots so a block that starts near the end still fits. The draft model keeps the
+same schedule on its own window (a draft identical to the target proposes exactly the
+target's tokens): it slides when full, and its feeds past its window (clamped positions) only
+cost acceptance.
 """
 from typing import Any, NamedTuple
 
@@ -96,6 +98,12 @@ def _encode_row(model: gpt.Decoder, tokens_T, slot, pad, cache, base):
   return logits[0], cache
 
 
+def draft_prompt_keep(prompt_len: int, draft_window: int) -> int:
+  """Prompt slots the draft encodes: all that fit its window, else the last half window
+  (as if it had slid there)."""
+  return prompt_len if prompt_len <= draft_window else draft_window // 2
+
+
 def prefill_row(model: gpt.Decoder, tokens_N, pad, prompt_len: int, cache_len: int, keep: int):
   """Encodes the prompt's last `keep` slots (all of them when keep = prompt_len)."""
   base = jnp.int32(prompt_len - keep)
@@ -119,9 +127,9 @@ def prefill(target: gpt.Decoder, spec: Spec, tokens_BN, pad_B, prompt_len: int, 
   draft_cache, draft_base_B = None, jnp.zeros((B,), jnp.int32)
   if spec.model is not None:
     Wd = spec.model.cfg.max_seq_len
-    keep = prompt_len if prompt_len + K < Wd else Wd // 2
-    _, draft_cache, draft_base_B = jax.vmap(
-        lambda t, p: prefill_row(spec.model, t, p, prompt_len, Wd, keep))(tokens_BN, pad_B)
+    keep = draft_prompt_keep(prompt_len, Wd)
+    draft_row = lambda t, p: prefill_row(spec.model, t, p, prompt_len, Wd + K, keep)
+    _, draft_cache, draft_base_B = jax.vmap(draft_row)(tokens_BN, pad_B)
   stop_ids_K = decode.stop_ids() if stop_ids_K is None else stop_ids_K
   cur = jnp.int32(prompt_len)
   zeros = jnp.zeros((B,), jnp.int32)
@@ -135,7 +143,7 @@ def prefill(target: gpt.Decoder, spec: Spec, tokens_BN, pad_B, prompt_len: int, 
 def _model_draft(spec: Spec, tokens_N, cur, pad, cache, base, row_key, start, params):
   """Feeds slots cur..cur+K to the draft one at a time; returns the K tokens it drew, their
   draft distributions [K, V], and its cache (holding every slot up to cur+K, so it is
-  current whatever the target accepts)."""
+  current whatever the target accepts; Wd + K slots)."""
   K = spec.num_draft
 
   def feed(i, c):
@@ -225,7 +233,7 @@ def _needs_slides(spec: Spec, W: int, c: Carry):
   target = c.cur_B - c.base_B >= W
   if spec.model is None:
     return target, jnp.zeros_like(target)
-  return target, c.cur_B + spec.num_draft - c.draft_base_B >= spec.model.cfg.max_seq_len
+  return target, c.cur_B - c.draft_base_B >= spec.model.cfg.max_seq_len
 
 
 def _slid(model: gpt.Decoder, cache_len: int, tokens_N, pad, cur):
@@ -254,8 +262,8 @@ def _slide(target, spec: Spec, W: int, c: Carry, stop_B) -> Carry:
                       base_B=jnp.where(need_t, base, c.base_B))
 
   def drafts(c):
-    Wd = spec.model.cfg.max_seq_len
-    cache, base = jax.vmap(lambda t, p, cur: _slid(spec.model, Wd, t, p, cur))(
+    cache_len = spec.model.cfg.max_seq_len + spec.num_draft
+    cache, base = jax.vmap(lambda t, p, cur: _slid(spec.model, cache_len, t, p, cur))(
         c.tokens_BN, c.pad_B, c.cur_B)
     return c._replace(draft_cache=_select(need_d, cache, c.draft_cache),
                       draft_base_B=jnp.where(need_d, base, c.draft_base_B))

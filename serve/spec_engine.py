@@ -16,6 +16,7 @@ from treadle.infer import sampler as sampler_lib
 from treadle.model import decode
 from treadle.model import slots as slots_lib
 from treadle.model import spec_slots
+from treadle.model import speculative
 from treadle.serve import engine as engine_lib
 
 
@@ -59,7 +60,8 @@ class SpecEngine(engine_lib.Engine):
 
   def _draft_slide_fn(self, prefix_K, pad, base):
     draft_model = decode.merge(self.draft.graphdef, self.draft.params)
-    return slots_lib.slide(draft_model, draft_model.cfg.max_seq_len, prefix_K, pad, base)
+    return slots_lib.slide(draft_model, draft_model.cfg.max_seq_len + self.num_draft, prefix_K,
+                           pad, base)
 
   def _resize_fn(self, state, params, size: int):
     return spec_slots.resize(self._empty_fn(size, params), state)
@@ -102,7 +104,7 @@ class SpecEngine(engine_lib.Engine):
     # where spec_slots.prefill put the draft cache's base (the draft's window may be shorter)
     P = sampler_lib.prompt_slots(len(seq.prompt_ids), self.window)
     Wd = self.draft.cfg.max_seq_len if self.draft.cfg is not None else 0
-    seq.draft_base = 0 if P + self.num_draft < Wd else P - Wd // 2
+    seq.draft_base = P - speculative.draft_prompt_keep(P, Wd) if Wd else 0
     super()._start(row, seq)
 
   def _maybe_slide(self, row: int, seq: engine_lib.Sequence) -> None:
@@ -116,7 +118,7 @@ class SpecEngine(engine_lib.Engine):
     if self.draft.cfg is None:
       return
     Wd = self.draft.cfg.max_seq_len
-    if cur + self.num_draft - seq.draft_base >= Wd:
+    if cur - seq.draft_base >= Wd:
       base = cur - Wd // 2
       prefix = np.asarray(seq.history[base:cur], np.int32)
       cache = self._draft_slide(prefix, jnp.int32(seq.pad), jnp.int32(base))
