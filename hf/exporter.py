@@ -47,6 +47,7 @@ def load_run(workdir, step=None, merge_lora: bool = False):
                         f"attention multipliers have no Hugging Face config field")
   architectures.export_architecture(dataclasses.replace(model_cfg, lora_rank=0))
   tokenizer = tokenizers.load(workdir)
+  checkpoint.check_float(workdir)
   reader = checkpoint.reader(workdir)
   try:
     step = checkpoint.resolve_step(reader, step)

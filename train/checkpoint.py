@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from treadle.model import quant
 from treadle.train import state as state_lib
 
 SUBDIR = "checkpoints"
@@ -157,6 +158,14 @@ def saved_config(mgr: ocp.CheckpointManager, step: int) -> dict:
   return mgr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
 
 
+def check_float(workdir) -> None:
+  """A run written by treadle-quantize (int8 weights) is a one-line ValueError: only the
+  sampler and the server read it (infer/quantized.py)."""
+  if (pathlib.Path(workdir) / quant.FILENAME).exists():
+    raise ValueError(f"{str(workdir)!r} holds int8 weights (written by treadle-quantize): "
+                     "only treadle-sample and treadle-serve read it; use the float run")
+
+
 def load_params(workdir, step: int | str | None, model_cfg,
                 shardings: Callable[[Any, Any], Any], dtype=None) -> tuple[Any, int]:
   """A run's parameters only (sampling, prediction, fine-tuning) -> (params, step).
@@ -164,7 +173,8 @@ def load_params(workdir, step: int | str | None, model_cfg,
   `step`: None = latest, "best", or a number. `shardings(abstract_params, logical_specs)`
   gives each parameter's sharding. `dtype` (e.g. bfloat16): floating parameters are cast
   to it as Orbax reads them (the float32 copy never exists whole). The reader is closed
-  whatever happens."""
+  whatever happens. A quantized run is refused (`check_float`)."""
+  check_float(workdir)
   _, abstract, specs = state_lib.model_graph(model_cfg)
   as_read = lambda a: dtype if dtype is not None and jnp.issubdtype(a.dtype, jnp.floating) \
       else a.dtype

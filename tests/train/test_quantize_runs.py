@@ -109,3 +109,18 @@ def test_bad_input_is_one_line_and_writes_nothing(trained, quantized, tmp_path):
   assert [p.name for p in taken.iterdir()] == ["keep.txt"]
   sample = run_cli("treadle.infer.cli", "--workdir", trained, "--quantize", "int4", check=False)
   assert sample.returncode == 2 and "int4" in sample.stderr.strip().splitlines()[-1]
+
+
+def test_float_readers_refuse_a_quantized_run(trained, quantized, tmp_path):
+  """Fine-tuning from it, exporting it or drafting with it need float weights."""
+  from treadle.train import checkpoint
+  from treadle.train import config as config_lib
+  with pytest.raises(ValueError, match="int8 weights"):
+    checkpoint.load_params(quantized, None, config_lib.from_run(quantized).model,
+                           lambda abstract, specs: jax.tree.map(lambda _: None, abstract))
+  hf_dir = tmp_path / "hf"
+  proc = run_cli("treadle.hf.export_cli", "--workdir", quantized, "--hf_dir", hf_dir,
+                 check=False)
+  errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+  assert proc.returncode == 2 and len(errors) == 1 and "int8 weights" in errors[0], proc.stderr
+  assert not hf_dir.exists()
