@@ -1,5 +1,7 @@
 """int8 weight-only quantization (model/quant.py): the matmul's error bound, which matrices
 are int8, and the quantized model against the float one."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -57,12 +59,17 @@ CASES = {
     "gqa swiglu rope": dict(num_kv_heads=2, mlp="swiglu", position="rope", norm="rmsnorm"),
     "moe with a shared expert": dict(num_experts=4, experts_per_token=2, moe_every=2,
                                      num_shared_experts=1, mlp="swiglu"),
+    "lora adapters (moe)": dict(num_experts=4, experts_per_token=2, lora_rank=4,
+                                lora_targets="attn,mlp"),
 }
 
 
-def _cfg(**kw):
-  return config_lib.section("model", vocab_size=61, max_seq_len=32, num_layers=2, num_heads=4,
-                            embed_dim=64, **kw)
+def _cfg(lora_rank=0, lora_targets="", **kw):
+  cfg = config_lib.section("model", vocab_size=61, max_seq_len=32, num_layers=2, num_heads=4,
+                           embed_dim=64, **kw)
+  # lora_* come from the finetune section; B starts at zero, so give it values
+  return dataclasses.replace(cfg, lora_rank=lora_rank, lora_alpha=8.0,
+                             lora_targets=lora_targets)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -70,15 +77,18 @@ def test_every_matrix_is_int8_and_the_logits_stay_close(case):
   cfg = _cfg(**CASES[case])
   graphdef, _, _ = state_lib.model_graph(cfg)
   params = state_lib.random_params(cfg, 0)
+  params = jax.tree_util.tree_map_with_path(  # nonzero LoRA B: the adapters take part
+      lambda path, x: x + 0.02 if "'b'" in jax.tree_util.keystr(path) else x, params)
   qparams = quant.quantize_params(params, cfg)
   is_q = lambda x: isinstance(x, quant.QWeight)
   floating = {jax.tree_util.keystr(k): v.shape for k, v in
               jax.tree_util.tree_leaves_with_path(qparams, is_leaf=is_q) if not is_q(v)}
-  # what stays float: embeddings, norms, the router and gates; every other matrix is int8
+  # what stays float: embeddings, norms, the router, LoRA adapters; every other matrix is int8
   for name, shape in floating.items():
     assert len(shape) - cfg.scan_layers <= 1 or any(
-        k in name for k in ("token_embed", "position_embed", "router")), name
-  assert quant.weights_bytes(qparams) <= 0.35 * quant.weights_bytes(params)
+        k in name for k in ("token_embed", "position_embed", "router", "lora")), name
+  if not cfg.lora_rank:  # (float adapters of rank 4 on every matrix add more)
+    assert quant.weights_bytes(qparams) <= 0.35 * quant.weights_bytes(params)
   tokens = jnp.asarray(np.random.default_rng(1).integers(0, 61, (2, 16)), jnp.int32)
   forward = jax.jit(lambda p: nnx.merge(graphdef, p)(tokens)[0][..., :61])
   float_logits, int8_logits = forward(params), forward(qparams)

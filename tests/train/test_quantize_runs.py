@@ -124,3 +124,17 @@ def test_float_readers_refuse_a_quantized_run(trained, quantized, tmp_path):
   errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
   assert proc.returncode == 2 and len(errors) == 1 and "int8 weights" in errors[0], proc.stderr
   assert not hf_dir.exists()
+
+
+@pytest.mark.devices(8)
+def test_sharded_int8_samples_as_one_device(trained, quantized):
+  """fsdp_tp on 8 devices: q split as its weight, the scales unsplit on contracted axes."""
+  one = sampler_lib.Sampler.from_workdir(quantized, None, (1, 1, 1), "dp", jax.devices()[:1])
+  expected = [c.token_ids for c in one.generate(["ROMEO:", "KING:"], 16, temperature=0)]
+  for workdir, quantize in ((quantized, None), (trained, "int8")):
+    sharded = sampler_lib.Sampler.from_workdir(workdir, None, (2, 2, 2), "fsdp_tp",
+                                               quantize=quantize)
+    weights = [x for x in jax.tree.leaves(sharded.params, is_leaf=is_q) if is_q(x)]
+    assert any(not w.q.sharding.is_fully_replicated for w in weights)
+    out = sharded.generate(["ROMEO:", "KING:"], 16, temperature=0)
+    assert [c.token_ids for c in out] == expected
