@@ -22,18 +22,27 @@ from treadle.serve import engine as engine_lib
 
 class SpecEngine(engine_lib.Engine):
 
-  def __init__(self, sampler: sampler_lib.Sampler, *args, **kwargs):
+  def __init__(self, sampler: sampler_lib.Sampler, max_batch: int, max_queue: int,
+               max_model_len: int | None = None, max_cache_gib: float = float("inf")):
     self.draft = sampler.draft
     self.num_draft = sampler.draft.num_tokens
     self.proposed = self.accepted = 0
     self._put_hist = jax.jit(spec_slots.put_hist, donate_argnums=0)
     self._put_draft_cache = jax.jit(spec_slots.put_draft_cache, donate_argnums=0)
     self._draft_slide = jax.jit(self._draft_slide_fn)
-    super().__init__(sampler, *args, **kwargs)
+    super().__init__(sampler, max_batch, max_queue, max_model_len, max_cache_gib)
     if self.num_draft >= self.window // 2:
       raise ValueError(f"--num_draft_tokens={self.num_draft} must be below half of "
                        f"--max_model_len ({self.window})")
     self._put_cache = jax.jit(self._put_target_cache, donate_argnums=0)
+    # the caches as they are here: K spare slots a target cache, plus the draft's
+    shapes = jax.eval_shape(lambda: self._empty_fn(max_batch, sampler.params))
+    self.cache_gib = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes)) / 2**30
+    if self.cache_gib > max_cache_gib:
+      raise engine_lib.CacheTooLarge(
+          f"the KV caches of {max_batch} slots x {self.window} + {self.num_draft} tokens and "
+          f"the draft's need {self.cache_gib:.2f} GiB, over --max_cache_gib={max_cache_gib:g}: "
+          "lower --max_batch or --max_model_len, or raise --max_cache_gib")
 
   # -- jitted pieces: (target params, draft params) ---------------------------------------
 

@@ -85,3 +85,17 @@ def test_a_draft_with_another_tokenizer_is_refused(served_run, tmp_path):
   proc = run_cli("treadle.infer.cli", "--workdir", served_run, "--draft", "ngram",
                  "--draft_workdir", other, check=False)
   assert proc.returncode == 2 and "give one draft" in proc.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--draft=ngram", "--num_draft_tokens=16"], "below half the target's context"),
+    # configs/tiny.py: 32 slots x 32 tokens x 2 layers x (K, V) x 32 wide x 4 bytes =
+    # 0.000488 GiB fits; with 4 spare tokens a slot (36) it is 0.000549 GiB
+    (["--draft=ngram", "--max_cache_gib=0.0005"], "and the draft's need"),
+])
+def test_server_refuses_drafts_it_cannot_hold(served_run, flags, message):
+  proc = run_cli("treadle.serve.main", f"--workdir={served_run}", "--port=0", *flags,
+                 check=False)
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode == 2 and lines[-1].startswith("error: ") and message in lines[-1], \
+      proc.stderr[-2000:]
