@@ -150,6 +150,10 @@ class Engine:
     """Compiles, for every bucket size, the step, the slide, the put and the move, the
     resizes between neighbouring buckets, and the prefill of the shortest prompt bucket,
     on idle slots (what they leave behind is overwritten by the next prefill)."""
+    self._warm_up_buckets(*self._warm_up_puts())
+
+  def _warm_up_puts(self) -> list:
+    """A prefilled slot and a slid cache, each as a put (slots -> slots) into slot 0."""
     P = sampler_lib.prompt_slots(1, self.window)
     greedy = decode.SamplingParams(jnp.float32(0), jnp.int32(0), jnp.float32(1))
     zero = jnp.int32(0)
@@ -157,13 +161,19 @@ class Engine:
     slot, _ = self._prefill(params, jnp.zeros((P,), jnp.int32), zero,
                             jax.random.key_data(jax.random.key(0)), greedy)
     cache = self._slide(params, jnp.zeros((self.window // 2,), jnp.int32), zero, zero)
+    return [lambda slots: self._put(slots, zero, slot),
+            lambda slots: self._put_cache(slots, zero, cache, zero)]
+
+  def _warm_up_buckets(self, *puts) -> None:
+    """Compiles, at every bucket size, each `put` (slots -> slots), the step and the move."""
+    params = self.sampler.params
     for size in self.buckets + self.buckets[-2::-1]:  # up, then down: every neighbour pair
       self._set_size(size)
       for _ in range(2):  # the second pass compiles for the slots' layout after a first step
-        self.slots = self._put(self.slots, zero, slot)
-        self.slots = self._put_cache(self.slots, zero, cache, zero)
+        for put in puts:
+          self.slots = put(self.slots)
         self.slots, _ = self._step(self.slots, params, np.zeros((size,), bool))
-        self.slots = self._move(self.slots, zero, zero)
+        self.slots = self._move(self.slots, jnp.int32(0), jnp.int32(0))
     self._set_size(1)
     jax.block_until_ready(self.slots)
 

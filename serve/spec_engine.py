@@ -80,32 +80,16 @@ class SpecEngine(engine_lib.Engine):
     slots, extra = state
     return slots_lib.put_cache(slots, row, cache, base), extra
 
-  def warm_up(self) -> None:
-    """Engine.warm_up's compilations for the speculative pieces."""
-    P = sampler_lib.prompt_slots(1, self.window)
-    greedy = decode.SamplingParams(jnp.float32(0), jnp.int32(0), jnp.float32(1))
+  def _warm_up_puts(self) -> list:
+    """Engine's, and the history and the draft cache."""
     zero = jnp.int32(0)
-    params = self.sampler.params
-    slot, _ = self._prefill(params, jnp.zeros((P,), jnp.int32), zero,
-                            jax.random.key_data(jax.random.key(0)), greedy)
-    cache = self._slide(params, jnp.zeros((self.window // 2,), jnp.int32), zero, zero)
     hist = jnp.zeros((self.window + self.num_draft + 1,), jnp.int32)
-    draft = None
+    puts = super()._warm_up_puts() + [lambda slots: self._put_hist(slots, zero, hist)]
     if self.draft.cfg is not None:
       Wd = self.draft.cfg.max_seq_len
       draft = self._draft_slide(jnp.zeros((Wd // 2,), jnp.int32), zero, zero)
-    for size in self.buckets + self.buckets[-2::-1]:
-      self._set_size(size)
-      for _ in range(2):
-        self.slots = self._put(self.slots, zero, slot)
-        self.slots = self._put_cache(self.slots, zero, cache, zero)
-        self.slots = self._put_hist(self.slots, zero, hist)
-        if draft is not None:
-          self.slots = self._put_draft_cache(self.slots, zero, draft, zero)
-        self.slots, _ = self._step(self.slots, params, np.zeros((size,), bool))
-        self.slots = self._move(self.slots, zero, zero)
-    self._set_size(1)
-    jax.block_until_ready(self.slots)
+      puts.append(lambda slots: self._put_draft_cache(slots, zero, draft, zero))
+    return puts
 
   # -- the loop ---------------------------------------------------------------------------
 
