@@ -5,6 +5,7 @@ import pathlib
 import numpy as np
 from matplotlib import colors
 from matplotlib import figure
+from matplotlib import ticker
 
 from treadle.sweep import scaling
 
@@ -75,6 +76,8 @@ def plot_isoflop(result: scaling.IsoFLOPFit, N, L, path: pathlib.Path) -> None:
     ax_curves.plot(budget.N_opt, budget.loss, marker="*", markersize=12, color=color,
                    markeredgecolor="k")
   ax_curves.set_xscale("log")
+  # under a decade of N: matplotlib labels the minor ticks too, and they overlap
+  ax_curves.xaxis.set_minor_formatter(ticker.NullFormatter())
   ax_curves.set_xlabel("parameters N")
   ax_curves.set_ylabel("final validation loss")
   ax_curves.set_title(f"IsoFLOP curves ({result.n} runs, {len(result.budgets)} budgets)")
