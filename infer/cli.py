@@ -25,6 +25,7 @@ import time
 from absl import flags
 
 from treadle.common import entry
+from treadle.infer import load_flags
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by treadle-train.")
 _PROMPT = flags.DEFINE_multi_string("prompt", None, "Prompt text (repeatable). Default: newline.")
@@ -46,25 +47,6 @@ _SKIP_SPECIAL = flags.DEFINE_bool("skip_special_tokens", True,
                                   "Leave special tokens (<s>, <|im_end|>, ...) out of the text.")
 _MESH = flags.DEFINE_string("mesh_shape", "-1,1,1", "Mesh data,fsdp,tensor for the parameters.")
 _RULES = flags.DEFINE_string("rules", "dp", "Parameter sharding preset (dp, fsdp, fsdp_tp).")
-_MERGE_LORA = flags.DEFINE_bool("merge_lora", False,
-                                "LoRA runs: fold the adapters into the base weights first.")
-_DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"],
-                           "Weights and compute dtype, cast at load; default: the run's "
-                           "compute dtype with float32 weights.")
-_QUANTIZE = flags.DEFINE_enum("quantize", None, ["int8"],
-                              "Store the decoder's matrices as int8 with per-output-channel "
-                              "scales (quantized at load; a treadle-quantize run is int8 "
-                              "already).")
-
-_DRAFT_WORKDIR = flags.DEFINE_string("draft_workdir", None,
-                                     "Speculative decoding: a smaller run or imported model "
-                                     "with the same tokenizer proposes tokens.")
-_DRAFT = flags.DEFINE_enum("draft", None, ["ngram"],
-                           "Speculative decoding without a draft model: ngram = prompt lookup "
-                           "(the continuation of the last n-gram's earlier occurrence).")
-_NUM_DRAFT = flags.DEFINE_integer("num_draft_tokens", 4,
-                                  "Tokens the draft proposes per round (speculative decoding).")
-
 def _prompts() -> list[str]:
   if _PROMPT_FILE.value:
     try:
@@ -136,10 +118,7 @@ def main(argv) -> None:
     entry.fail("--workdir is required")
   if _NUM_SAMPLES.value < 1:
     entry.fail(f"--num_samples={_NUM_SAMPLES.value} must be positive")
-  if _DRAFT_WORKDIR.value and _DRAFT.value:
-    entry.fail("--draft_workdir and --draft ngram: give one draft")
-  if _NUM_DRAFT.value < 1:
-    entry.fail(f"--num_draft_tokens={_NUM_DRAFT.value} must be >= 1")
+  load_flags.check()
   shape = _mesh_shape()
   from treadle.infer import sampler as sampler_lib  # after flag parsing: a bad flag never starts jax
   from treadle.common import logs
@@ -154,9 +133,7 @@ def main(argv) -> None:
     prompts = _prompts()
     sampler = sampler_lib.Sampler.from_workdir(
         _WORKDIR.value, entry.checkpoint_step(_STEP.value), shape, _RULES.value,
-        merge_lora=_MERGE_LORA.value, dtype=_DTYPE.value, quantize=_QUANTIZE.value,
-        draft_workdir=_DRAFT_WORKDIR.value, draft=_DRAFT.value,
-        num_draft_tokens=_NUM_DRAFT.value)
+        **load_flags.sampler_args())
     sampler.encode_prompts(prompts)  # validate before generating anything
     _print_samples(sampler, prompts, args)
 

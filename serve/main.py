@@ -23,6 +23,7 @@ import socket
 from absl import flags
 
 from treadle.common import entry
+from treadle.infer import load_flags
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by treadle-train.")
 _STEP = flags.DEFINE_string("step", None, "Checkpoint step: a number, 'best' or latest (default).")
@@ -35,22 +36,6 @@ _MAX_MODEL_LEN = flags.DEFINE_integer("max_model_len", 0, "Tokens each slot's KV
                                       "0 = the model's context, at most 4096.")
 _MAX_CACHE_GIB = flags.DEFINE_float("max_cache_gib", 16.0, "Refuse to start when the slots' KV "
                                     "caches (max_batch x max_model_len) need more GiB.")
-_MERGE_LORA = flags.DEFINE_bool("merge_lora", False,
-                                "LoRA runs: fold the adapters into the base weights first.")
-_DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"],
-                           "Weights and compute dtype, cast at load; default: the run's "
-                           "compute dtype with float32 weights.")
-_QUANTIZE = flags.DEFINE_enum("quantize", None, ["int8"],
-                              "Store the decoder's matrices as int8 with per-output-channel "
-                              "scales (quantized at load; a treadle-quantize run is int8 "
-                              "already).")
-_DRAFT_WORKDIR = flags.DEFINE_string("draft_workdir", None,
-                                     "Speculative decoding: a smaller run or imported model "
-                                     "with the same tokenizer proposes tokens.")
-_DRAFT = flags.DEFINE_enum("draft", None, ["ngram"],
-                           "Speculative decoding without a draft model: ngram = prompt lookup.")
-_NUM_DRAFT = flags.DEFINE_integer("num_draft_tokens", 4,
-                                  "Tokens the draft proposes per round (speculative decoding).")
 _API_KEY = flags.DEFINE_string("api_key", None, "Require 'Authorization: Bearer KEY' on "
                                "every route but GET /health; default: $TREADLE_API_KEY.")
 _MAX_BODY_MB = flags.DEFINE_float("max_body_mb", 4.0, "Largest request body (MiB); past it, 413.")
@@ -65,9 +50,7 @@ def _load(workdir: str):
   from treadle.infer import sampler as sampler_lib
   return sampler_lib.Sampler.from_workdir(
       workdir, entry.checkpoint_step(_STEP.value), (1, 1, 1), "dp",
-      devices=jax.devices()[:1], merge_lora=_MERGE_LORA.value, dtype=_DTYPE.value,
-      quantize=_QUANTIZE.value, draft_workdir=_DRAFT_WORKDIR.value, draft=_DRAFT.value,
-      num_draft_tokens=_NUM_DRAFT.value)
+      devices=jax.devices()[:1], **load_flags.sampler_args())
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -134,12 +117,10 @@ def main(argv) -> None:
   if not _WORKDIR.value:
     entry.fail("--workdir is required")
   for name, flag, low in (("max_batch", _MAX_BATCH, 1), ("max_queue", _MAX_QUEUE, 0),
-                          ("port", _PORT, 0), ("max_model_len", _MAX_MODEL_LEN, 0),
-                          ("num_draft_tokens", _NUM_DRAFT, 1)):
+                          ("port", _PORT, 0), ("max_model_len", _MAX_MODEL_LEN, 0)):
     if flag.value < low:
       entry.fail(f"--{name}={flag.value} must be >= {low}")
-  if _DRAFT_WORKDIR.value and _DRAFT.value:
-    entry.fail("--draft_workdir and --draft ngram: give one draft")
+  load_flags.check()
   if _PORT.value > 65535:
     entry.fail(f"--port={_PORT.value} must be <= 65535")
   if not 0 < _MAX_BODY_MB.value < math.inf:

@@ -5,7 +5,9 @@ prompt at a time) and at batch 8, plainly, with each `--draft` run (a smaller mo
 the same text: the same tokenizer) and with n-gram lookup, greedy and at temperature 0.8.
 Reported per case: tokens/second, the ratio to plain decoding in the same round (the median of
 per-round ratios: the cases run interleaved, so a neighbour's load on the shared CPU hits them
-alike), the acceptance rate, and for greedy whether the text equals plain decoding's.
+alike), the acceptance rate, and for greedy whether the text equals plain decoding's. Each
+draft run also decodes alone (`alone ...`: its own text, its speed as a ratio to the
+target's), which is what a draft step costs.
 
 Two prompt sets: `shakespeare` (lines of the validation text) and `repetitive` (each prompt a
 passage said twice, then its start again: n-gram lookup's case).
@@ -66,6 +68,8 @@ def main() -> None:
         args.target, draft_workdir=d, num_draft_tokens=args.num_draft_tokens)
   samplers["ngram"] = sampler_lib.Sampler.from_workdir(
       args.target, draft="ngram", num_draft_tokens=args.num_draft_tokens)
+  for d in args.draft:
+    samplers[f"alone {d}"] = sampler_lib.Sampler.from_workdir(d)
   print(json.dumps({"machine": machine.describe(), "target": args.target,
                     "num_draft_tokens": args.num_draft_tokens, "new_tokens": args.new_tokens,
                     "target_bytes": _bytes(samplers["plain"].params),
@@ -83,7 +87,8 @@ def main() -> None:
             times[name].append(seconds)
             if name == "plain":
               plain_texts = texts
-            same = texts == plain_texts if temperature == 0 else None
+            exact = temperature == 0 and not name.startswith("alone")  # alone: its own text
+            same = texts == plain_texts if exact else None
             times[name + ".rate"], times[name + ".same"] = rate, same
         tokens = len(prompts) * args.new_tokens
         for name in samplers:
