@@ -44,7 +44,10 @@ def test_quantized_run_loads_the_same_int8_arrays_without_the_float_run(trained,
   source, out = tmp_path / "source", tmp_path / "int8"
   shutil.copytree(trained, source)
   run_cli("treadle.infer.quantize", "--workdir", source, "--out", out)
-  on_disk = sum(f.stat().st_size for f in (out / "checkpoints").rglob("*") if f.is_file())
+  # the arrays' bytes: Orbax's OCDBT data files (d/); its metadata, tens of KB set by the
+  # tree and the stack's version rather than the weights, is left out
+  on_disk = sum(f.stat().st_size for f in (out / "checkpoints").rglob("*")
+                if f.is_file() and f.parent.name == "d")
   shutil.rmtree(source)  # the quantized run needs nothing of the float one
   loaded = sampler_lib.Sampler.from_workdir(out).params
   at_load = sampler_lib.Sampler.from_workdir(trained, quantize="int8").params
@@ -53,7 +56,8 @@ def test_quantized_run_loads_the_same_int8_arrays_without_the_float_run(trained,
     assert a.dtype == b.dtype and np.array_equal(np.asarray(a), np.asarray(b))
   assert sum(is_q(x) for x in jax.tree.leaves(loaded, is_leaf=is_q)) >= 4
   float_bytes = quant.weights_bytes(sampler_lib.Sampler.from_workdir(trained).params)
-  assert on_disk < 0.4 * float_bytes  # ~1/4, plus Orbax's metadata
+  print(f"int8 data on disk {on_disk:,} bytes, float weights {float_bytes:,}")
+  assert on_disk < 0.35 * float_bytes  # int8 matrices, float32 scales, embeddings and norms
 
 
 def test_greedy_text_and_weights_bytes(trained, quantized):
