@@ -336,7 +336,7 @@ class Decoder(nnx.Module):
               cache: Any = None, decode: DecodeState | None = None,
               dropout_key: jax.Array | None = None, segment_ids_BT: jax.Array | None = None):
     """(logits, cache, router statistics of the MoE blocks stacked on a leading axis, or
-    None for a dense model): `router_losses` and `moe_metrics` read them."""
+    None for a dense model): `moe.router_losses` and `moe.metrics` read them."""
     cfg = self.cfg
     if positions_BT is None:
       positions_BT = jnp.broadcast_to(jnp.arange(tokens_BT.shape[1]), tokens_BT.shape)
@@ -388,28 +388,6 @@ def cache_len(cache: Any) -> int:
   """Number of slots of a cache made by Decoder.init_cache."""
   first = cache if isinstance(cache, LayerCache) else cache[0]
   return first.k_BGKS.shape[-1]
-
-
-def router_losses(cfg: ModelConfig, stats: dict | None) -> jax.Array:
-  """The router terms a training loss adds: coefficients x the mean over MoE blocks."""
-  if stats is None:
-    return jnp.float32(0.0)
-  return (cfg.router_aux_loss_coef * stats["aux_loss"].mean()
-          + cfg.router_z_loss_coef * stats["z_loss"].mean())
-
-
-def moe_metrics(cfg: ModelConfig, stats: dict | None) -> dict[str, jax.Array]:
-  """Scalars to log: the router losses (mean over MoE blocks), the share of assignments
-  dropped by capacity, and each MoE block's load (share of its assignments) per expert,
-  as expert_load/layer{block index}/e{expert}."""
-  if stats is None:
-    return {}
-  out = {"moe_aux_loss": stats["aux_loss"].mean(), "moe_z_loss": stats["z_loss"].mean(),
-         "moe_dropped": stats["dropped"].mean()}
-  moe_blocks = [i for i in range(cfg.num_layers) if cfg.is_moe_block(i)]
-  for block, load_E in zip(moe_blocks, stats["load_E"]):
-    out.update({f"expert_load/layer{block}/e{e}": load_E[e] for e in range(load_E.shape[0])})
-  return out
 
 
 def cross_entropy(logits_BTV: jax.Array, targets_BT: jax.Array,

@@ -273,3 +273,29 @@ def _blocked_ffn(x_ND, token_A, group_A, fc, proj, kind) -> jax.Array:
   h = _activation(jnp.einsum("nbd,nd...->nb...", rows, fc[block_expert]), kind)
   out_RD = jnp.einsum("nbf,nfd->nbd", h, proj[block_expert]).reshape(R, -1)
   return jnp.where((row_A < R)[:, None], out_RD[jnp.minimum(row_A, R - 1)], 0)
+
+
+def router_losses(cfg, stats: dict | None) -> jax.Array:
+  """The router terms a training loss adds: coefficients x the mean over MoE blocks.
+
+  cfg is the decoder's gpt.ModelConfig (not imported: gpt imports this module); stats is
+  what Decoder returns beside the logits, None for a dense model.
+  """
+  if stats is None:
+    return jnp.float32(0.0)
+  return (cfg.router_aux_loss_coef * stats["aux_loss"].mean()
+          + cfg.router_z_loss_coef * stats["z_loss"].mean())
+
+
+def metrics(cfg, stats: dict | None) -> dict[str, jax.Array]:
+  """Scalars to log: the router losses (mean over MoE blocks), the share of assignments
+  dropped by capacity, and each MoE block's load (share of its assignments) per expert,
+  as expert_load/layer{block index}/e{expert}."""
+  if stats is None:
+    return {}
+  out = {"moe_aux_loss": stats["aux_loss"].mean(), "moe_z_loss": stats["z_loss"].mean(),
+         "moe_dropped": stats["dropped"].mean()}
+  moe_blocks = [i for i in range(cfg.num_layers) if cfg.is_moe_block(i)]
+  for block, load_E in zip(moe_blocks, stats["load_E"]):
+    out.update({f"expert_load/layer{block}/e{e}": load_E[e] for e in range(load_E.shape[0])})
+  return out

@@ -3,7 +3,6 @@ import dataclasses
 import json
 import logging
 import pathlib
-import time
 from typing import Any
 
 import jax
@@ -187,36 +186,14 @@ def _save(run: Run, mgr, state, data_iter, progress: Progress, val_loss=None) ->
                   val_loss, extra=dataclasses.asdict(progress))
 
 
-class _Throughput:
-  """Tokens/second and MFU over the steps since the last log line (host wall clock)."""
-
-  def __init__(self, run: Run):
-    cfg = run.cfg
-    self.units_per_step = cfg.train.batch_size * run.task.units_per_example(cfg)
-    self.unit = run.task.unit
-    self.flops_per_unit = run.task.flops_per_unit(cfg)
-    device = jax.devices()[0]
-    peak = perf.peak_flops(device.device_kind if device.platform != "cpu" else "cpu",
-                           getattr(cfg.model, "compute_dtype", "float32"))
-    # simulated CPU devices share one host's cores: the host peak is the whole budget
-    scale = jax.process_count() if device.platform == "cpu" else jax.device_count()
-    self.peak = peak * scale if peak else None
-    self.reset(0)
-
-  def reset(self, step: int) -> None:
-    self.step, self.time = step, time.perf_counter()
-
-  def measure(self, step: int) -> dict:
-    now = time.perf_counter()
-    rate = (step - self.step) * self.units_per_step / max(now - self.time, 1e-9)
-    self.reset(step)
-    out = {f"{self.unit}_per_second": rate}
-    if self.peak:
-      out["mfu"] = rate * self.flops_per_unit / self.peak
-    return out
+def _throughput(run: Run) -> perf.Throughput:
+  cfg = run.cfg
+  return perf.Throughput(cfg.train.batch_size * run.task.units_per_example(cfg), run.task.unit,
+                         run.task.flops_per_unit(cfg),
+                         getattr(cfg.model, "compute_dtype", "float32"))
 
 
-def _log_step(run: Run, mgr, writer, throughput: _Throughput, step: int, m: dict,
+def _log_step(run: Run, mgr, writer, throughput: perf.Throughput, step: int, m: dict,
               host: dict, progress: Progress, display: reporting.Display):
   """Host-side handling of step `step`'s metrics (pulled one step late); `host`: the task's
   metrics of making the batch (GRPO's rewards)."""
@@ -264,7 +241,7 @@ def train_steps(run: Run, mgr, state, data_iter, progress: Progress, val_batches
     return state, "interrupted"
   cfg = run.cfg.train
   start = int(jax.device_get(state.step))
-  throughput = _Throughput(run)
+  throughput = _throughput(run)
   throughput.reset(start)
   display = reporting.Display(cfg.num_steps, start, run.is_main)
   profile = reporting.ProfileWindow(cfg.profile_window, run.workdir / "profile")

@@ -1,5 +1,8 @@
-"""Model FLOPs per token and the peak-FLOPs table behind MFU."""
+"""Model FLOPs per token, the peak-FLOPs table behind MFU, and the loop's throughput meter."""
 import re
+import time
+
+import jax
 
 from treadle.model import gpt
 
@@ -95,3 +98,29 @@ def peak_flops(device_kind: str, dtype: str) -> float | None:
   kind = device_kind.lower().strip()
   return next((peak for pattern, peak in PEAK_FLOPS.get(dtype, ()) if re.search(pattern, kind)),
               None)
+
+
+class Throughput:
+  """Units (tokens, pairs, ...) per second and MFU over the steps since the last reset, by
+  the host's wall clock."""
+
+  def __init__(self, units_per_step: int, unit: str, flops_per_unit: float, dtype: str):
+    self.units_per_step, self.unit, self.flops_per_unit = units_per_step, unit, flops_per_unit
+    device = jax.devices()[0]
+    peak = peak_flops(device.device_kind if device.platform != "cpu" else "cpu", dtype)
+    # simulated CPU devices share one host's cores: the host peak is the whole budget
+    scale = jax.process_count() if device.platform == "cpu" else jax.device_count()
+    self.peak = peak * scale if peak else None
+    self.reset(0)
+
+  def reset(self, step: int) -> None:
+    self.step, self.time = step, time.perf_counter()
+
+  def measure(self, step: int) -> dict:
+    now = time.perf_counter()
+    rate = (step - self.step) * self.units_per_step / max(now - self.time, 1e-9)
+    self.reset(step)
+    out = {f"{self.unit}_per_second": rate}
+    if self.peak:
+      out["mfu"] = rate * self.flops_per_unit / self.peak
+    return out

@@ -9,6 +9,7 @@ from treadle.data import mixture
 from treadle.data import tokenizers
 from treadle.data import windows
 from treadle.model import gpt
+from treadle.model import moe
 from treadle.train import perf
 from treadle.train.tasks import base
 
@@ -47,11 +48,11 @@ class LanguageModeling(base.Task):
                                          segment_ids_BT=batch.get("segment_ids"),
                                          dropout_key=dropout_key)
     ce = gpt.cross_entropy(logits_BTV, batch["targets"], batch.get("loss_mask"))
-    metrics = gpt.moe_metrics(model.cfg, stats)
+    metrics = moe.metrics(model.cfg, stats)
     if stats is None or not training:
       return ce, metrics
     # an MoE model trains on cross entropy + its router losses (also logged on their own)
-    return ce + gpt.router_losses(model.cfg, stats), {"cross_entropy": ce, **metrics}
+    return ce + moe.router_losses(model.cfg, stats), {"cross_entropy": ce, **metrics}
 
   def units_per_example(self, cfg) -> int:
     return cfg.data.seq_len
