@@ -1,6 +1,6 @@
 """The post-training losses against hand computations: SFT's mask and token-weighted
 accumulation, DPO's loss, GRPO's advantages and clipped objective; each task's update sharded
-equals single device."""
+equals single device; an MoE policy trains on its objective + its router losses."""
 
 import jax
 import jax.numpy as jnp
@@ -205,3 +205,36 @@ def test_each_tasks_update_sharded_fsdp_tp_equals_single_device(name):
   sharded_loss, sharded_params = _one_update(task, batch, (2, 2, 2), "fsdp_tp", jax.devices())
   assert sharded_loss == pytest.approx(loss, rel=1e-5) and loss != 0
   numerics.assert_trees_close(sharded_params, params, rtol=1e-5)
+
+
+MOE_MODEL = config_lib.section("model", vocab_size=24, max_seq_len=16, num_layers=2, num_heads=2,
+                               embed_dim=16, num_experts=4, experts_per_token=2,
+                               moe_hidden_dim=16, router_z_loss_coef=0.02)
+
+
+def _router_inputs(name, batch):
+  """The tokens (and positions, segments) each task's policy forward reads."""
+  if name == "dpo":
+    return {"tokens_BT": np.concatenate([batch[f"{s}_inputs"] for s in dpo.SIDES])}
+  return {"tokens_BT": batch["inputs"], "positions_BT": batch.get("positions"),
+          "segment_ids_BT": batch.get("segment_ids")}
+
+
+@pytest.mark.parametrize("name", ["sft", "dpo", "grpo"])
+def test_an_moe_policy_trains_on_its_objective_plus_the_router_losses(name):
+  task, batch = _task_batches()[name]
+  graphdef, _, _ = state_lib.model_graph(MOE_MODEL)
+  model = nnx.merge(graphdef, state_lib.random_params(MOE_MODEL, 0))
+  with jax.default_matmul_precision("highest"):
+    train_loss, train_aux = task.loss(model, batch, None, training=True)
+    eval_loss, eval_aux = task.loss(model, batch, None, training=False)
+    _, _, stats = model.forward(**_router_inputs(name, batch))
+  aux, z = float(stats["aux_loss"].mean()), float(stats["z_loss"].mean())
+  assert aux > 0 and z > 0
+  expected = float(eval_loss) + 0.01 * aux + 0.02 * z  # router_aux_loss_coef's default: 0.01
+  assert float(train_loss) == pytest.approx(expected, rel=1e-6)
+  assert float(train_aux["objective"]) == pytest.approx(float(eval_loss), rel=1e-6)
+  for metrics in (train_aux, eval_aux):
+    assert float(metrics["moe_aux_loss"]) == pytest.approx(aux, rel=1e-6)
+    assert "expert_load/layer1/e3" in metrics
+  assert "objective" not in eval_aux

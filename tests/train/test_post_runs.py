@@ -217,3 +217,22 @@ def test_a_reward_failing_mid_run_exits_1_and_the_run_resumes(base_run, files, t
   assert [p.name for p in checkpoint.directory(workdir).iterdir() if p.name.isdigit()] == ["1"]
   summary = loop.train(_grpo(base_run, files, 3, reward=reward), workdir)  # resumes at step 1
   assert summary["step"] == 3 and summary["outcome"] == "completed"
+
+
+def test_an_moe_model_post_trains_on_its_objective_plus_its_router_losses(files, tmp_path):
+  c = tiny.get_config().to_dict()
+  c["data"]["path"] = str(files / "corpus.txt")
+  c["model"].update(num_experts=4, experts_per_token=2)
+  c["train"].update(num_steps=6, eval_every=6, checkpoint_every=6)
+  loop.train(config_lib.split(c), tmp_path / "base")
+  cfg = _config("sft", data={"path": str(files / "sft.jsonl"), "seq_len": 12},
+                train={**SMALL_RUN, "num_steps": 3, "init_from": str(tmp_path / "base")})
+  loop.train(cfg, tmp_path / "sft")
+  rows = [r for r in _rows(tmp_path / "sft") if "train_loss" in r]
+  assert len(rows) == 3
+  for r in rows:
+    assert r["train_moe_aux_loss"] > 0 and "train_expert_load/layer0/e3" in r
+    assert r["train_loss"] == pytest.approx(r["train_objective"] + 0.01 * r["train_moe_aux_loss"],
+                                            rel=1e-5)
+  val = [r for r in _rows(tmp_path / "sft") if "val_loss" in r]
+  assert len(val) == 2 and all("val_moe_aux_loss" in r and "val_objective" not in r for r in val)

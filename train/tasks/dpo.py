@@ -48,10 +48,16 @@ def pairs(renderer: post.Renderer, rows: list, seq_len: int, path: str) -> dict:
 
 def answer_logprobs(model, batch: dict, dropout_key=None) -> tuple[jax.Array, jax.Array]:
   """(log p(chosen | prompt), log p(rejected | prompt)) per pair, one forward of both."""
+  return _answer_logprobs_and_stats(model, batch, dropout_key)[:2]
+
+
+def _answer_logprobs_and_stats(model, batch: dict, dropout_key=None):
+  """answer_logprobs and the MoE router statistics of the forward (None if dense)."""
   both = lambda name: jnp.concatenate([batch[f"{s}_{name}"] for s in SIDES])
-  logp = post_lib.token_logprobs(model, both("inputs"), both("targets"), dropout_key=dropout_key)
-  summed = (logp * both("mask")).sum(-1)
-  return jnp.split(summed, 2)
+  logp, stats = post_lib.policy_logprobs(model, both("inputs"), both("targets"),
+                                         dropout_key=dropout_key)
+  chosen, rejected = jnp.split((logp * both("mask")).sum(-1), 2)
+  return chosen, rejected, stats
 
 
 def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: float, weights):
@@ -96,10 +102,11 @@ class PreferenceOptimization(post_lib.PostTrainingTask):
 
   def loss(self, model, batch: dict, dropout_key, training: bool = True
            ) -> tuple[jax.Array, dict]:
-    chosen, rejected = answer_logprobs(model, batch, dropout_key)
+    chosen, rejected, stats = _answer_logprobs_and_stats(model, batch, dropout_key)
     weights = batch.get("weights", jnp.ones_like(chosen))
-    return dpo_loss(chosen, rejected, batch["ref_chosen"], batch["ref_rejected"], self.beta,
-                    weights)
+    objective = dpo_loss(chosen, rejected, batch["ref_chosen"], batch["ref_rejected"],
+                         self.beta, weights)
+    return post_lib.with_router_losses(model, objective, stats, training)
 
   def units_per_example(self, cfg) -> int:
     return 2 * cfg.data.seq_len

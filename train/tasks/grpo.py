@@ -205,12 +205,13 @@ class GroupRelativePolicyOptimization(post_lib.PostTrainingTask):
 
   def loss(self, model, batch: dict, dropout_key, training: bool = True
            ) -> tuple[jax.Array, dict]:
-    logp = post_lib.token_logprobs(model, batch["inputs"], batch["targets"], batch["positions"],
-                                   batch["segment_ids"], dropout_key)
+    logp, stats = post_lib.policy_logprobs(model, batch["inputs"], batch["targets"],
+                                           batch["positions"], batch["segment_ids"], dropout_key)
     old = batch["old_logp"] if "old_logp" in batch else jax.lax.stop_gradient(logp)
     ref = batch.get("ref_logp")  # present when rl.kl_coef > 0: the KL is then measured
-    return grpo_objective(logp, old, ref, batch["advantages"], batch["loss_mask"],
-                          self.rl.clip_eps, self.rl.kl_coef)
+    objective = grpo_objective(logp, old, ref, batch["advantages"], batch["loss_mask"],
+                               self.rl.clip_eps, self.rl.kl_coef)
+    return post_lib.with_router_losses(model, objective, stats, training)
 
   def units_per_example(self, cfg) -> int:
     return cfg.rl.group_size * (self.prompt_len + cfg.rl.max_new_tokens - 1)

@@ -18,6 +18,7 @@ from treadle.data import post as rows
 from treadle.data import tokenizers
 from treadle.model import axes
 from treadle.model import lora
+from treadle.model import moe
 from treadle.train import config as config_lib
 from treadle.train import finetune
 from treadle.train import mesh as mesh_lib
@@ -82,10 +83,31 @@ def inherit(cfg: config_lib.RunConfig, workdir: pathlib.Path, init_dir: pathlib.
 def token_logprobs(model, inputs_BT, targets_BT, positions_BT=None, segment_ids_BT=None,
                    dropout_key=None) -> jax.Array:
   """log p(target_t | inputs_<=t) per position, float32 [B, T]."""
-  logits_BTV, _ = model(inputs_BT, positions_BT=positions_BT, segment_ids_BT=segment_ids_BT,
-                        dropout_key=dropout_key)
+  return policy_logprobs(model, inputs_BT, targets_BT, positions_BT, segment_ids_BT,
+                         dropout_key)[0]
+
+
+def policy_logprobs(model, inputs_BT, targets_BT, positions_BT=None, segment_ids_BT=None,
+                    dropout_key=None) -> tuple[jax.Array, dict | None]:
+  """(token_logprobs, the MoE blocks' router statistics or None for a dense model)."""
+  logits_BTV, _, stats = model.forward(inputs_BT, positions_BT=positions_BT,
+                                       segment_ids_BT=segment_ids_BT, dropout_key=dropout_key)
   logp_BTV = jax.nn.log_softmax(logits_BTV.astype(jnp.float32), axis=-1)
-  return jnp.take_along_axis(logp_BTV, targets_BT[..., None], axis=-1)[..., 0]
+  return jnp.take_along_axis(logp_BTV, targets_BT[..., None], axis=-1)[..., 0], stats
+
+
+def with_router_losses(model, loss_and_metrics: tuple[jax.Array, dict], stats, training: bool
+                       ) -> tuple[jax.Array, dict]:
+  """An MoE policy trains on its objective + the router losses, as pre-training does (the
+  load-balancing term keeps fine-tuning from collapsing the routing); the objective alone is
+  logged as `objective`, with the router metrics. Evaluation scores the objective only."""
+  loss, metrics = loss_and_metrics
+  if stats is None:
+    return loss, metrics
+  metrics = {**metrics, **moe.metrics(model.cfg, stats)}
+  if not training:
+    return loss, metrics
+  return loss + moe.router_losses(model.cfg, stats), {**metrics, "objective": loss}
 
 
 def without_adapters(params):

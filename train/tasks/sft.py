@@ -80,12 +80,14 @@ class SupervisedFineTuning(post_lib.PostTrainingTask):
     mask = batch["loss_mask"].astype(jnp.float32)
     if "weights" in batch:  # evaluation padding rows count nowhere
       mask = mask * batch["weights"][:, None]
-    logp = post_lib.token_logprobs(model, batch["inputs"], batch["targets"],
-                                   batch.get("positions"), batch.get("segment_ids"), dropout_key)
+    logp, stats = post_lib.policy_logprobs(model, batch["inputs"], batch["targets"],
+                                           batch.get("positions"), batch.get("segment_ids"),
+                                           dropout_key)
     tokens = mask.sum()
     # the mean over this batch's answer tokens; "weight" makes accumulation and evaluation
     # combine batches by their token counts (an update of 2 micro-batches = one batch of both)
-    return -(logp * mask).sum() / jnp.maximum(tokens, 1.0), {"weight": tokens}
+    objective = -(logp * mask).sum() / jnp.maximum(tokens, 1.0), {"weight": tokens}
+    return post_lib.with_router_losses(model, objective, stats, training)
 
   def units_per_example(self, cfg) -> int:
     return cfg.data.seq_len
