@@ -12,6 +12,8 @@ from typing import Any
 import jax
 
 from treadle.data import tokenizers
+from treadle.infer import quantized
+from treadle.model import quant
 from treadle.model import speculative
 from treadle.train import checkpoint
 from treadle.train import config as config_lib
@@ -40,9 +42,12 @@ def ngram(num_tokens: int = DEFAULT_NUM_DRAFT_TOKENS) -> Draft:
 
 
 def from_workdir(workdir, target_cfg, target_tokenizer, mesh,
-                 num_tokens: int = DEFAULT_NUM_DRAFT_TOKENS, dtype=None) -> Draft:
+                 num_tokens: int = DEFAULT_NUM_DRAFT_TOKENS, dtype=None,
+                 quantize: str | None = None) -> Draft:
   """The draft run's latest parameters, replicated on `mesh`, in `dtype` (None: the run's);
-  a tokenizer or vocabulary other than the target's is a one-line ValueError."""
+  a tokenizer or vocabulary other than the target's is a one-line ValueError. A run written
+  by treadle-quantize drafts with its int8 matrices; `quantize` ("int8") quantizes a float
+  draft as the target is (model/quant.py)."""
   workdir = pathlib.Path(workdir)
   cfg = config_lib.from_run(workdir)
   workdir_lib.check_artifacts(workdir, role="draft workdir")
@@ -57,9 +62,16 @@ def from_workdir(workdir, target_cfg, target_tokenizer, mesh,
   if dtype is not None:
     model_cfg = dataclasses.replace(model_cfg, compute_dtype=dtype)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  params, _ = checkpoint.load_params(
-      workdir, None, model_cfg, lambda abstract, _: jax.tree.map(lambda _: replicated, abstract),
-      model_cfg.dtype if dtype is not None else None)
+  place = lambda abstract, _: jax.tree.map(lambda _: replicated, abstract)
+  if quantized.recorded(workdir):
+    params, _ = quantized.load_params(workdir, None, model_cfg, place)
+  else:  # quantizing reads float32: the int8 values come from the unrounded weights
+    params, _ = checkpoint.load_params(workdir, None, model_cfg, place,
+                                       model_cfg.dtype if dtype and not quantize else None)
+    if quantize:
+      params = quant.quantize_placed(params, model_cfg)
+  if dtype is not None:
+    params = quant.cast_weights(params, model_cfg.dtype)  # int8 values and scales kept
   graphdef = state_lib.model_graph(model_cfg)[0]
   return Draft(num_tokens, model_cfg, graphdef, params, str(workdir))
 

@@ -75,7 +75,7 @@ class Sampler:
       params = quant.quantize_placed(params, cfg.model)
     if dtype is not None:
       cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, compute_dtype=dtype))
-      params = cast_weights(params, cfg.model.dtype)  # the model checks the dtype name
+      params = quant.cast_weights(params, cfg.model.dtype)  # the model checks the dtype name
     self.cfg, self.tokenizer, self.params, self.mesh, self.step = cfg, tokenizer, params, mesh, step
     self.graphdef, _, _ = state_lib.model_graph(cfg.model)
     self.window = cfg.model.max_seq_len
@@ -118,7 +118,8 @@ class Sampler:
     whatever `quantize` says.
 
     Speculative decoding: `draft_workdir` (a smaller run or imported model with this
-    tokenizer) or `draft="ngram"` (prompt lookup), proposing `num_draft_tokens` per round."""
+    tokenizer; int8 if written by treadle-quantize or if `quantize` says so) or
+    `draft="ngram"` (prompt lookup), proposing `num_draft_tokens` per round."""
     if draft_workdir is not None and draft is not None:
       raise ValueError("give a draft workdir or draft='ngram', not both")
     if draft is not None and draft != drafting.NGRAM:
@@ -157,7 +158,7 @@ class Sampler:
     spec = None
     if draft_workdir is not None:
       spec = drafting.from_workdir(draft_workdir, cfg.model, tokenizer, mesh, num_draft_tokens,
-                                   dtype)
+                                   dtype, quantize)
     elif draft is not None:
       spec = drafting.ngram(num_draft_tokens)
     return cls(cfg, tokenizer, params, mesh, step, dtype, spec, quantize=quantize)
@@ -291,15 +292,3 @@ class Sampler:
       carry = self._decode(self._weights, carry, jnp.int32(steps), sampling)
       self._record(carry)
       produced += steps
-
-
-def cast_weights(params, dtype):
-  """Floating weights in `dtype`, on the shardings they had (no work if they already are);
-  the float32 scales of int8 weights stay float32."""
-  is_q = lambda x: isinstance(x, quant.QWeight)
-  floating = lambda x: not is_q(x) and jnp.issubdtype(x.dtype, jnp.floating)
-  if all(x.dtype == dtype for x in jax.tree.leaves(params, is_leaf=is_q) if floating(x)):
-    return params
-  cast = lambda p: jax.tree.map(lambda x: x.astype(dtype) if floating(x) else x, p,
-                                is_leaf=is_q)
-  return jax.jit(cast, out_shardings=jax.tree.map(lambda x: x.sharding, params))(params)

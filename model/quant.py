@@ -192,3 +192,15 @@ def from_storage(params):
       return QWeight(params["q"], params["scale"])
     return {k: from_storage(v) for k, v in params.items()}
   return params
+
+
+def cast_weights(params, dtype):
+  """Floating weights in `dtype`, on the shardings they had (no work if they already are);
+  the float32 scales of int8 weights stay float32."""
+  is_q = lambda x: isinstance(x, QWeight)
+  floating = lambda x: not is_q(x) and jnp.issubdtype(x.dtype, jnp.floating)
+  if all(x.dtype == dtype for x in jax.tree.leaves(params, is_leaf=is_q) if floating(x)):
+    return params
+  cast = lambda p: jax.tree.map(lambda x: x.astype(dtype) if floating(x) else x, p,
+                                is_leaf=is_q)
+  return jax.jit(cast, out_shardings=jax.tree.map(lambda x: x.sharding, params))(params)

@@ -30,8 +30,8 @@ import numpy as np
 
 from experiments.bench import machine
 from experiments.bench.train_vs_nanogpt import SIZES  # the two nanoGPT recipes
-from treadle.infer import sampler as sampler_lib
 from treadle.model import decode
+from treadle.model import quant
 from treadle.train import config as config_lib
 from treadle.train import state as state_lib
 
@@ -97,7 +97,7 @@ class TreadleDecoder:
     model = model_config(size, dtype)
     self.graphdef, _, _ = state_lib.model_graph(model)
     params = state_lib.random_params(model, seed)  # fp32 master weights, as a run saves them
-    self.params = sampler_lib.cast_weights(params, model.dtype)  # as Sampler(..., dtype) does
+    self.params = quant.cast_weights(params, model.dtype)  # as Sampler(..., dtype) does
     self.seed = seed
     self.sampling = decode.SamplingParams(jnp.float32(TEMPERATURE), jnp.int32(TOP_K),
                                           jnp.float32(1.0))

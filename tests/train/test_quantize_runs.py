@@ -116,7 +116,7 @@ def test_bad_input_is_one_line_and_writes_nothing(trained, quantized, tmp_path):
 
 
 def test_float_readers_refuse_a_quantized_run(trained, quantized, tmp_path):
-  """Fine-tuning from it, exporting it or drafting with it need float weights."""
+  """Fine-tuning from it or exporting it needs float weights."""
   from treadle.train import checkpoint
   from treadle.train import config as config_lib
   with pytest.raises(ValueError, match="int8 weights"):
@@ -128,6 +128,22 @@ def test_float_readers_refuse_a_quantized_run(trained, quantized, tmp_path):
   errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
   assert proc.returncode == 2 and len(errors) == 1 and "int8 weights" in errors[0], proc.stderr
   assert not hf_dir.exists()
+
+
+def test_a_quantized_draft_keeps_the_targets_greedy_text(trained, quantized):
+  """A treadle-quantize run drafts with its int8 matrices; --quantize int8 quantizes a float
+  draft to the same arrays."""
+  plain = _sample(trained)
+  drafted = _sample(trained, "--draft_workdir", quantized, "--num_draft_tokens", "3")
+  assert [s["text"] for s in drafted["samples"]] == [s["text"] for s in plain["samples"]]
+  assert drafted["acceptance_rate"] > 0.5  # the same model at int8 mostly agrees
+  from_run = sampler_lib.Sampler.from_workdir(trained, draft_workdir=quantized).draft.params
+  at_load = sampler_lib.Sampler.from_workdir(trained, draft_workdir=trained,
+                                             quantize="int8").draft.params
+  assert jax.tree.structure(from_run) == jax.tree.structure(at_load)
+  assert sum(is_q(x) for x in jax.tree.leaves(from_run, is_leaf=is_q)) >= 4
+  for a, b in zip(jax.tree.leaves(from_run), jax.tree.leaves(at_load)):
+    assert a.dtype == b.dtype and np.array_equal(np.asarray(a), np.asarray(b))
 
 
 @pytest.mark.devices(8)
