@@ -70,6 +70,38 @@ def filtered_logits(logits_BV: jax.Array, params: SamplingParams) -> jax.Array:
   """Temperature-scaled fp32 logits with top-k and top-p (nucleus) filtering applied (the
   removed tokens at -inf): the distribution sample_token draws from when temperature > 0."""
   scaled = logits_BV.astype(jnp.float32) / jnp.maximum(params.temperature, 1e-6)
+  # top-p sorts the vocabulary, which at an imported model's 32k+ tokens costs more than a
+  # small model's step on a CPU (experiments/bench/sampling_head_bench.py); top-k alone finds
+  # its threshold by bisection. A branch taken at run time picks the cheapest exact form, so
+  # one compiled program serves every setting
+  branch = jnp.where(params.top_p < 1, 2, jnp.where(params.top_k > 0, 1, 0))
+  return jax.lax.switch(branch, (lambda x, _: x, _top_k, _top_k_top_p), scaled, params)
+
+
+def _top_k(scaled: jax.Array, params: SamplingParams) -> jax.Array:
+  kth = kth_largest(scaled, jnp.clip(params.top_k, 1, scaled.shape[-1]))
+  return jnp.where(scaled < kth[..., None], -jnp.inf, scaled)
+
+
+def kth_largest(x: jax.Array, k: jax.Array) -> jax.Array:
+  """The k-th largest value of each row of x (float32; k traced, 1 <= k <= the row length),
+  exactly what sorting would give, without a sort: a bisection over the float's bits mapped
+  to order-preserving uint32 keys, 32 halvings of "at least k values are >= mid"."""
+  bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+  keys = jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(0x80000000))
+
+  def halve(_, bounds):  # invariant: the answer's key lies in [lo, hi]
+    lo, hi = bounds
+    mid = lo + ((hi - lo) >> 1) + ((hi - lo) & 1)
+    enough = (keys >= mid[..., None]).sum(-1) >= k
+    return jnp.where(enough, mid, lo), jnp.where(enough, hi, mid - 1)
+
+  lo = jnp.zeros(x.shape[:-1], jnp.uint32)
+  lo, _ = jax.lax.fori_loop(0, 32, halve, (lo, jnp.full_like(lo, 0xFFFFFFFF)))
+  return jnp.where(keys == lo[..., None], x, -jnp.inf).max(-1)
+
+
+def _top_k_top_p(scaled: jax.Array, params: SamplingParams) -> jax.Array:
   V = scaled.shape[-1]
   # One sort serves both filters: masking below the k-th value keeps the sorted order, so
   # the top-k-filtered values, sorted, are the sorted values masked the same way (each sort
@@ -88,10 +120,12 @@ def filtered_logits(logits_BV: jax.Array, params: SamplingParams) -> jax.Array:
 
 def sample_token(logits_BV: jax.Array, keys_B: jax.Array, params: SamplingParams) -> jax.Array:
   """Greedy, temperature, top-k and top-p (nucleus) sampling, combinable; row b draws with
-  keys_B[b] alone."""
-  greedy_B = jnp.argmax(logits_BV.astype(jnp.float32), axis=-1)
-  sampled_B = jax.vmap(jax.random.categorical)(keys_B, filtered_logits(logits_BV, params))
-  return jnp.where(params.temperature > 0, sampled_B, greedy_B).astype(jnp.int32)
+  keys_B[b] alone. Greedy decoding runs only the argmax (a branch taken at run time: the
+  parameters stay traced, one program serves both)."""
+  logits_BV = logits_BV.astype(jnp.float32)
+  sampled = lambda x: jax.vmap(jax.random.categorical)(keys_B, filtered_logits(x, params))
+  greedy = lambda x: jnp.argmax(x, axis=-1)
+  return jax.lax.cond(params.temperature > 0, sampled, greedy, logits_BV).astype(jnp.int32)
 
 
 def encode(model: gpt.Decoder, tokens_BT, first_slot, pad_B, cache, base, max_position=None):

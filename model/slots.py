@@ -111,18 +111,28 @@ def put(slots: Slots, row, slot: Slots) -> Slots:
 def step(model: gpt.Decoder, slots: Slots, live_S) -> tuple[Slots, TokenScores]:
   """Feeds every live slot its newest token and samples the next (`decode.decode_steps`'
   body, per slot). Idle slots compute too (the shapes are fixed) but never advance."""
-  def one(cache, token, cur, base, pad, start, key_data, sampling):
+  def one(cache, token, cur, base, pad):
     logits_11V, cache = decode.encode(model, token[None, None], cur, pad[None], cache, base)
-    new = _draw(logits_11V[:, -1], jax.random.wrap_key_data(key_data), cur + 1 - start,
-                sampling)
-    return cache, new, logits_11V[0, -1]
+    return cache, logits_11V[0, -1]
 
-  cache, new_S, logits_SV = jax.vmap(one)(slots.cache, slots.token_S, slots.cur_S,
-                                          slots.base_S, slots.pad_S, slots.start_S,
-                                          slots.key_S2, _sampling(slots))
+  cache, logits_SV = jax.vmap(one)(slots.cache, slots.token_S, slots.cur_S, slots.base_S,
+                                   slots.pad_S)
+  new_S = _draw_slots(logits_SV, slots, live_S)
   slots = slots._replace(cache=cache, token_S=jnp.where(live_S, new_S, slots.token_S),
                          cur_S=jnp.where(live_S, slots.cur_S + 1, slots.cur_S))
   return slots, _scores(logits_SV, new_S)
+
+
+def _draw_slots(logits_SV, slots: Slots, live_S) -> jax.Array:
+  """Each slot's next token as `_draw` draws it. Per-slot sampling parameters are batched,
+  so inside the vmap every branch runs: when no live slot samples (all greedy) only the
+  argmax runs, skipping the sampling filters' sort of the vocabulary for every slot."""
+  def sampled(logits):
+    draw = lambda l_V, key_data, cur, start, sampling: _draw(
+        l_V[None], jax.random.wrap_key_data(key_data), cur + 1 - start, sampling)
+    return jax.vmap(draw)(logits, slots.key_S2, slots.cur_S, slots.start_S, _sampling(slots))
+  greedy = lambda logits: jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  return jax.lax.cond((live_S & (slots.temperature_S > 0)).any(), sampled, greedy, logits_SV)
 
 
 def slide(model: gpt.Decoder, cache_len: int, prefix_K, pad, base) -> Any:

@@ -197,3 +197,30 @@ def test_one_sort_sampling_draws_what_two_sorts_drew(top_k, top_p):
   expected = jax.vmap(jax.random.categorical)(keys, _two_sort_filter(logits, params))
   got = jax.jit(decode.sample_token)(logits, keys, params)
   np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+
+
+def test_filters_off_keep_every_token_even_below_float32_resolution():
+  """top_k 0 and top_p 1 filter nothing: with one dominant token the float32 cumulative
+  probability reaches 1 before the tail, which the nucleus rule would otherwise cut."""
+  logits = jnp.asarray([[0.0] + [-30.0] * 64, [2.0, 1.0] + [-40.0] * 63])
+  params = decode.SamplingParams(jnp.float32(0.7), jnp.int32(0), jnp.float32(1.0))
+  filtered = jax.jit(decode.filtered_logits)(logits, params)
+  np.testing.assert_array_equal(np.asarray(filtered), np.asarray(logits / jnp.float32(0.7)))
+  # a filter on still cuts that tail
+  on = params._replace(top_p=jnp.float32(0.999))
+  assert np.isneginf(np.asarray(jax.jit(decode.filtered_logits)(logits, on))[:, 2:]).all()
+
+
+@pytest.mark.parametrize("k", [1, 2, 7, 64, 65])
+def test_kth_largest_by_bisection_equals_sorting(k):
+  """Ties, zeros of both signs, infinities and every sign: the k-th value a sort gives."""
+  rng = np.random.default_rng(k)
+  x = np.round(rng.normal(size=(6, 65)) * 3) / 2
+  x[1] = 0.0
+  x[2, ::2] = -0.0
+  x[3, :10] = -np.inf
+  x[4, -3:] = np.inf
+  x[5] = -np.abs(x[5]) - 1e-30
+  got = jax.jit(decode.kth_largest)(jnp.asarray(x, jnp.float32), jnp.int32(k))
+  expected = -np.sort(-x.astype(np.float32), axis=-1)[:, k - 1]
+  np.testing.assert_array_equal(np.asarray(got), expected)
