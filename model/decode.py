@@ -70,10 +70,10 @@ def filtered_logits(logits_BV: jax.Array, params: SamplingParams) -> jax.Array:
   """Temperature-scaled fp32 logits with top-k and top-p (nucleus) filtering applied (the
   removed tokens at -inf): the distribution sample_token draws from when temperature > 0."""
   scaled = logits_BV.astype(jnp.float32) / jnp.maximum(params.temperature, 1e-6)
-  # top-p sorts the vocabulary, which at an imported model's 32k+ tokens costs more than a
-  # small model's step on a CPU (experiments/bench/sampling_head_bench.py); top-k alone finds
-  # its threshold by bisection. A branch taken at run time picks the cheapest exact form, so
-  # one compiled program serves every setting
+  # A branch taken at run time does only the filters that are on (one compiled program
+  # serves every setting); their thresholds come from bisections, not a sort of the
+  # vocabulary, which at an imported model's 32k+ tokens cost more than a small model's
+  # step on a CPU (experiments/bench/sampling_head_bench.py)
   branch = jnp.where(params.top_p < 1, 2, jnp.where(params.top_k > 0, 1, 0))
   return jax.lax.switch(branch, (lambda x, _: x, _top_k, _top_k_top_p), scaled, params)
 
@@ -83,39 +83,51 @@ def _top_k(scaled: jax.Array, params: SamplingParams) -> jax.Array:
   return jnp.where(scaled < kth[..., None], -jnp.inf, scaled)
 
 
-def kth_largest(x: jax.Array, k: jax.Array) -> jax.Array:
-  """The k-th largest value of each row of x (float32; k traced, 1 <= k <= the row length),
-  exactly what sorting would give, without a sort: a bisection over the float's bits mapped
-  to order-preserving uint32 keys, 32 halvings of "at least k values are >= mid"."""
-  bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
-  keys = jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(0x80000000))
-
-  def halve(_, bounds):  # invariant: the answer's key lies in [lo, hi]
-    lo, hi = bounds
-    mid = lo + ((hi - lo) >> 1) + ((hi - lo) & 1)
-    enough = (keys >= mid[..., None]).sum(-1) >= k
-    return jnp.where(enough, mid, lo), jnp.where(enough, hi, mid - 1)
-
-  lo = jnp.zeros(x.shape[:-1], jnp.uint32)
-  lo, _ = jax.lax.fori_loop(0, 32, halve, (lo, jnp.full_like(lo, 0xFFFFFFFF)))
-  return jnp.where(keys == lo[..., None], x, -jnp.inf).max(-1)
-
-
 def _top_k_top_p(scaled: jax.Array, params: SamplingParams) -> jax.Array:
-  V = scaled.shape[-1]
-  # One sort serves both filters: masking below the k-th value keeps the sorted order, so
-  # the top-k-filtered values, sorted, are the sorted values masked the same way (each sort
-  # of a [32, 65] batch was ~5% of a batch-32 decode step at the CPU recipe size).
-  sorted_desc = -jnp.sort(-scaled, axis=-1)
-  kth = jnp.take(sorted_desc, jnp.clip(params.top_k - 1, 0, V - 1), axis=-1)[..., None]
-  below_kth = lambda x: (params.top_k > 0) & (x < kth)
-  scaled = jnp.where(below_kth(scaled), -jnp.inf, scaled)
-  sorted_desc = jnp.where(below_kth(sorted_desc), -jnp.inf, sorted_desc)
-  # nucleus: the smallest set of top tokens whose probability reaches top_p
-  probs = jax.nn.softmax(sorted_desc, axis=-1)
-  kept = jnp.sum((jnp.cumsum(probs, axis=-1) - probs) < params.top_p, axis=-1)
-  threshold = jnp.take_along_axis(sorted_desc, jnp.maximum(kept, 1)[..., None] - 1, axis=-1)
-  return jnp.where(scaled < threshold, -jnp.inf, scaled)
+  scaled = jax.lax.cond(params.top_k > 0, _top_k, lambda x, _: x, scaled, params)
+  threshold = nucleus_threshold(scaled, params.top_p)
+  return jnp.where(scaled < threshold[..., None], -jnp.inf, scaled)
+
+
+def kth_largest(x: jax.Array, k: jax.Array) -> jax.Array:
+  """The k-th largest value of each row of x (k traced, 1 <= k <= the row length): exactly
+  what sorting gives, ties included."""
+  keys = _order_keys(x)
+  return _value_at(x, keys, _least_key_with_mass_above_below(keys, jnp.int32(1), k))
+
+
+def nucleus_threshold(x: jax.Array, top_p: jax.Array) -> jax.Array:
+  """Per row of logits x, the smallest value v such that the tokens above v hold less than
+  top_p of softmax(x)'s mass: keeping the values >= v keeps the smallest set of top tokens
+  whose mass reaches top_p (all of a tie). The masses are float32 sums, so a token whose
+  mass-above lies within rounding of top_p can fall either side, as with a sorted cumsum."""
+  keys = _order_keys(x)
+  probs = jax.nn.softmax(x.astype(jnp.float32), axis=-1)
+  return _value_at(x, keys, _least_key_with_mass_above_below(keys, probs, top_p))
+
+
+def _order_keys(x: jax.Array) -> jax.Array:
+  """uint32 keys ordered as the float32 values are (sign bit flipped; negatives inverted)."""
+  bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+  return jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(0x80000000))
+
+
+def _least_key_with_mass_above_below(keys, weights, bound) -> jax.Array:
+  """Per row, the least key t with sum(weights of keys > t) < bound, by 32 halvings of
+  [0, 2^32 - 1]: the mass above t only falls as t grows, and first drops below the bound at
+  one of the row's keys."""
+  def halve(_, bounds):  # invariant: the answer lies in [lo, hi]
+    lo, hi = bounds
+    mid = lo + ((hi - lo) >> 1)
+    below = jnp.where(keys > mid[..., None], weights, 0).sum(-1) < bound
+    return jnp.where(below, lo, mid + 1), jnp.where(below, mid, hi)
+
+  lo = jnp.zeros(keys.shape[:-1], jnp.uint32)
+  return jax.lax.fori_loop(0, 32, halve, (lo, jnp.full_like(lo, 0xFFFFFFFF)))[0]
+
+
+def _value_at(x, keys, key) -> jax.Array:
+  return jnp.where(keys == key[..., None], x, -jnp.inf).max(-1)
 
 
 def sample_token(logits_BV: jax.Array, keys_B: jax.Array, params: SamplingParams) -> jax.Array:

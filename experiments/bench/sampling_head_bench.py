@@ -3,11 +3,11 @@
 
 The top-k / top-p filters sorted the whole vocabulary. With 65 characters that cost nothing;
 with an imported model's 32k-152k tokens the sort costs more than a small decoder's step on
-a CPU. decode.sample_token now runs only the argmax when greedy, no filter when both are off,
-and top-k alone by a bisection instead of a sort, choosing by `lax.cond` / `lax.switch` on the
-traced sampling parameters (one compiled program for every setting). "before" is the
-previous form, kept below as the reference: the sort and every branch computed, the greedy
-or sampled token selected afterwards.
+a CPU. decode.sample_token now runs only the argmax when greedy and only the filters that are
+on, choosing by `lax.cond` / `lax.switch` on the traced sampling parameters (one compiled
+program for every setting), and finds the filters' thresholds by bisection instead of a sort.
+"before" is the previous form, kept below as the reference: the sort and every branch
+computed, the greedy or sampled token selected afterwards.
 
 Random parameters, a Llama-style decoder (`--layers`, `--width`, `--vocab`), 1-token prompts,
 `--new_tokens` cached decoding steps; the two forms run interleaved, one of each per round, and
@@ -33,12 +33,25 @@ MODES = {"greedy": (0.0, 0, 1.0), "temperature 0.8": (0.8, 0, 1.0),
          "temperature 0.8, top_p 0.95": (0.8, 0, 0.95)}
 
 
+def sorted_filters(scaled, params):
+  """The filters as they were: one sort of the vocabulary gives both thresholds."""
+  V = scaled.shape[-1]
+  sorted_desc = -jnp.sort(-scaled, axis=-1)
+  kth = jnp.take(sorted_desc, jnp.clip(params.top_k - 1, 0, V - 1), axis=-1)[..., None]
+  below_kth = lambda x: (params.top_k > 0) & (x < kth)
+  scaled = jnp.where(below_kth(scaled), -jnp.inf, scaled)
+  sorted_desc = jnp.where(below_kth(sorted_desc), -jnp.inf, sorted_desc)
+  probs = jax.nn.softmax(sorted_desc, axis=-1)
+  kept = jnp.sum((jnp.cumsum(probs, axis=-1) - probs) < params.top_p, axis=-1)
+  threshold = jnp.take_along_axis(sorted_desc, jnp.maximum(kept, 1)[..., None] - 1, axis=-1)
+  return jnp.where(scaled < threshold, -jnp.inf, scaled)
+
+
 def sample_token_before(logits_BV, keys_B, params):
-  """decode.sample_token before the branch: the filters (and their sort) always computed."""
+  """decode.sample_token as it was: the sort and every branch computed at every step."""
   greedy_B = jnp.argmax(logits_BV.astype(jnp.float32), axis=-1)
   scaled = logits_BV.astype(jnp.float32) / jnp.maximum(params.temperature, 1e-6)
-  filtered = decode._top_k_top_p(scaled, params)
-  sampled_B = jax.vmap(jax.random.categorical)(keys_B, filtered)
+  sampled_B = jax.vmap(jax.random.categorical)(keys_B, sorted_filters(scaled, params))
   return jnp.where(params.temperature > 0, sampled_B, greedy_B).astype(jnp.int32)
 
 

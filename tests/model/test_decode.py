@@ -188,9 +188,9 @@ def _two_sort_filter(logits_BV, params):
 
 
 @pytest.mark.parametrize("top_k,top_p", [(0, 1.0), (5, 1.0), (0, 0.8), (7, 0.6), (64, 0.3)])
-def test_one_sort_sampling_draws_what_two_sorts_drew(top_k, top_p):
-  """sample_token sorts once for both filters; it must draw exactly the tokens of the
-  two-sort form (ties included: logits are rounded so many rows repeat values)."""
+def test_bisected_filters_draw_what_sorting_drew(top_k, top_p):
+  """sample_token finds the filters' thresholds by bisection; it must draw exactly the
+  tokens of the sorting form (ties included: logits are rounded so many rows repeat values)."""
   logits = jnp.round(jax.random.normal(jax.random.key(1), (256, 65)) * 4) / 2
   params = decode.SamplingParams(jnp.float32(0.8), jnp.int32(top_k), jnp.float32(top_p))
   keys = decode.row_keys(jax.random.key(2), 256)
@@ -224,3 +224,31 @@ def test_kth_largest_by_bisection_equals_sorting(k):
   got = jax.jit(decode.kth_largest)(jnp.asarray(x, jnp.float32), jnp.int32(k))
   expected = -np.sort(-x.astype(np.float32), axis=-1)[:, k - 1]
   np.testing.assert_array_equal(np.asarray(got), expected)
+
+
+def _nucleus_float64(x: np.ndarray, top_p: float) -> tuple[np.ndarray, np.ndarray]:
+  """(kept mask, each token's mass strictly above it) by sorting in float64."""
+  x = x.astype(np.float64)
+  probs = np.exp(x - x.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  above = np.empty_like(x)
+  for r in range(len(x)):
+    values, index = np.unique(x[r], return_inverse=True)  # ascending
+    mass = np.bincount(index, probs[r])
+    above[r] = (mass[::-1].cumsum()[::-1] - mass)[index]  # of the values greater than each
+  return above < top_p, above
+
+
+@pytest.mark.parametrize("top_p", [0.3, 0.9, 0.95])
+def test_nucleus_threshold_keeps_the_float64_nucleus_of_a_large_vocabulary(top_p):
+  """32k tokens, flat and peaked rows: the kept set is the float64 nucleus except for
+  tokens whose mass-above is within float32 summation error of top_p."""
+  x = np.asarray(jax.random.normal(jax.random.key(3), (6, 4000)), np.float32)
+  x = np.concatenate([x, x * 4], axis=0)
+  x = np.tile(x, (1, 8))  # 32000 tokens, every value 8 times: ties everywhere
+  params = decode.SamplingParams(jnp.float32(1.0), jnp.int32(0), jnp.float32(top_p))
+  kept = ~np.isneginf(np.asarray(jax.jit(decode.filtered_logits)(jnp.asarray(x), params)))
+  expected, above = _nucleus_float64(x, top_p)
+  differ = kept != expected
+  assert np.all(np.abs(above[differ] - top_p) < 1e-5), above[differ]
+  assert 0 < expected.sum(-1).min() and expected.sum(-1).max() < x.shape[1]  # a real cut
