@@ -126,7 +126,7 @@ def step(model: gpt.Decoder, slots: Slots, live_S) -> tuple[Slots, TokenScores]:
 def _draw_slots(logits_SV, slots: Slots, live_S) -> jax.Array:
   """Each slot's next token as `_draw` draws it. Per-slot sampling parameters are batched,
   so inside the vmap every branch runs: when no live slot samples (all greedy) only the
-  argmax runs, skipping the sampling filters' sort of the vocabulary for every slot."""
+  argmax runs, skipping the sampling filters' passes over the vocabulary for every slot."""
   def sampled(logits):
     draw = lambda l_V, key_data, cur, start, sampling: _draw(
         l_V[None], jax.random.wrap_key_data(key_data), cur + 1 - start, sampling)

@@ -75,7 +75,7 @@ def check(spec: Spec, target_window: int) -> None:
 
 def sampling_probs(logits_XV: jax.Array, params: decode.SamplingParams) -> jax.Array:
   """The distribution decode.sample_token draws from: one-hot argmax when greedy (then the
-  filters' sort is not run)."""
+  filters do not run)."""
   logits_XV = logits_XV.astype(jnp.float32)
   sampled = lambda x: jax.nn.softmax(decode.filtered_logits(x, params), axis=-1)
   greedy = lambda x: jax.nn.one_hot(jnp.argmax(x, axis=-1), x.shape[-1], dtype=x.dtype)
