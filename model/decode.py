@@ -75,7 +75,14 @@ def filtered_logits(logits_BV: jax.Array, params: SamplingParams) -> jax.Array:
   # vocabulary, which at an imported model's 32k+ tokens cost more than a small model's
   # step on a CPU (experiments/bench/sampling_head_bench.py)
   branch = jnp.where(params.top_p < 1, 2, jnp.where(params.top_k > 0, 1, 0))
-  return jax.lax.switch(branch, (lambda x, _: x, _top_k, _top_k_top_p), scaled, params)
+  return jax.lax.switch(branch, (_unfiltered, _top_k, _top_k_top_p), scaled, params)
+
+
+# The branches are module-level functions, not closures: JAX caches a branch's trace by the
+# function, so calls outside jit (notebooks, tests) compile once rather than at every call.
+def _unfiltered(scaled: jax.Array, params: SamplingParams) -> jax.Array:
+  del params
+  return scaled
 
 
 def _top_k(scaled: jax.Array, params: SamplingParams) -> jax.Array:
@@ -84,7 +91,7 @@ def _top_k(scaled: jax.Array, params: SamplingParams) -> jax.Array:
 
 
 def _top_k_top_p(scaled: jax.Array, params: SamplingParams) -> jax.Array:
-  scaled = jax.lax.cond(params.top_k > 0, _top_k, lambda x, _: x, scaled, params)
+  scaled = jax.lax.cond(params.top_k > 0, _top_k, _unfiltered, scaled, params)
   threshold = nucleus_threshold(scaled, params.top_p)
   return jnp.where(scaled < threshold[..., None], -jnp.inf, scaled)
 
@@ -134,10 +141,18 @@ def sample_token(logits_BV: jax.Array, keys_B: jax.Array, params: SamplingParams
   """Greedy, temperature, top-k and top-p (nucleus) sampling, combinable; row b draws with
   keys_B[b] alone. Greedy decoding runs only the argmax (a branch taken at run time: the
   parameters stay traced, one program serves both)."""
-  logits_BV = logits_BV.astype(jnp.float32)
-  sampled = lambda x: jax.vmap(jax.random.categorical)(keys_B, filtered_logits(x, params))
-  greedy = lambda x: jnp.argmax(x, axis=-1)
-  return jax.lax.cond(params.temperature > 0, sampled, greedy, logits_BV).astype(jnp.int32)
+  return jax.lax.cond(params.temperature > 0, _sampled_tokens, _greedy_tokens,
+                      logits_BV.astype(jnp.float32), keys_B, params)
+
+
+def _sampled_tokens(logits_BV, keys_B, params: SamplingParams) -> jax.Array:
+  filtered_BV = filtered_logits(logits_BV, params)
+  return jax.vmap(jax.random.categorical)(keys_B, filtered_BV).astype(jnp.int32)
+
+
+def _greedy_tokens(logits_BV, keys_B, params: SamplingParams) -> jax.Array:
+  del keys_B, params
+  return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
 
 
 def encode(model: gpt.Decoder, tokens_BT, first_slot, pad_B, cache, base, max_position=None):

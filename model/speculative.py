@@ -76,10 +76,18 @@ def check(spec: Spec, target_window: int) -> None:
 def sampling_probs(logits_XV: jax.Array, params: decode.SamplingParams) -> jax.Array:
   """The distribution decode.sample_token draws from: one-hot argmax when greedy (then the
   filters do not run)."""
-  logits_XV = logits_XV.astype(jnp.float32)
-  sampled = lambda x: jax.nn.softmax(decode.filtered_logits(x, params), axis=-1)
-  greedy = lambda x: jax.nn.one_hot(jnp.argmax(x, axis=-1), x.shape[-1], dtype=x.dtype)
-  return jax.lax.cond(params.temperature > 0, sampled, greedy, logits_XV)
+  return jax.lax.cond(params.temperature > 0, _sampled_probs, _greedy_probs,
+                      logits_XV.astype(jnp.float32), params)
+
+
+def _sampled_probs(logits_XV, params: decode.SamplingParams) -> jax.Array:
+  return jax.nn.softmax(decode.filtered_logits(logits_XV, params), axis=-1)
+
+
+def _greedy_probs(logits_XV, params: decode.SamplingParams) -> jax.Array:
+  del params
+  return jax.nn.one_hot(jnp.argmax(logits_XV, axis=-1), logits_XV.shape[-1],
+                        dtype=logits_XV.dtype)
 
 
 def _key(row_key, index, purpose):
