@@ -299,3 +299,16 @@ def metrics(cfg, stats: dict | None) -> dict[str, jax.Array]:
   for block, load_E in zip(moe_blocks, stats["load_E"]):
     out.update({f"expert_load/layer{block}/e{e}": load_E[e] for e in range(load_E.shape[0])})
   return out
+
+
+def with_router_losses(cfg, loss: jax.Array, task_metrics: dict, stats: dict | None,
+                       training: bool, objective_name: str) -> tuple[jax.Array, dict]:
+  """A task's (loss, metrics) for an MoE model: training adds the router losses to the loss
+  and logs the task's own objective as `objective_name`; evaluation keeps the objective.
+  Both log the router metrics. A dense model's (stats None) pass through unchanged."""
+  if stats is None:
+    return loss, task_metrics
+  out = {**task_metrics, **metrics(cfg, stats)}
+  if not training:
+    return loss, out
+  return loss + router_losses(cfg, stats), {objective_name: loss, **out}

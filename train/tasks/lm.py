@@ -48,11 +48,8 @@ class LanguageModeling(base.Task):
                                          segment_ids_BT=batch.get("segment_ids"),
                                          dropout_key=dropout_key)
     ce = gpt.cross_entropy(logits_BTV, batch["targets"], batch.get("loss_mask"))
-    metrics = moe.metrics(model.cfg, stats)
-    if stats is None or not training:
-      return ce, metrics
     # an MoE model trains on cross entropy + its router losses (also logged on their own)
-    return ce + moe.router_losses(model.cfg, stats), {"cross_entropy": ce, **metrics}
+    return moe.with_router_losses(model.cfg, ce, {}, stats, training, "cross_entropy")
 
   def units_per_example(self, cfg) -> int:
     return cfg.data.seq_len

@@ -101,13 +101,7 @@ def with_router_losses(model, loss_and_metrics: tuple[jax.Array, dict], stats, t
   """An MoE policy trains on its objective + the router losses, as pre-training does (the
   load-balancing term keeps fine-tuning from collapsing the routing); the objective alone is
   logged as `objective`, with the router metrics. Evaluation scores the objective only."""
-  loss, metrics = loss_and_metrics
-  if stats is None:
-    return loss, metrics
-  metrics = {**metrics, **moe.metrics(model.cfg, stats)}
-  if not training:
-    return loss, metrics
-  return loss + moe.router_losses(model.cfg, stats), {**metrics, "objective": loss}
+  return moe.with_router_losses(model.cfg, *loss_and_metrics, stats, training, "objective")
 
 
 def without_adapters(params):
