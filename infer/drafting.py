@@ -15,7 +15,6 @@ from treadle.data import tokenizers
 from treadle.infer import quantized
 from treadle.model import quant
 from treadle.model import speculative
-from treadle.train import checkpoint
 from treadle.train import config as config_lib
 from treadle.train import state as state_lib
 from treadle.train import workdir as workdir_lib
@@ -63,15 +62,11 @@ def from_workdir(workdir, target_cfg, target_tokenizer, mesh,
     model_cfg = dataclasses.replace(model_cfg, compute_dtype=dtype)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   place = lambda abstract, _: jax.tree.map(lambda _: replicated, abstract)
-  if quantized.recorded(workdir):
-    params, _ = quantized.load_params(workdir, None, model_cfg, place)
-  else:  # quantizing reads float32: the int8 values come from the unrounded weights
-    params, _ = checkpoint.load_params(workdir, None, model_cfg, place,
-                                       model_cfg.dtype if dtype and not quantize else None)
-    if quantize:
-      params = quant.quantize_placed(params, model_cfg)
-  if dtype is not None:
-    params = quant.cast_weights(params, model_cfg.dtype)  # int8 values and scales kept
+  # quantizing reads float32: the int8 values come from the unrounded weights
+  params, _ = quantized.read_params(workdir, None, model_cfg, place,
+                                    model_cfg.dtype if dtype and not quantize else None)
+  params = quant.for_inference(params, model_cfg, quantize,
+                               model_cfg.dtype if dtype is not None else None)
   graphdef = state_lib.model_graph(model_cfg)[0]
   return Draft(num_tokens, model_cfg, graphdef, params, str(workdir))
 

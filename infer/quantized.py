@@ -53,6 +53,15 @@ def load_params(workdir, step: int | str | None, model_cfg,
     mgr.close()
 
 
+def read_params(workdir, step: int | str | None, model_cfg,
+                shardings: Callable[[Any, Any], Any], float_dtype=None) -> tuple[Any, int]:
+  """Any run's parameters for inference -> (params, step): a treadle-quantize run's int8
+  ones, else the float ones, cast to `float_dtype` as Orbax reads them (None: as saved)."""
+  if recorded(workdir):
+    return load_params(workdir, step, model_cfg, shardings)
+  return checkpoint.load_params(workdir, step, model_cfg, shardings, float_dtype)
+
+
 def check_target(out: pathlib.Path) -> None:
   if out.exists() and (not out.is_dir() or any(out.iterdir())):
     raise FileExistsError(f"--out={str(out)!r} exists and is not empty")

@@ -16,7 +16,6 @@ from treadle.model import decode
 from treadle.model import lora
 from treadle.model import quant
 from treadle.model import speculative
-from treadle.train import checkpoint
 from treadle.train import config as config_lib
 from treadle.train import mesh as mesh_lib
 from treadle.train import state as state_lib
@@ -71,11 +70,10 @@ class Sampler:
     `quantize` ("int8") stores the decoder's matrices as int8 with per-output-channel
     scales (model/quant.py), quantized from the float weights given, before any cast."""
     quant.check_mode(quantize)
-    if quantize and not quant.is_quantized(params):
-      params = quant.quantize_placed(params, cfg.model)
-    if dtype is not None:
+    if dtype is not None:  # the model checks the dtype name
       cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, compute_dtype=dtype))
-      params = quant.cast_weights(params, cfg.model.dtype)  # the model checks the dtype name
+    params = quant.for_inference(params, cfg.model, quantize,
+                                 cfg.model.dtype if dtype is not None else None)
     self.cfg, self.tokenizer, self.params, self.mesh, self.step = cfg, tokenizer, params, mesh, step
     self.graphdef, _, _ = state_lib.model_graph(cfg.model)
     self.window = cfg.model.max_seq_len
@@ -140,14 +138,12 @@ class Sampler:
     # the model config checks the name, before any tensor is read
     weights = dataclasses.replace(cfg.model, compute_dtype=dtype).dtype if dtype else None
     merging = merge_lora and cfg.model.lora_rank  # merges in float32; __init__ casts after
-    if quantized.recorded(workdir):
-      if merging:
-        raise ValueError(f"--merge_lora: {str(workdir)!r} is quantized (treadle-quantize); "
-                         "its LoRA adapters stay float and unmerged")
-      params, step = quantized.load_params(workdir, step, cfg.model, shardings)
-    else:  # quantizing reads float32 too: the int8 values come from the unrounded weights
-      params, step = checkpoint.load_params(workdir, step, cfg.model, shardings,
-                                            None if merging or quantize else weights)
+    if merging and quantized.recorded(workdir):
+      raise ValueError(f"--merge_lora: {str(workdir)!r} is quantized (treadle-quantize); "
+                       "its LoRA adapters stay float and unmerged")
+    # quantizing reads float32 too: the int8 values come from the unrounded weights
+    params, step = quantized.read_params(workdir, step, cfg.model, shardings,
+                                         None if merging or quantize else weights)
     if merging:
       merged_cfg = dataclasses.replace(cfg.model, lora_rank=0)
       merged_shardings = mesh_lib.param_shardings(state_lib.model_graph(merged_cfg)[2], mesh,

@@ -204,3 +204,12 @@ def cast_weights(params, dtype):
   cast = lambda p: jax.tree.map(lambda x: x.astype(dtype) if floating(x) else x, p,
                                 is_leaf=is_q)
   return jax.jit(cast, out_shardings=jax.tree.map(lambda x: x.sharding, params))(params)
+
+
+def for_inference(params, model_cfg, quantize: str | None, dtype) -> dict:
+  """Weights as a decoder samples with them: quantized if `quantize` says so and they are not
+  already (from the float weights, before any cast), then floats cast to `dtype` (None: as
+  they are)."""
+  if quantize and not is_quantized(params):
+    params = quantize_placed(params, model_cfg)
+  return params if dtype is None else cast_weights(params, dtype)
